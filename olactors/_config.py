@@ -1,0 +1,161 @@
+"""Worker configuration: defaults, worker.yaml, ``--set`` overrides (pure).
+
+The shipped ``config/worker.yaml`` is both the documented defaults and the
+schema: a key that is not in it is rejected, and a value must have the same
+type as its default (an int is accepted where a float is expected).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._errors import ConfigError
+
+DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "config" / "worker.yaml"
+
+# Keys whose value must be one of a fixed set.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "sandbox.network": ("none", "host"),
+    "sandbox.cgroup_version": ("auto", "v1", "v2"),
+}
+# Keys whose value must be >= the given minimum.
+MINIMUMS: dict[str, float] = {
+    "sandbox.tmp_mb": 1,
+    "sandbox.cgroup_pool_size": 0,
+    "sandbox.ready_timeout_s": 0.1,
+    "sandbox.freeze_timeout_s": 0.1,
+    "sandbox.kill_timeout_s": 0.1,
+    "limits.mem_mb": 16,
+    "limits.procs": 4,
+    "limits.cpu_percent": 0,
+    "limits.runtime_s": 0.01,
+    "limits.zygote_mem_mb": 16,
+    "limits.zygote_procs": 4,
+}
+
+
+class Section:
+    """Read-only attribute view of one config section."""
+
+    def __init__(self, name: str, values: Mapping[str, Any]) -> None:
+        self._name = name
+        self._values = dict(values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"config has no key {self._name}.{key}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+class Config:
+    """A validated worker configuration: ``config.sandbox.tmp_mb``."""
+
+    def __init__(self, data: Mapping[str, Mapping[str, Any]]) -> None:
+        self._data = {name: dict(values) for name, values in data.items()}
+        for name, values in self._data.items():
+            setattr(self, name, Section(name, values))
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return copy.deepcopy(self._data)
+
+    def __getattr__(self, name: str) -> Section:  # for type checkers; real sections set in init
+        raise AttributeError(f"config has no section {name}")
+
+
+def load_defaults() -> dict[str, dict[str, Any]]:
+    with open(DEFAULTS_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def _merge(base: dict[str, dict[str, Any]], layer: Any, origin: str) -> None:
+    if layer is None:
+        return
+    if not isinstance(layer, Mapping):
+        raise ConfigError(f"{origin}: top level must be a mapping of sections")
+    for section, values in layer.items():
+        if section not in base:
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"{origin}: unknown section {section!r} (known: {known})")
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping")
+        for key, value in values.items():
+            _set(base, f"{section}.{key}", value, origin)
+
+
+def _set(base: dict[str, dict[str, Any]], dotted: str, value: Any, origin: str) -> None:
+    section, _, key = dotted.partition(".")
+    if section not in base or key not in base[section]:
+        raise ConfigError(f"{origin}: unknown key {dotted!r}")
+    default = base[section][key]
+    if not _type_ok(default, value):
+        raise ConfigError(
+            f"{origin}: {dotted} must be {type(default).__name__}, got {value!r}"
+        )
+    if dotted in CHOICES and value not in CHOICES[dotted]:
+        raise ConfigError(f"{origin}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}")
+    if dotted in MINIMUMS and value < MINIMUMS[dotted]:
+        raise ConfigError(f"{origin}: {dotted} must be >= {MINIMUMS[dotted]}, got {value!r}")
+    base[section][key] = float(value) if isinstance(default, float) else value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value``; the value is read as YAML (``5`` is an int)."""
+    dotted, sep, raw = text.partition("=")
+    if not sep or "." not in dotted:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: bad value: {exc}") from None
+    return dotted.strip(), value
+
+
+def build_config(
+    file_text: str | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    origin: str = "worker.yaml",
+) -> Config:
+    """Defaults, then the YAML ``file_text``, then ``--set`` overrides."""
+    data = load_defaults()
+    if file_text is not None:
+        try:
+            layer = yaml.safe_load(file_text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+        _merge(data, layer, origin)
+    for text in overrides:
+        dotted, value = parse_override(text)
+        _set(data, dotted, value, "--set")
+    limits = data["limits"]
+    for key in ("mem_mb", "procs", "cpu_percent", "runtime_s"):
+        if limits[key] > limits[f"max_{key}"]:
+            raise ConfigError(f"limits.{key} ({limits[key]}) exceeds limits.max_{key} ({limits[f'max_{key}']})")
+    return Config(data)
+
+
+def load_worker_config(worker_dir: Path, overrides: Iterable[str] = ()) -> Config:
+    path = worker_dir / "worker.yaml"
+    text = path.read_text() if path.exists() else None
+    return build_config(text, overrides, origin=str(path))

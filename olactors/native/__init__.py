@@ -1,0 +1,170 @@
+"""Typed wrapper over the cffi native layer (``_olnative``).
+
+Every failure raises :class:`NativeError`, an :class:`OSError` subclass that
+carries ``errno`` and says what was being done (which path, which pid, which
+spawn step).  Nothing here touches trio; all calls are short system calls.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._olnative import ffi, lib
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+SANDBOX_NAMESPACES = CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+
+# Index = err_step reported by ol_spawn (keep in sync with olnative.c).
+SPAWN_STEPS = (
+    "none",
+    "join cgroup",
+    "join network namespace",
+    "set hostname",
+    "chroot",
+    "set up file descriptors",
+    "drop uid/gid",
+    "prctl",
+    "install seccomp filter",
+    "execve",
+    "clone",
+)
+
+
+class NativeError(OSError):
+    """A native call failed: ``errno`` is set, ``doing`` says what failed."""
+
+    def __init__(self, err: int, doing: str) -> None:
+        super().__init__(err, f"{doing}: {os.strerror(err)}")
+        self.doing = doing
+
+
+def _check(rc: int, doing: str) -> int:
+    if rc < 0:
+        raise NativeError(ffi.errno or _errno.EIO, doing)
+    return rc
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnSpec:
+    """Everything a fresh sandbox process needs, applied in this order in the
+    child before ``execve``: join cgroups, new PID/UTS/IPC namespaces (clone
+    flags), join ``netns_fd``, set hostname, chroot to ``root_fd``, set up fds,
+    drop to ``uid``/``gid``, no_new_privs (+ optional parent-death signal),
+    install the seccomp ``bpf`` program.
+    """
+
+    path: str
+    argv: Sequence[str]
+    env: dict[str, str]
+    cgroup_procs_fds: Sequence[int] = ()
+    clone_flags: int = SANDBOX_NAMESPACES
+    netns_fd: int = -1
+    root_fd: int = -1
+    hostname: str | None = None
+    uid: int = -1
+    gid: int = -1
+    stdin_fd: int = -1
+    stdout_fd: int = -1
+    stderr_fd: int = -1
+    keep_fds: Sequence[int] = ()
+    seccomp_bpf: bytes = b""
+    die_with_parent: bool = False
+
+
+def spawn(spec: SpawnSpec) -> int:
+    """Start a sandbox process as described by ``spec``; return its pid.
+
+    Returns once the child has exec'd (the parent is suspended until then), so
+    a failure in any setup step raises here with the step named.  The caller
+    owns the child and must reap it.
+    """
+    keep: list[object] = []
+
+    def cstr(s: str) -> object:
+        b = ffi.new("char[]", s.encode())
+        keep.append(b)
+        return b
+
+    argv = ffi.new("char *[]", [cstr(a) for a in spec.argv] + [ffi.NULL])
+    envp = ffi.new("char *[]", [cstr(f"{k}={v}") for k, v in spec.env.items()] + [ffi.NULL])
+    cg = ffi.new("int[]", list(spec.cgroup_procs_fds) or [0])
+    kf = ffi.new("int[]", list(spec.keep_fds) or [0])
+    bpf = ffi.new("unsigned char[]", spec.seccomp_bpf) if spec.seccomp_bpf else ffi.NULL
+    args = ffi.new("struct ol_spawn_args *")
+    args.path = cstr(spec.path)
+    args.argv = argv
+    args.envp = envp
+    args.cgroup_fds = cg
+    args.n_cgroup_fds = len(spec.cgroup_procs_fds)
+    args.clone_flags = spec.clone_flags
+    args.netns_fd = spec.netns_fd
+    args.root_fd = spec.root_fd
+    args.hostname = cstr(spec.hostname) if spec.hostname else ffi.NULL
+    args.uid = spec.uid
+    args.gid = spec.gid
+    args.stdio_fds = [spec.stdin_fd, spec.stdout_fd, spec.stderr_fd]
+    args.keep_fds = kf
+    args.n_keep_fds = len(spec.keep_fds)
+    args.bpf = bpf
+    args.bpf_len = len(spec.seccomp_bpf)
+    args.die_with_parent = int(spec.die_with_parent)
+    pid = lib.ol_spawn(args)
+    if pid < 0:
+        step = SPAWN_STEPS[args.err_step] if args.err_step < len(SPAWN_STEPS) else "?"
+        raise NativeError(args.err_errno or _errno.EIO, f"spawn {spec.path}: {step}")
+    return int(pid)
+
+
+def cgroup_move(procs_fd: int, pid: int, where: str = "") -> None:
+    """Move ``pid`` into the cgroup whose ``cgroup.procs`` is open as ``procs_fd``."""
+    _check(lib.ol_cgroup_move(procs_fd, pid), f"move pid {pid} into cgroup {where}".rstrip())
+
+
+def bind(src: str, dst: str, *, readonly: bool, recursive: bool = False) -> None:
+    """Bind ``src`` onto ``dst``, always nosuid and nodev."""
+    _check(
+        lib.ol_bind(src.encode(), dst.encode(), int(recursive), int(readonly)),
+        f"bind {src} -> {dst}",
+    )
+
+
+def mount_tmpfs(dst: str, *, size_bytes: int, mode: int = 0o1777, allow_dev: bool = False) -> None:
+    """Mount a size-limited tmpfs on ``dst``."""
+    opts = f"size={size_bytes},mode={mode:o}"
+    _check(lib.ol_mount_tmpfs(dst.encode(), opts.encode(), int(allow_dev)), f"mount tmpfs {dst}")
+
+
+def umount(path: str, *, detach: bool = False) -> None:
+    """Unmount ``path`` (lazily with ``detach``)."""
+    _check(lib.ol_umount(path.encode(), int(detach)), f"umount {path}")
+
+
+def make_rprivate(path: str) -> None:
+    """Stop mount propagation for the tree at ``path``."""
+    _check(lib.ol_make_rprivate(path.encode()), f"make {path} rprivate")
+
+
+def enter_private_mount_namespace() -> None:
+    """Move this process into a private mount namespace (before any thread starts).
+
+    Mounts made afterwards are invisible to the host and vanish with the last
+    process in the namespace, so a killed worker leaks no mounts.
+    """
+    _check(lib.ol_private_mount_namespace(), "unshare mount namespace (process must be single-threaded)")
+
+
+def new_network_namespace() -> int:
+    """Create an empty network namespace and return an fd that keeps it alive."""
+    return _check(lib.ol_new_netns(), "create network namespace")
+
+
+def mknod_char(path: str, mode: int, major: int, minor: int) -> None:
+    """Create a character device node."""
+    _check(lib.ol_mknod_char(path.encode(), mode, major, minor), f"mknod {path}")

@@ -1,0 +1,52 @@
+"""SOCK sandboxes: cgroups, namespaces, chroot, seccomp and zygote forks.
+
+Public API: the :class:`SandboxPool` / :class:`Sandbox` interface and its real
+implementation, opened with :func:`open_sock_pool`.
+"""
+
+from ._api import (
+    Invocation,
+    InvocationResult,
+    Sandbox,
+    SandboxChildExited,
+    SandboxCreated,
+    SandboxDestroyed,
+    SandboxEvent,
+    SandboxForked,
+    SandboxLimits,
+    SandboxMeta,
+    SandboxPaused,
+    SandboxPool,
+    SandboxState,
+    SandboxUnpaused,
+    SandboxUsage,
+)
+from ._events import EventHub
+from ._pool import SockPool, open_sock_pool
+from ._process import prepare_worker_process, worker_id
+from ._safe import RawSandbox, SafeSandbox
+
+__all__ = [
+    "EventHub",
+    "Invocation",
+    "InvocationResult",
+    "RawSandbox",
+    "SafeSandbox",
+    "Sandbox",
+    "SandboxChildExited",
+    "SandboxCreated",
+    "SandboxDestroyed",
+    "SandboxEvent",
+    "SandboxForked",
+    "SandboxLimits",
+    "SandboxMeta",
+    "SandboxPaused",
+    "SandboxPool",
+    "SandboxState",
+    "SandboxUnpaused",
+    "SandboxUsage",
+    "SockPool",
+    "open_sock_pool",
+    "prepare_worker_process",
+    "worker_id",
+]

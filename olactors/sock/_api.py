@@ -1,0 +1,175 @@
+"""The sandbox interface: what actors see, implemented by the SOCK pool and
+(later) by a simulated pool.  Pure types plus two Protocols.
+
+Contract shared by every implementation (the "safe sandbox" rules):
+
+* calls on one sandbox are serialised;
+* any error from a call destroys the sandbox, and the call raises
+  :class:`~olactors._errors.SandboxError` (the caller can just drop it);
+* every call on a destroyed sandbox raises :class:`SandboxDead` and harms nothing;
+* ``invoke`` on a paused sandbox raises :class:`SandboxStateError` (refused,
+  the sandbox survives);
+* lifecycle events go to every subscriber of the pool, in order.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+
+class SandboxState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLimits:
+    mem_mb: int = 128
+    procs: int = 64
+    cpu_percent: int = 100
+    tmp_mb: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxMeta:
+    """What to create: limits, network (``none``/``host``), environment, and for
+    leaves the entry (``module:attr``), for zygotes the modules to pre-import."""
+
+    limits: SandboxLimits = SandboxLimits()
+    network: str = "none"
+    env: Mapping[str, str] = field(default_factory=dict)
+    entry: str = "f:f"
+    imports: tuple[str, ...] = ()
+    label: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """One HTTP request forwarded into a leaf."""
+
+    method: str = "POST"
+    path: str = "/"
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationResult:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxUsage:
+    """Resource use since the sandbox was created."""
+
+    memory_bytes: int = 0
+    memory_peak_bytes: int = 0
+    oom_kills: int = 0
+    pids_limit_hits: int = 0
+    cpu_ns: int = 0
+
+
+# ---------------------------------------------------------------- events
+@dataclass(frozen=True, slots=True)
+class SandboxCreated:
+    sandbox: Sandbox
+    parent: Sandbox | None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxPaused:
+    sandbox: Sandbox
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxUnpaused:
+    sandbox: Sandbox
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxForked:
+    """``parent`` (a zygote) forked ``child``."""
+
+    parent: Sandbox
+    child: Sandbox
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxChildExited:
+    """A child of the zygote ``parent`` is gone."""
+
+    parent: Sandbox
+    child: Sandbox
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxDestroyed:
+    sandbox: Sandbox
+    reason: str
+
+
+SandboxEvent = (
+    SandboxCreated
+    | SandboxPaused
+    | SandboxUnpaused
+    | SandboxForked
+    | SandboxChildExited
+    | SandboxDestroyed
+)
+
+
+class Sandbox(Protocol):
+    """One sandbox; see the module docstring for the safety contract."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def is_leaf(self) -> bool: ...
+
+    @property
+    def state(self) -> SandboxState: ...
+
+    @property
+    def live_children(self) -> int: ...
+
+    @property
+    def death_reason(self) -> str | None: ...
+
+    async def invoke(self, request: Invocation) -> InvocationResult: ...
+
+    async def pause(self) -> None: ...
+
+    async def unpause(self) -> None: ...
+
+    async def destroy(self, reason: str) -> None: ...
+
+    async def destroy_if_paused(self, reason: str) -> bool: ...
+
+    def usage(self) -> SandboxUsage: ...
+
+
+class SandboxPool(Protocol):
+    """Creates sandboxes; fresh when ``parent`` is None, else forked from the zygote ``parent``."""
+
+    async def create(
+        self,
+        parent: Sandbox | None,
+        is_leaf: bool,
+        code_dir: str | None,
+        scratch_dir: str | None,
+        meta: SandboxMeta,
+    ) -> Sandbox: ...
+
+    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]: ...
+
+    def sandboxes(self) -> list[Sandbox]: ...

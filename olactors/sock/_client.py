@@ -1,0 +1,75 @@
+"""A minimal HTTP/1.1 client for a leaf's unix socket (one keep-alive connection).
+
+Both ends are ours (see runtime/server.py), so this speaks exactly the subset
+the runtime serves: Content-Length bodies, no chunking, keep-alive.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ._api import Invocation, InvocationResult
+
+MAX_RESPONSE_HEADER = 65536
+
+
+class ProtocolError(Exception):
+    """The sandbox's answer was not valid HTTP or the connection closed early."""
+
+
+class LeafClient:
+    def __init__(self, socket_path: str) -> None:
+        self._path = socket_path
+        self._stream: trio.SocketStream | None = None
+        self._buf = bytearray()
+
+    async def request(self, inv: Invocation) -> InvocationResult:
+        if self._stream is None:
+            self._stream = await trio.open_unix_socket(self._path)
+            self._buf.clear()
+        target = inv.path + (f"?{inv.query}" if inv.query else "")
+        head = [f"{inv.method} {target} HTTP/1.1\r\nhost: sandbox\r\n"]
+        for name, value in inv.headers:
+            if name.lower() not in ("content-length", "transfer-encoding", "connection", "host"):
+                head.append(f"{name}: {value}\r\n")
+        head.append(f"content-length: {len(inv.body)}\r\n\r\n")
+        await self._stream.send_all("".join(head).encode("latin-1") + inv.body)
+        return await self._read_response()
+
+    async def _fill(self) -> None:
+        assert self._stream is not None
+        chunk = await self._stream.receive_some(65536)
+        if not chunk:
+            raise ProtocolError("sandbox closed the connection before answering")
+        self._buf += chunk
+
+    async def _read_response(self) -> InvocationResult:
+        while (end := self._buf.find(b"\r\n\r\n")) < 0:
+            if len(self._buf) > MAX_RESPONSE_HEADER:
+                raise ProtocolError("response header too large")
+            await self._fill()
+        lines = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
+        del self._buf[: end + 4]
+        try:
+            status = int(lines[0].split(" ", 2)[1])
+        except (IndexError, ValueError):
+            raise ProtocolError(f"bad status line {lines[0]!r}") from None
+        headers = []
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name, value = name.strip().lower(), value.strip()
+            if name == "content-length":
+                length = int(value)
+            else:
+                headers.append((name, value))
+        while len(self._buf) < length:
+            await self._fill()
+        body = bytes(self._buf[:length])
+        del self._buf[:length]
+        return InvocationResult(status, tuple(headers), body)
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.aclose()

@@ -1,0 +1,258 @@
+"""SockPool: creates SOCK sandboxes (fresh or forked from a zygote).
+
+Use ``async with open_sock_pool(config, worker_dir) as pool``; leaving the
+block destroys every sandbox and removes every cgroup, mount, socket and
+scratch dir the pool made.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from .. import native
+from .._config import Config
+from .._errors import SandboxError, SandboxStateError
+from . import seccomp
+from ._api import (
+    Sandbox,
+    SandboxCreated,
+    SandboxEvent,
+    SandboxForked,
+    SandboxMeta,
+    SandboxState,
+)
+from ._events import EventHub
+from ._process import in_private_mount_namespace, prepare_worker_process, worker_id
+from ._rootfs import (
+    BaseRoot,
+    SandboxRoot,
+    make_base_skeleton,
+    python_executable,
+    remove_tree_safely,
+)
+from ._safe import SafeSandbox
+from ._sock import SockSandbox, fork_from, receive_ready, remove_sandbox_dir, spawn_fresh
+from .cgroups import CgroupAnomalies, CgroupLayout, CgroupLimits, CgroupPool, open_backend
+
+log = logging.getLogger("olactors.sock")
+
+
+class SockPool:
+    """Implements :class:`olactors.sock.SandboxPool` with real SOCK sandboxes."""
+
+    def __init__(
+        self,
+        config: Config,
+        worker_dir: Path,
+        nursery: trio.Nursery,
+        cgroups: CgroupPool,
+        anomalies: CgroupAnomalies,
+        base: BaseRoot,
+        netns_fd: int,
+    ) -> None:
+        self.config = config
+        self.worker_dir = worker_dir
+        self.run_dir = worker_dir / "run" / "sandboxes"
+        self.anomalies = anomalies
+        self._nursery = nursery
+        self._cgroups = cgroups
+        self._base = base
+        self._netns_fd = netns_fd
+        self._hub = EventHub()
+        self._ids = itertools.count(1)
+        self._live: dict[str, SafeSandbox] = {}
+        self._python = config.sandbox.python or python_executable()
+        self._bpf = {kind: seccomp.compile_profile(kind) for kind in ("leaf", "zygote")}
+        self.closing = False
+
+    # ------------------------------------------------------------- interface
+    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
+        return self._hub.subscribe(buffer)
+
+    def sandboxes(self) -> list[Sandbox]:
+        return list(self._live.values())
+
+    async def create(
+        self,
+        parent: Sandbox | None,
+        is_leaf: bool,
+        code_dir: str | None,
+        scratch_dir: str | None,
+        meta: SandboxMeta,
+    ) -> SafeSandbox:
+        """Create a sandbox and return it once its runtime listens.
+
+        Fresh when ``parent`` is None, else forked from the zygote ``parent``
+        (which must be running, not a leaf, and on the same network).  On any
+        failure everything made so far is undone and SandboxError is raised.
+        """
+        if self.closing:
+            raise SandboxError("the sandbox pool is shutting down")
+        if parent is not None:
+            if not isinstance(parent, SafeSandbox) or parent.id not in self._live:
+                raise SandboxError("parent is not a sandbox of this pool")
+            if parent.is_leaf:
+                raise SandboxError(f"cannot fork from leaf {parent.id}")
+            if parent.raw.network != meta.network:
+                raise SandboxError(
+                    f"cannot fork a network={meta.network} sandbox from zygote {parent.id} "
+                    f"(network={parent.raw.network})"
+                )
+        if meta.network not in ("none", "host"):
+            raise SandboxError(f"unknown network mode {meta.network!r}")
+        if code_dir is not None and not os.path.isdir(code_dir):
+            raise SandboxError(f"code dir {code_dir} does not exist")
+        sb = self._new_raw(is_leaf, code_dir, scratch_dir, meta)
+        try:
+            await self._prepare(sb)
+            if parent is None:
+                await self._start_fresh(sb)
+            else:
+                async with parent._lock:  # serialised with the zygote's other calls
+                    parent._check_alive()
+                    if parent.state is not SandboxState.RUNNING:
+                        raise SandboxStateError(f"zygote {parent.id} is paused")
+                    await fork_from(parent.raw, sb, self, self._bpf["leaf"])
+                    sb.pidfd = os.pidfd_open(sb.pid)
+                    parent.child_added()
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                reason = await sb.diagnose(exc)
+                tail = sb.log_tail()
+                await self.release_resources(sb)
+            if not isinstance(exc, Exception):
+                raise
+            detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
+            raise SandboxError(f"creating sandbox {sb.id} failed: {reason}{detail}") from exc
+        safe = SafeSandbox(sb, self._hub, parent)
+        self._live[sb.id] = safe
+        sb.watching = True
+        self._nursery.start_soon(sb.watch, safe.died)
+        await self._hub.emit(SandboxCreated(safe, parent))
+        if parent is not None:
+            await self._hub.emit(SandboxForked(parent, safe))
+        return safe
+
+    # ------------------------------------------------------------- internals
+    def _new_raw(self, is_leaf: bool, code_dir: str | None, scratch_dir: str | None,
+                 meta: SandboxMeta) -> SockSandbox:
+        sid = f"sb-{next(self._ids)}"
+        sb_dir = self.run_dir / sid
+        sb_dir.mkdir(parents=True)
+        owns = scratch_dir is None
+        scratch = sb_dir / "scratch" if owns else Path(scratch_dir)
+        scratch.mkdir(exist_ok=True)
+        if is_leaf:
+            os.chown(scratch, self.config.sandbox.leaf_uid, self.config.sandbox.leaf_gid)
+        return SockSandbox(
+            id=sid, is_leaf=is_leaf, meta=meta, dir=sb_dir, scratch=scratch, owns_scratch=owns,
+            root=SandboxRoot(sb_dir / "root"), code_dir=code_dir, cgroup=None, pool=self, network=meta.network,
+            scratch_fd=os.open(scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
+        )
+
+    async def _prepare(self, sb: SockSandbox) -> None:
+        limits = sb.meta.limits
+        sb.cgroup = self._cgroups.acquire(
+            CgroupLimits(mem_bytes=limits.mem_mb << 20, pids=limits.procs,
+                         cpu_percent=limits.cpu_percent)
+        )
+        sb.root.mount(self._base, code_dir=sb.code_dir, scratch=str(sb.scratch),
+                      tmp_bytes=limits.tmp_mb << 20)
+
+    async def _start_fresh(self, sb: SockSandbox) -> None:
+        netns = self._netns_fd if sb.network == "none" else -1
+        bpf = self._bpf["leaf" if sb.is_leaf else "zygote"]
+        ready = spawn_fresh(sb, self, self._python, bpf, netns)
+        sb.pidfd = os.pidfd_open(sb.pid)
+        with trio.socket.from_stdlib_socket(ready) as sock:
+            await receive_ready(sock, self.config.sandbox.ready_timeout_s, f"start {sb.id}")
+
+    async def release_resources(self, sb: SockSandbox) -> None:
+        """Kill the sandbox's processes and free its cgroup, mounts and dirs.
+
+        Shielded and best effort: a failure in one step is logged and the
+        other steps still run.
+        """
+        with trio.CancelScope(shield=True):
+            if sb.cgroup is not None:
+                cg, sb.cgroup = sb.cgroup, None
+                try:
+                    await self._cgroups.release(cg)
+                except Exception:
+                    log.exception("releasing cgroup of %s failed", sb.id)
+            if sb.watching:
+                await sb.exited.wait()
+            elif sb.pidfd >= 0:
+                sb.reap(block=True)
+            try:
+                sb.root.unmount()
+                remove_sandbox_dir(sb)
+            except Exception:
+                log.exception("removing the root of %s failed", sb.id)
+            self._live.pop(sb.id, None)
+
+    async def aclose(self) -> None:
+        """Destroy every sandbox (leaves and forks first, so zygotes can go)."""
+        self.closing = True
+        for sb in sorted(self._live.values(), key=lambda s: s.is_leaf, reverse=True):
+            await sb.destroy("worker shutting down")
+        self._hub.close()
+
+
+@asynccontextmanager
+async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[SockPool]:
+    """Start the sandbox machinery for ``worker_dir`` and tear it all down on exit."""
+    if not in_private_mount_namespace():
+        prepare_worker_process()
+    worker_dir = worker_dir.resolve()
+    wid = worker_id(worker_dir)
+    run_dir = worker_dir / "run"
+    if (run_dir / "sandboxes").exists() and any((run_dir / "sandboxes").iterdir()):
+        raise SandboxError(
+            f"{run_dir} holds sandboxes of a worker that did not shut down; "
+            f"run `olactors cleanup --path {worker_dir}` first"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    anomalies = CgroupAnomalies(slow_threshold=config.sandbox.anomaly_threshold_ms / 1000)
+    layout = CgroupLayout.current(prefer=config.sandbox.cgroup_version)
+    backend = open_backend(layout, wid, anomalies)
+    (run_dir / "cgroups.json").write_text(json.dumps({"worker_id": wid, "subtrees": backend.subtree_paths()}))
+    cgroups = CgroupPool(
+        backend, config.sandbox.cgroup_pool_size, anomalies, timeout=config.sandbox.kill_timeout_s
+    )
+    base_dir = config.sandbox.base_dir
+    if base_dir:
+        base_path, assembled = Path(base_dir), False
+    else:
+        base_path, assembled = worker_dir / "base", True
+        make_base_skeleton(base_path)
+    netns_fd = -1
+    base = None
+    try:
+        await cgroups.start()
+        base = BaseRoot.mount(base_path, assembled=assembled)
+        netns_fd = native.new_network_namespace()
+        async with trio.open_nursery() as nursery:
+            pool = SockPool(config, worker_dir, nursery, cgroups, anomalies, base, netns_fd)
+            try:
+                yield pool
+            finally:
+                with trio.CancelScope(shield=True):
+                    await pool.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            if base is not None:
+                base.unmount()
+            if netns_fd >= 0:
+                os.close(netns_fd)
+            await cgroups.close()
+            remove_tree_safely(run_dir)

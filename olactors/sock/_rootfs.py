@@ -1,0 +1,217 @@
+"""Root filesystems: the shared read-only base root and per-sandbox roots.
+
+The base root is a directory skeleton made once by ``olactors init`` (a
+minimal ``/etc`` with no host secrets, mount points) whose host parts are
+bind-mounted read-only when the worker starts: ``/usr`` (and the merged-usr
+symlinks), the Python installation when it lives outside ``/usr``, a tmpfs
+``/dev`` with the few device nodes Python needs, and the sandbox runtime at
+``/runtime``.  Every site-packages/dist-packages directory is covered by an
+empty read-only directory, so sandboxes never see host packages.
+
+A sandbox root is a recursive read-only bind of the base plus the function's
+code at ``/handler`` (read-only), its scratch dir at ``/host`` (writable) and a
+size-limited tmpfs at ``/tmp``.  Bind mounts + chroot; no mount namespace per
+sandbox.  All mounts live in the worker's private mount namespace.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import native
+
+RUNTIME_SOURCE = Path(__file__).with_name("runtime")
+MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "packages", "dev", "proc")
+MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
+_DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
+
+_ETC_FILES = {
+    "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": "root:x:0:\nnogroup:x:65534:\n",
+    "hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost\n",
+    "hostname": "sandbox\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+}
+# Host files copied because they hold no secrets and libc or Python wants them.
+_ETC_COPIED = ("ld.so.cache", "resolv.conf", "localtime", "mime.types")
+
+
+def python_prefix() -> str:
+    """The base (non-venv) Python installation the sandboxes run."""
+    return os.path.realpath(sys.base_prefix)
+
+
+def python_executable() -> str:
+    exe = getattr(sys, "_base_executable", sys.executable)
+    return os.path.realpath(exe)
+
+
+def site_package_dirs() -> list[str]:
+    """Host directories that hold third-party packages and must stay invisible."""
+    prefix = python_prefix()
+    found = {
+        os.path.realpath(p)
+        for key in ("purelib", "platlib")
+        for p in [sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})[key]]
+    }
+    for pattern in (
+        "/usr/lib/python3*/site-packages",
+        "/usr/lib/python3*/dist-packages",
+        "/usr/local/lib/python3*/site-packages",
+        "/usr/local/lib/python3*/dist-packages",
+    ):
+        found.update(os.path.realpath(p) for p in glob.glob(pattern))
+    return sorted(p for p in found if os.path.isdir(p))
+
+
+def _inside(path: str, root: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def make_base_skeleton(base: Path) -> None:
+    """Create (or refresh) the assembled base root's directories and /etc.
+
+    Idempotent; never mounts anything.  Raises OSError on I/O failure.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "usr").mkdir(exist_ok=True)
+    for name in MOUNT_POINTS:
+        (base / name).mkdir(exist_ok=True)
+    os.chmod(base / "tmp", 0o1777)
+    for name in MERGED_USR_LINKS:
+        host = Path("/") / name
+        link = base / name
+        if host.is_symlink() and not link.is_symlink():
+            link.symlink_to(os.readlink(host))
+        elif host.is_dir() and not host.is_symlink():
+            link.mkdir(exist_ok=True)
+    prefix = python_prefix()
+    if not prefix.startswith("/usr/"):
+        Path(_inside(prefix, str(base))).mkdir(parents=True, exist_ok=True)
+    etc = base / "etc"
+    etc.mkdir(exist_ok=True)
+    for name, text in _ETC_FILES.items():
+        (etc / name).write_text(text)
+    for name in _ETC_COPIED:
+        src = Path("/etc") / name
+        if src.exists():
+            shutil.copy(src, etc / name, follow_symlinks=True)
+    (base.parent / "empty").mkdir(exist_ok=True)
+    os.chmod(base.parent / "empty", 0o555)
+
+
+@dataclass
+class BaseRoot:
+    """The shared base root: ``assembled`` from the host, or a given directory."""
+
+    path: Path
+    assembled: bool
+    _mounts: list[str]
+
+    @classmethod
+    def mount(cls, path: Path, *, assembled: bool) -> BaseRoot:
+        """Bind the host parts into ``path``; on any failure undo and raise NativeError."""
+        root = cls(path, assembled, [])
+        try:
+            root._mount_all()
+        except BaseException:
+            root.unmount()
+            raise
+        return root
+
+    def _bind(self, src: str, rel: str, *, readonly: bool = True) -> None:
+        dst = _inside(rel, str(self.path))
+        if not os.path.isdir(dst):
+            os.makedirs(dst, exist_ok=True)
+        native.bind(src, dst, readonly=readonly, recursive=False)
+        self._mounts.append(dst)
+
+    def _mount_all(self) -> None:
+        if not self.assembled:
+            for name in ("handler", "host", "tmp", "runtime", "dev"):
+                (self.path / name).mkdir(exist_ok=True)
+        else:
+            self._bind("/usr", "/usr")
+            prefix = python_prefix()
+            if not prefix.startswith("/usr/"):
+                self._bind(prefix, prefix)
+            empty = str(self.path.parent / "empty")
+            for site in site_package_dirs():
+                if os.path.isdir(_inside(site, str(self.path))):
+                    self._bind(empty, site)
+        dev = str(self.path / "dev")
+        native.mount_tmpfs(dev, size_bytes=65536, mode=0o755, allow_dev=True)
+        self._mounts.append(dev)
+        for name, (major, minor) in _DEV_NODES.items():
+            native.mknod_char(os.path.join(dev, name), 0o666, major, minor)
+        os.symlink("/proc/self/fd", os.path.join(dev, "fd"))
+        self._bind(str(RUNTIME_SOURCE), "/runtime")
+
+    def unmount(self) -> None:
+        """Undo every mount of the base, innermost first (lazy detach)."""
+        while self._mounts:
+            path = self._mounts.pop()
+            try:
+                native.umount(path, detach=True)
+            except OSError:
+                pass
+
+
+class SandboxRoot:
+    """A per-sandbox root at ``<sandbox dir>/root``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mounted = False
+
+    def mount(self, base: BaseRoot, *, code_dir: str | None, scratch: str, tmp_bytes: int) -> None:
+        """Assemble the root; on failure undo what was done and raise NativeError."""
+        root = str(self.path)
+        self.path.mkdir(exist_ok=True)
+        native.bind(str(base.path), root, readonly=True, recursive=True)
+        self.mounted = True
+        try:
+            if code_dir:
+                native.bind(code_dir, root + "/handler", readonly=True)
+            native.bind(scratch, root + "/host", readonly=False)
+            native.mount_tmpfs(root + "/tmp", size_bytes=tmp_bytes)
+        except BaseException:
+            self.unmount()
+            raise
+
+    def unmount(self) -> None:
+        """Detach the whole tree (one syscall; idempotent)."""
+        if self.mounted:
+            self.mounted = False
+            native.umount(str(self.path), detach=True)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` in this mount namespace, deepest first."""
+    prefix = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_tree_safely(path: Path) -> None:
+    """Detach any mount left below ``path``, then delete it: never delete through a mount."""
+    for point in mounts_under(path):
+        try:
+            native.umount(point, detach=True)
+        except OSError:
+            pass
+    if mounts_under(path):
+        raise OSError(f"mounts remain under {path}; not removing it")
+    shutil.rmtree(path, ignore_errors=True)

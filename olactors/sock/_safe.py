@@ -1,0 +1,202 @@
+"""SafeSandbox: the safety rules of the sandbox interface around any raw sandbox.
+
+A raw sandbox (the real SOCK one, or a simulated one) implements only the
+mechanics: ``invoke``, ``freeze``, ``thaw``, ``release`` (free everything),
+``fork`` (zygotes), ``usage`` and ``diagnose`` (why did it die).  This wrapper
+adds, once for every implementation: serialised calls, the paused/dead state
+machine, destroy-on-any-error, harmless calls after death, zygote reference
+counting (a zygote's resources are released only when it and all its
+descendants are gone) and lifecycle events.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import trio
+
+from .._errors import SandboxDead, SandboxError, SandboxStateError
+from ._api import (
+    Invocation,
+    InvocationResult,
+    SandboxChildExited,
+    SandboxDestroyed,
+    SandboxPaused,
+    SandboxState,
+    SandboxUnpaused,
+    SandboxUsage,
+)
+from ._events import EventHub
+
+log = logging.getLogger("olactors.sandbox")
+
+
+class RawSandbox(Protocol):
+    id: str
+    is_leaf: bool
+
+    async def invoke(self, request: Invocation) -> InvocationResult: ...
+
+    async def freeze(self) -> None: ...
+
+    async def thaw(self) -> None: ...
+
+    async def release(self, reason: str) -> None: ...
+
+    def usage(self) -> SandboxUsage: ...
+
+    def diagnose(self, error: BaseException | None) -> str: ...
+
+
+class SafeSandbox:
+    """Implements :class:`olactors.sock.Sandbox` around a :class:`RawSandbox`."""
+
+    def __init__(self, raw: RawSandbox, hub: EventHub, parent: SafeSandbox | None) -> None:
+        self.raw = raw
+        self.parent = parent
+        self._hub = hub
+        self._lock = trio.Lock()
+        self._state = SandboxState.RUNNING
+        self._reason: str | None = None
+        self._children = 0
+        self._released = False
+        self.last_used = trio.current_time()
+
+    # ---------------------------------------------------------------- views
+    @property
+    def id(self) -> str:
+        return self.raw.id
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.raw.is_leaf
+
+    @property
+    def state(self) -> SandboxState:
+        return self._state
+
+    @property
+    def live_children(self) -> int:
+        return self._children
+
+    @property
+    def death_reason(self) -> str | None:
+        return self._reason
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def usage(self) -> SandboxUsage:
+        if self._released:
+            return SandboxUsage()
+        return self.raw.usage()
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id} {self._state.value}{' leaf' if self.is_leaf else ' zygote'}>"
+
+    # ------------------------------------------------------------ operations
+    def _check_alive(self) -> None:
+        if self._state is SandboxState.DEAD:
+            raise SandboxDead(f"sandbox {self.id} is destroyed: {self._reason}", self._reason or "")
+
+    async def _fail(self, exc: BaseException, doing: str) -> SandboxError:
+        reason = self.raw.diagnose(exc)
+        await self._destroy_locked(reason)
+        err = SandboxDead(f"sandbox {self.id} failed while {doing}: {reason}", reason)
+        err.__cause__ = exc
+        return err
+
+    async def invoke(self, request: Invocation) -> InvocationResult:
+        """Forward one request.  Cancellation mid-call destroys the sandbox
+        (its connection state is unknown), e.g. when a runtime limit fires."""
+        async with self._lock:
+            self._check_alive()
+            if self._state is SandboxState.PAUSED:
+                raise SandboxStateError(f"sandbox {self.id} is paused; unpause it first")
+            self.last_used = trio.current_time()
+            try:
+                return await self.raw.invoke(request)
+            except trio.Cancelled:
+                with trio.CancelScope(shield=True):
+                    await self._destroy_locked("invocation cancelled (timeout or shutdown)")
+                raise
+            except Exception as exc:
+                raise await self._fail(exc, "invoking") from exc
+
+    async def pause(self) -> None:
+        async with self._lock:
+            self._check_alive()
+            if self._state is SandboxState.PAUSED:
+                return
+            try:
+                await self.raw.freeze()
+            except Exception as exc:
+                raise await self._fail(exc, "pausing") from exc
+            self._state = SandboxState.PAUSED
+            await self._hub.emit(SandboxPaused(self))
+
+    async def unpause(self) -> None:
+        async with self._lock:
+            self._check_alive()
+            if self._state is SandboxState.RUNNING:
+                return
+            try:
+                await self.raw.thaw()
+            except Exception as exc:
+                raise await self._fail(exc, "unpausing") from exc
+            self._state = SandboxState.RUNNING
+            self.last_used = trio.current_time()
+            await self._hub.emit(SandboxUnpaused(self))
+
+    async def destroy(self, reason: str) -> None:
+        """Destroy; idempotent.  Shielded: a cancelled caller still leaves nothing behind."""
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                await self._destroy_locked(reason)
+
+    async def destroy_if_paused(self, reason: str) -> bool:
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if self._state is not SandboxState.PAUSED:
+                    return False
+                await self._destroy_locked(reason)
+                return True
+
+    async def died(self, exc: BaseException | None = None) -> None:
+        """Called by the pool's watcher when the sandbox's process exited on its own."""
+        if self._state is SandboxState.DEAD:
+            return
+        reason = self.raw.diagnose(exc)
+        await self.destroy(reason)
+
+    # -------------------------------------------------- zygote reference counts
+    def child_added(self) -> None:
+        self._children += 1
+
+    async def child_gone(self, child: SafeSandbox) -> None:
+        self._children -= 1
+        await self._hub.emit(SandboxChildExited(self, child))
+        await self._release_if_unreferenced()
+
+    async def _destroy_locked(self, reason: str) -> None:
+        if self._state is SandboxState.DEAD:
+            return
+        self._state = SandboxState.DEAD
+        self._reason = reason
+        await self._release_if_unreferenced()
+
+    async def _release_if_unreferenced(self) -> None:
+        if self._state is not SandboxState.DEAD or self._children > 0 or self._released:
+            return
+        self._released = True
+        reason = self._reason or "destroyed"
+        with trio.CancelScope(shield=True):
+            try:
+                await self.raw.release(reason)
+            except Exception:  # a failed cleanup is logged, never raised to a destroy caller
+                log.exception("releasing sandbox %s failed", self.id)
+            await self._hub.emit(SandboxDestroyed(self, reason))
+            if self.parent is not None:
+                await self.parent.child_gone(self)

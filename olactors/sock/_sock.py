@@ -1,0 +1,280 @@
+"""The real SOCK sandbox: a process tree in its own cgroup, namespaces and root.
+
+A fresh sandbox is spawned by the native layer (join cgroups, new PID/UTS/IPC
+namespaces, network namespace, chroot, identity, no_new_privs, seccomp, exec
+``python -I -S /runtime/server.py``).  A forked sandbox is cloned by its parent
+zygote, which receives the child's root dir fd, log fd and cgroup.procs fds
+over SCM_RIGHTS; the child enters them before anything else runs.  Either
+way, "created" means the runtime listens on its socket.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import shutil
+import signal
+import socket as stdsocket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from .. import native
+from .._errors import SandboxError
+from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
+from ._client import LeafClient
+from ._rootfs import SandboxRoot
+
+RUNTIME_ARGV_SCRIPT = "/runtime/server.py"
+BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/tmp",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+LOG_TAIL_BYTES = 2000
+
+
+def describe_wait_status(si_code: int, status: int) -> str:
+    if si_code == os.CLD_EXITED:
+        return f"exited with status {status}"
+    try:
+        name = signal.Signals(status).name
+    except ValueError:
+        name = f"signal {status}"
+    return f"killed by {name}"
+
+
+def short_socket_path(path: Path, dir_fd: int) -> str:
+    """Unix socket paths are limited to 108 bytes; reach long ones via the dir fd."""
+    if len(str(path)) < 100:
+        return str(path)
+    return f"/proc/self/fd/{dir_fd}/{path.name}"
+
+
+@dataclass
+class SockSandbox:
+    """Mechanics of one SOCK sandbox (wrapped by SafeSandbox for the rules)."""
+
+    id: str
+    is_leaf: bool
+    meta: SandboxMeta
+    dir: Path
+    scratch: Path
+    owns_scratch: bool
+    root: SandboxRoot
+    code_dir: str | None
+    cgroup: object  # olactors.sock.cgroups Cgroup
+    pool: object  # SockPool (for cgroup release and counters)
+    network: str
+    pid: int = 0
+    pidfd: int = -1
+    scratch_fd: int = -1
+    exit_description: str | None = None
+    exited: trio.Event = field(default_factory=trio.Event)
+    watching: bool = False
+    client: LeafClient | None = None
+
+    # ------------------------------------------------------------ mechanics
+    def socket_path(self, name: str) -> str:
+        return short_socket_path(self.scratch / name, self.scratch_fd)
+
+    async def invoke(self, request: Invocation) -> InvocationResult:
+        if self.client is None:
+            self.client = LeafClient(self.socket_path("ol.sock"))
+        return await self.client.request(request)
+
+    async def freeze(self) -> None:
+        await self.cgroup.freeze(self.pool.config.sandbox.freeze_timeout_s)
+
+    async def thaw(self) -> None:
+        await self.cgroup.thaw(self.pool.config.sandbox.freeze_timeout_s)
+
+    def usage(self) -> SandboxUsage:
+        u = self.cgroup.usage()
+        return SandboxUsage(u.memory_bytes, u.memory_peak_bytes, u.oom_kills, u.pids_limit_hits, u.cpu_ns)
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.dir / "log", "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    async def diagnose(self, error: BaseException | None) -> str:
+        """Why did it die?  cgroup counters first (the kernel's own verdict),
+        then the exit status, then the error the caller saw."""
+        if self.watching:
+            with trio.move_on_after(0.2):
+                await self.exited.wait()
+        elif self.pidfd >= 0:
+            self.reap(block=False)
+        try:
+            u = self.cgroup.usage()
+        except Exception:  # cgroup already gone
+            u = None
+        limits = self.meta.limits
+        if u is not None and u.oom_kills:
+            return f"oom: killed at its memory limit of {limits.mem_mb} MB"
+        parts = []
+        if self.exit_description:
+            parts.append(self.exit_description)
+        if u is not None and u.pids_limit_hits:
+            parts.append(f"pids: hit its limit of {limits.procs} processes")
+        if not parts and error is not None:
+            parts.append(f"{type(error).__name__}: {error}")
+        if not parts:
+            parts.append("process exited unexpectedly")
+        return "; ".join(parts)
+
+    async def release(self, reason: str) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        await self.pool.release_resources(self)
+
+    # ------------------------------------------------------------- watching
+    def reap(self, *, block: bool) -> bool:
+        """Collect the exit status if the init process is our child and has exited.
+
+        Returns True once the process is known to be gone (pidfd then closed).
+        """
+        if self.pidfd < 0:
+            return True
+        flags = os.WEXITED | (0 if block else os.WNOHANG)
+        try:
+            info = os.waitid(os.P_PIDFD, self.pidfd, flags)
+        except ChildProcessError:
+            info = None  # forked by a zygote, which reaps it
+            if not block:
+                return False
+        else:
+            if info is None:
+                return False
+            self.exit_description = describe_wait_status(info.si_code, info.si_status)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        self.exited.set()
+        return True
+
+    async def watch(self, on_exit) -> None:
+        """Wait for the sandbox's init process to exit, reap it if it is ours, report."""
+        try:
+            await trio.lowlevel.wait_readable(self.pidfd)
+        except BaseException:
+            if not self.reap(block=False):
+                os.close(self.pidfd)
+                self.pidfd = -1
+            raise
+        self.reap(block=True)
+        await on_exit()
+
+
+async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str) -> int | None:
+    """Read runtime messages until ``ready``; return the zygote-reported pid if any.
+
+    Raises SandboxError when the peer closes without reporting ready, or on timeout.
+    """
+    forked_pid = None
+    with trio.move_on_after(timeout) as scope:
+        while True:
+            msg = await sock.recv(65536)
+            if not msg:
+                raise SandboxError(f"{what}: sandbox exited before it was ready")
+            data = json.loads(msg)
+            if "error" in data:
+                raise SandboxError(f"{what}: zygote refused the fork: {data['error']}")
+            if "forked" in data:
+                forked_pid = data["forked"]
+            if data.get("ready"):
+                return forked_pid
+    assert scope.cancelled_caught
+    raise SandboxError(f"{what}: not ready within {timeout} s")
+
+
+def spawn_fresh(sb: SockSandbox, pool, python: str, bpf: bytes, netns_fd: int) -> stdsocket.socket:
+    """Spawn the runtime for a fresh sandbox; return the worker end of the ready socket."""
+    parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+    root_fd = os.open(sb.root.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    log_fd = os.open(sb.dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    procs_fds = sb.cgroup.open_procs_fds()
+    config = {"mode": "leaf" if sb.is_leaf else "zygote", "entry": sb.meta.entry,
+              "imports": list(sb.meta.imports)}
+    sandbox_cfg = pool.config.sandbox
+    try:
+        sb.pid = native.spawn(
+            native.SpawnSpec(
+                path=python,
+                argv=[python, "-I", "-S", RUNTIME_ARGV_SCRIPT, json.dumps(config)],
+                env={**BASE_ENV, **sb.meta.env},
+                cgroup_procs_fds=procs_fds,
+                netns_fd=netns_fd,
+                root_fd=root_fd,
+                hostname=sb.id,
+                uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
+                gid=sandbox_cfg.leaf_gid if sb.is_leaf else -1,
+                stdout_fd=log_fd,
+                stderr_fd=log_fd,
+                keep_fds=[child_end.fileno()],
+                seccomp_bpf=bpf,
+            )
+        )
+    finally:
+        for fd in (root_fd, log_fd, *procs_fds):
+            os.close(fd)
+        child_end.close()
+    return parent_end
+
+
+async def fork_from(parent: SockSandbox, sb: SockSandbox, pool, leaf_bpf: bytes) -> None:
+    """Ask ``parent``'s zygote to fork ``sb`` and wait until it is ready."""
+    root_fd = os.open(sb.root.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    log_fd = os.open(sb.dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    procs_fds = sb.cgroup.open_procs_fds()
+    sandbox_cfg = pool.config.sandbox
+    request = {
+        "hostname": sb.id,
+        "uid": sandbox_cfg.leaf_uid,
+        "gid": sandbox_cfg.leaf_gid,
+        "env": {**BASE_ENV, **sb.meta.env},
+        "config": {"mode": "leaf" if sb.is_leaf else "zygote", "entry": sb.meta.entry,
+                   "imports": list(sb.meta.imports)},
+    }
+    if sb.is_leaf and leaf_bpf:
+        import base64
+
+        request["seccomp"] = base64.b64encode(leaf_bpf).decode()
+    sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+    try:
+        try:
+            await sock.connect(parent.socket_path("zygote.sock"))
+            fds = array.array("i", [root_fd, log_fd, *procs_fds])
+            await sock.sendmsg(
+                [json.dumps(request).encode()],
+                [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)],
+            )
+        finally:
+            for fd in (root_fd, log_fd, *procs_fds):
+                os.close(fd)
+        await receive_ready(sock, sandbox_cfg.ready_timeout_s, f"fork {sb.id} from {parent.id}")
+    finally:
+        sock.close()
+    pids = sb.cgroup.pids()
+    if not pids:
+        raise SandboxError(f"fork {sb.id}: no process in its cgroup after ready")
+    sb.pid = min(pids)
+
+
+def remove_sandbox_dir(sb: SockSandbox) -> None:
+    """Delete the sandbox dir, but never through a mount point (the root must be
+    unmounted first; if it still is a mount the dir is left and reported)."""
+    if sb.scratch_fd >= 0:
+        os.close(sb.scratch_fd)
+        sb.scratch_fd = -1
+    if sb.root.mounted or os.path.ismount(sb.root.path):
+        raise SandboxError(f"{sb.id}: root still mounted, not removing {sb.dir}")
+    shutil.rmtree(sb.dir, ignore_errors=True)

@@ -1,0 +1,289 @@
+"""Sandbox runtime: leaf HTTP server or zygote fork server (stdlib only).
+
+Started as ``python -I -S /runtime/server.py '<json config>'`` with fd 3 being
+a SOCK_SEQPACKET socket on which the runtime reports ``{"ready": true}`` once
+its own socket listens.  Children forked by a zygote report on the fork
+request's connection instead, so in both cases "ready" means "listening".
+
+Config keys: ``mode`` ("leaf" | "zygote"), ``entry`` ("module:attr" for
+leaves, default "f:f"), ``imports`` (modules a zygote pre-imports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+
+RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+HANDLER_DIR = "/handler"
+LEAF_SOCKET = "/host/ol.sock"
+ZYGOTE_SOCKET = "/host/zygote.sock"
+MAX_HEADER_BYTES = 65536
+MAX_FORK_MESSAGE = 1 << 20
+MAX_FDS = 16
+
+
+# ----------------------------------------------------------------- leaf mode
+class Request:
+    __slots__ = ("method", "target", "headers", "body")
+
+    def __init__(self, method: str, target: str, headers: list, body: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+
+
+def _json_response(status: int, obj: object) -> tuple:
+    body = json.dumps(obj).encode()
+    return status, [("content-type", "application/json")], body
+
+
+def load_entry(spec: str):
+    """Import the handler once; an import failure is served as a 500 on every call."""
+    if HANDLER_DIR not in sys.path:
+        sys.path.insert(0, HANDLER_DIR)
+    sys.path_importer_cache.pop(HANDLER_DIR, None)
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = __import__(module_name, fromlist=["_"])
+        func = getattr(module, attr or "f")
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller
+        import traceback
+
+        failure = {
+            "error": "handler_import_failed",
+            "message": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+        return lambda request: _json_response(500, failure)
+
+    def call(request: Request) -> tuple:
+        if request.body:
+            try:
+                event = json.loads(request.body)
+            except ValueError as exc:
+                return _json_response(400, {"error": "bad_json", "message": str(exc)})
+        else:
+            event = None
+        try:
+            result = func(event)
+            return _json_response(200, result)
+        except BaseException as exc:  # noqa: BLE001 - the sandbox survives handler errors
+            import traceback
+
+            return _json_response(
+                500,
+                {
+                    "error": "handler_exception",
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": traceback.format_exc(),
+                },
+            )
+
+    return call
+
+
+def _read_request(conn: socket.socket, buf: bytearray) -> Request | None:
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        if len(buf) > MAX_HEADER_BYTES:
+            raise ValueError("request header too large")
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    head = bytes(buf[:end]).decode("latin-1")
+    del buf[: end + 4]
+    lines = head.split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)
+    headers = []
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        value = value.strip()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding":
+            raise ValueError("chunked requests are not supported")
+        headers.append((name, value))
+    while len(buf) < length:
+        chunk = conn.recv(max(65536, length - len(buf)))
+        if not chunk:
+            return None
+        buf += chunk
+    body = bytes(buf[:length])
+    del buf[:length]
+    return Request(method, target, headers, body)
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}
+
+
+def _write_response(conn: socket.socket, status: int, headers: list, body: bytes) -> None:
+    out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"]
+    for name, value in headers:
+        out.append(f"{name}: {value}\r\n")
+    out.append(f"content-length: {len(body)}\r\n\r\n")
+    conn.sendall("".join(out).encode("latin-1") + body)
+
+
+def serve_leaf(listener: socket.socket, app) -> None:
+    """Serve invocations one connection at a time, keep-alive, until killed."""
+    while True:
+        conn, _ = listener.accept()
+        buf = bytearray()
+        try:
+            while True:
+                try:
+                    request = _read_request(conn, buf)
+                except (ValueError, UnicodeError) as exc:
+                    _write_response(conn, *_json_response(400, {"error": "bad_request", "message": str(exc)}))
+                    break
+                if request is None:
+                    break
+                status, headers, body = app(request)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                _write_response(conn, status, headers, body)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+# --------------------------------------------------------------- zygote mode
+def _reap_children(_signum=None, _frame=None) -> None:
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _fork_child(listener: socket.socket, conn: socket.socket, fds: list, request: dict) -> None:
+    """In the freshly cloned child: enter the child's cgroups, root and identity, then run.
+
+    Nothing of the function runs before this completes; any failure exits the
+    child, which the worker sees as the connection closing without "ready".
+    """
+    import _proc
+
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        root_fd, log_fd, *cgroup_fds = fds
+        for fd in cgroup_fds:
+            os.write(fd, b"0")
+            os.close(fd)
+        _proc.chroot_to_fd(root_fd)
+        os.close(root_fd)
+        _proc.sethostname(request["hostname"])
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        listener.close()
+        keep = conn.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 65536)
+        os.environ.clear()
+        os.environ.update(request.get("env", {}))
+        config = request["config"]
+        if config["mode"] == "leaf":
+            import _linux
+
+            _proc.drop_privileges(request["uid"], request["gid"])
+            _proc.set_no_new_privs()
+            if request.get("seccomp"):
+                import base64
+
+                _linux.install_seccomp(base64.b64decode(request["seccomp"]))
+        run(config, conn)
+    except BaseException:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+    os._exit(1)
+
+
+def serve_zygote(listener: socket.socket) -> None:
+    """Answer fork requests: one SEQPACKET connection per request."""
+    import _proc
+
+    signal.signal(signal.SIGCHLD, _reap_children)
+    while True:
+        conn, _ = listener.accept()
+        fds: list = []
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(conn, MAX_FORK_MESSAGE, MAX_FDS)
+            if not msg:
+                continue
+            request = json.loads(msg)
+            pid = _proc.clone_into_namespaces()
+            if pid == 0:
+                _fork_child(listener, conn, fds, request)
+            conn.send(json.dumps({"forked": pid}).encode())
+        except Exception as exc:  # noqa: BLE001 - a bad request must not kill the zygote
+            try:
+                conn.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+            except OSError:
+                pass
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            conn.close()
+
+
+# ------------------------------------------------------------------- common
+def _listen(path: str, kind: int) -> socket.socket:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, kind)
+    listener.bind(path)
+    listener.listen(128)
+    return listener
+
+
+def run(config: dict, ready: socket.socket) -> None:
+    """Become a leaf or zygote, report ready on ``ready`` once listening, serve forever."""
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    sys.dont_write_bytecode = True
+    if config["mode"] == "leaf":
+        app = load_entry(config.get("entry") or "f:f")
+        listener = _listen(LEAF_SOCKET, socket.SOCK_STREAM)
+        ready.send(b'{"ready": true}')
+        ready.close()
+        serve_leaf(listener, app)
+    else:
+        for name in config.get("imports", ()):
+            __import__(name)
+        listener = _listen(ZYGOTE_SOCKET, socket.SOCK_SEQPACKET)
+        ready.send(b'{"ready": true}')
+        ready.close()
+        serve_zygote(listener)
+
+
+def main() -> None:
+    sys.path.insert(0, RUNTIME_DIR)
+    config = json.loads(sys.argv[1])
+    ready = socket.socket(fileno=3)
+    run(config, ready)
+
+
+if __name__ == "__main__":
+    main()
