@@ -71,6 +71,7 @@ class SockPool:
         self._live: dict[str, SafeSandbox] = {}
         self._python = config.sandbox.python or python_executable()
         self._bpf = {kind: seccomp.compile_profile(kind) for kind in ("leaf", "zygote")}
+        self.leaf_bpf = self._bpf["leaf"]
         self.closing = False
 
     # ------------------------------------------------------------- interface

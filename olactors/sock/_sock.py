@@ -11,6 +11,7 @@ way, "created" means the runtime listens on its socket.
 from __future__ import annotations
 
 import array
+import base64
 import json
 import os
 import shutil
@@ -196,14 +197,24 @@ async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str)
     raise SandboxError(f"{what}: not ready within {timeout} s")
 
 
+def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
+    """The JSON config the in-sandbox runtime starts with."""
+    if sb.is_leaf:
+        return {"mode": "leaf", "entry": sb.meta.entry}
+    return {
+        "mode": "zygote",
+        "imports": list(sb.meta.imports),
+        "leaf_seccomp": base64.b64encode(leaf_bpf).decode(),
+    }
+
+
 def spawn_fresh(sb: SockSandbox, pool, python: str, bpf: bytes, netns_fd: int) -> stdsocket.socket:
     """Spawn the runtime for a fresh sandbox; return the worker end of the ready socket."""
     parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
     root_fd = os.open(sb.root.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     log_fd = os.open(sb.dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     procs_fds = sb.cgroup.open_procs_fds()
-    config = {"mode": "leaf" if sb.is_leaf else "zygote", "entry": sb.meta.entry,
-              "imports": list(sb.meta.imports)}
+    config = runtime_config(sb, pool.leaf_bpf)
     sandbox_cfg = pool.config.sandbox
     try:
         sb.pid = native.spawn(
@@ -241,13 +252,8 @@ async def fork_from(parent: SockSandbox, sb: SockSandbox, pool, leaf_bpf: bytes)
         "uid": sandbox_cfg.leaf_uid,
         "gid": sandbox_cfg.leaf_gid,
         "env": {**BASE_ENV, **sb.meta.env},
-        "config": {"mode": "leaf" if sb.is_leaf else "zygote", "entry": sb.meta.entry,
-                   "imports": list(sb.meta.imports)},
+        "config": runtime_config(sb, leaf_bpf),
     }
-    if sb.is_leaf and leaf_bpf:
-        import base64
-
-        request["seccomp"] = base64.b64encode(leaf_bpf).decode()
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
     try:
         try:

@@ -21,6 +21,7 @@ RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 HANDLER_DIR = "/handler"
 LEAF_SOCKET = "/host/ol.sock"
 ZYGOTE_SOCKET = "/host/zygote.sock"
+LEAF_SECCOMP = b""  # set in zygotes: the filter their leaf children install
 MAX_HEADER_BYTES = 65536
 MAX_FORK_MESSAGE = 1 << 20
 MAX_FDS = 16
@@ -202,10 +203,8 @@ def _fork_child(listener: socket.socket, conn: socket.socket, fds: list, request
 
             _proc.drop_privileges(request["uid"], request["gid"])
             _proc.set_no_new_privs()
-            if request.get("seccomp"):
-                import base64
-
-                _linux.install_seccomp(base64.b64decode(request["seccomp"]))
+            if LEAF_SECCOMP:
+                _linux.install_seccomp(LEAF_SECCOMP)
         run(config, conn)
     except BaseException:  # noqa: BLE001
         import traceback
@@ -270,8 +269,23 @@ def run(config: dict, ready: socket.socket) -> None:
         ready.close()
         serve_leaf(listener, app)
     else:
+        # Everything a forked child needs is prepared here, once, not per fork.
+        import base64
+        import gc
+        import traceback  # noqa: F401
+
+        import _linux  # noqa: F401
+        import _proc  # noqa: F401
+
+        global LEAF_SECCOMP
+        LEAF_SECCOMP = base64.b64decode(config.get("leaf_seccomp", ""))
         for name in config.get("imports", ()):
             __import__(name)
+        compile("def _warm(event):\n    return event\n", "<warm-up>", "exec")
+        # Freeze what exists now so the collector never touches (and copies)
+        # the zygote's pages in its children.
+        gc.collect()
+        gc.freeze()
         listener = _listen(ZYGOTE_SOCKET, socket.SOCK_SEQPACKET)
         ready.send(b'{"ready": true}')
         ready.close()

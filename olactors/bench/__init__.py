@@ -1,0 +1,1 @@
+"""Benchmarks (`olactors bench ...`): figures measured side by side in one run."""

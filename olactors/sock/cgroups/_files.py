@@ -1,0 +1,117 @@
+"""Small synchronous helpers for cgroupfs files (fast, done inline).
+
+Every failure is translated into :class:`~olactors._errors.CgroupError`
+naming the file, except where a ``default`` is given for a missing file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+
+from ..._errors import CgroupError
+
+_MISSING = object()
+
+
+def cgroup_error(action: str, path: str, exc: OSError) -> CgroupError:
+    """Build a CgroupError for a failed ``action`` on ``path``."""
+    reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+    return CgroupError(f"cannot {action} {path}: {reason}")
+
+
+def read_text(path: str, default: object = _MISSING) -> str:
+    """Return the content of ``path``; ``default`` if it does not exist (when given)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        if default is not _MISSING:
+            return str(default)
+        raise cgroup_error("read", path, exc) from exc
+    except OSError as exc:
+        raise cgroup_error("read", path, exc) from exc
+
+
+def read_int(path: str, default: int | None = None) -> int:
+    """Read a file holding one integer (``max`` reads as -1)."""
+    text = read_text(path, default="" if default is not None else _MISSING).strip()
+    if not text and default is not None:
+        return default
+    if text == "max":
+        return -1
+    try:
+        return int(text.split()[0])
+    except (ValueError, IndexError) as exc:
+        raise CgroupError(f"unexpected content in {path}: {text[:80]!r}") from exc
+
+
+def parse_keyed(text: str) -> dict[str, str]:
+    """Parse ``key value`` lines (memory.events, cgroup.events, cpu.stat, ...)."""
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            result[key] = value.strip()
+    return result
+
+
+def read_keyed_int(path: str, key: str, default: int = 0) -> int:
+    """Return integer field ``key`` of a keyed file; ``default`` if file or key is missing."""
+    value = parse_keyed(read_text(path, default="")).get(key)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise CgroupError(f"unexpected value for {key} in {path}: {value!r}") from exc
+
+
+def write_text(path: str, value: str) -> None:
+    """Write ``value`` to an existing file in one write() (never creates the file)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except OSError as exc:
+        raise cgroup_error("open", path, exc) from exc
+    try:
+        os.write(fd, value.encode("ascii"))
+    except OSError as exc:
+        raise cgroup_error(f"write {value!r} to", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def read_pids(path: str) -> list[int]:
+    """Pids listed in a ``cgroup.procs`` file; [] if the cgroup does not exist."""
+    text = read_text(path, default="")
+    return [int(tok) for tok in text.split()]
+
+
+def open_write_fds(paths: Iterable[str]) -> list[int]:
+    """Open every path O_WRONLY|O_CLOEXEC; on failure close those opened and raise."""
+    fds: list[int] = []
+    try:
+        for path in paths:
+            try:
+                fds.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            except OSError as exc:
+                raise cgroup_error("open", path, exc) from exc
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def make_dir(path: str, exist_ok: bool = False) -> bool:
+    """mkdir ``path``; return True if it was created now (False if it existed and exist_ok)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError as exc:
+        if exist_ok:
+            return False
+        raise CgroupError(f"cgroup {path} already exists") from exc
+    except OSError as exc:
+        raise cgroup_error("create", path, exc) from exc
+    return True
