@@ -19,7 +19,7 @@ import trio
 
 from .. import native
 from .._config import Config
-from .._errors import SandboxError, SandboxStateError
+from .._errors import SandboxDead, SandboxError, SandboxStateError
 from . import seccomp
 from ._api import (
     Sandbox,
@@ -102,6 +102,9 @@ class SockPool:
                 raise SandboxError("parent is not a sandbox of this pool")
             if parent.is_leaf:
                 raise SandboxError(f"cannot fork from leaf {parent.id}")
+            parent._check_alive()
+            if parent.state is not SandboxState.RUNNING:
+                raise SandboxStateError(f"zygote {parent.id} is paused")
             if parent.raw.network != meta.network:
                 raise SandboxError(
                     f"cannot fork a network={meta.network} sandbox from zygote {parent.id} "
@@ -129,8 +132,8 @@ class SockPool:
                 reason = await sb.diagnose(exc)
                 tail = sb.log_tail()
                 await self.release_resources(sb)
-            if not isinstance(exc, Exception):
-                raise
+            if not isinstance(exc, Exception) or isinstance(exc, (SandboxDead, SandboxStateError)):
+                raise  # cancellation, or the parent's state changed: not this sandbox's failure
             detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
             raise SandboxError(f"creating sandbox {sb.id} failed: {reason}{detail}") from exc
         safe = SafeSandbox(sb, self._hub, parent)

@@ -89,20 +89,17 @@ def load_entry(spec: str):
     return call
 
 
-def _read_request(conn: socket.socket, buf: bytearray) -> Request | None:
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            break
+def parse_request(buf: bytearray) -> Request | None:
+    """Take one complete request off the front of ``buf``; None if incomplete.
+
+    Raises ValueError for a malformed or oversized request.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
         if len(buf) > MAX_HEADER_BYTES:
             raise ValueError("request header too large")
-        chunk = conn.recv(65536)
-        if not chunk:
-            return None
-        buf += chunk
-    head = bytes(buf[:end]).decode("latin-1")
-    del buf[: end + 4]
-    lines = head.split("\r\n")
+        return None
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
     method, target, _version = lines[0].split(" ", 2)
     headers = []
     length = 0
@@ -115,13 +112,10 @@ def _read_request(conn: socket.socket, buf: bytearray) -> Request | None:
         elif name == "transfer-encoding":
             raise ValueError("chunked requests are not supported")
         headers.append((name, value))
-    while len(buf) < length:
-        chunk = conn.recv(max(65536, length - len(buf)))
-        if not chunk:
-            return None
-        buf += chunk
-    body = bytes(buf[:length])
-    del buf[:length]
+    if len(buf) < end + 4 + length:
+        return None
+    body = bytes(buf[end + 4 : end + 4 + length])
+    del buf[: end + 4 + length]
     return Request(method, target, headers, body)
 
 
@@ -136,28 +130,46 @@ def _write_response(conn: socket.socket, status: int, headers: list, body: bytes
     conn.sendall("".join(out).encode("latin-1") + body)
 
 
-def serve_leaf(listener: socket.socket, app) -> None:
-    """Serve invocations one connection at a time, keep-alive, until killed."""
+def _serve_buffered(conn: socket.socket, buf: bytearray, app) -> bool:
+    """Answer every complete request in ``buf``; False when the connection must close."""
     while True:
-        conn, _ = listener.accept()
-        buf = bytearray()
         try:
-            while True:
-                try:
-                    request = _read_request(conn, buf)
-                except (ValueError, UnicodeError) as exc:
-                    _write_response(conn, *_json_response(400, {"error": "bad_request", "message": str(exc)}))
-                    break
-                if request is None:
-                    break
-                status, headers, body = app(request)
-                sys.stdout.flush()
-                sys.stderr.flush()
-                _write_response(conn, status, headers, body)
-        except OSError:
-            pass
-        finally:
-            conn.close()
+            request = parse_request(buf)
+        except (ValueError, UnicodeError) as exc:
+            _write_response(conn, *_json_response(400, {"error": "bad_request", "message": str(exc)}))
+            return False
+        if request is None:
+            return True
+        status, headers, body = app(request)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _write_response(conn, status, headers, body)
+
+
+def serve_leaf(listener: socket.socket, app) -> None:
+    """Serve invocations on any number of keep-alive connections, one request at a time."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, None)
+    while True:
+        for key, _ in selector.select():
+            if key.data is None:
+                conn, _ = listener.accept()
+                selector.register(conn, selectors.EVENT_READ, bytearray())
+                continue
+            conn, buf = key.fileobj, key.data
+            try:
+                chunk = conn.recv(65536)
+                keep = bool(chunk)
+                if keep:
+                    buf += chunk
+                    keep = _serve_buffered(conn, buf, app)
+            except OSError:
+                keep = False
+            if not keep:
+                selector.unregister(conn)
+                conn.close()
 
 
 # --------------------------------------------------------------- zygote mode

@@ -1,0 +1,112 @@
+"""Shared fixtures.
+
+Before anything else this process enters a private mount namespace (as the
+worker does), so every mount a test makes is invisible to the host and dies
+with the test process.  A session-level check then asserts that the tests
+left no cgroup, mount or process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+if IS_ROOT:
+    from olactors.sock import prepare_worker_process
+
+    prepare_worker_process()
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root (cgroups, mounts, namespaces)")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+def olactors_cgroups() -> list[str]:
+    out = subprocess.run(
+        ["find", "/sys/fs/cgroup", "-maxdepth", "7", "-type", "d", "-iname", "*olactors*"],
+        capture_output=True, text=True,
+    ).stdout
+    return sorted(out.split())
+
+
+def mounts_mentioning(word: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if word in line.split()[4]]
+
+
+def child_processes() -> list[int]:
+    """Live processes whose parent is this test process."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks(tmp_path_factory):
+    """Every cgroup, mount and process the tests created is gone at the end."""
+    before_cgroups = set(olactors_cgroups())
+    root = str(tmp_path_factory.getbasetemp())
+    yield
+    leaked_cgroups = sorted(set(olactors_cgroups()) - before_cgroups)
+    leaked_mounts = mounts_mentioning(root)
+    leaked_procs = child_processes()
+    assert not leaked_cgroups, f"tests leaked cgroups: {leaked_cgroups}"
+    assert not leaked_mounts, f"tests leaked mounts: {leaked_mounts}"
+    assert not leaked_procs, f"tests leaked processes: {leaked_procs}"
+
+
+@pytest.fixture
+def worker_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "worker"
+    path.mkdir()
+    return path
+
+
+def write_function(parent: Path, name: str, source: str) -> Path:
+    """A function dir ``parent/name`` with ``f.py`` holding ``source`` (dedented)."""
+    code = parent / name
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "f.py").write_text(textwrap.dedent(source))
+    return code
+
+
+@pytest.fixture
+async def pool(worker_dir: Path):
+    """A real SOCK pool on a fresh worker dir (root only)."""
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    from olactors._config import build_config
+    from olactors.sock import open_sock_pool
+
+    async with open_sock_pool(build_config(None, ["sandbox.cgroup_pool_size=2"]), worker_dir) as p:
+        yield p
+
+
+def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "olactors.cli", *args],
+        capture_output=True, text=True, check=check, cwd=REPO,
+    )
