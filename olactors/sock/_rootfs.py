@@ -151,7 +151,6 @@ class BaseRoot:
         self._mounts.append(dev)
         for name, (major, minor) in _DEV_NODES.items():
             native.mknod_char(os.path.join(dev, name), 0o666, major, minor)
-        os.symlink("/proc/self/fd", os.path.join(dev, "fd"))
         self._bind(str(RUNTIME_SOURCE), "/runtime")
 
     def unmount(self) -> None:

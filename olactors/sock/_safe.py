@@ -46,7 +46,7 @@ class RawSandbox(Protocol):
 
     def usage(self) -> SandboxUsage: ...
 
-    def diagnose(self, error: BaseException | None) -> str: ...
+    async def diagnose(self, error: BaseException | None) -> str: ...
 
 
 class SafeSandbox:
@@ -102,7 +102,7 @@ class SafeSandbox:
             raise SandboxDead(f"sandbox {self.id} is destroyed: {self._reason}", self._reason or "")
 
     async def _fail(self, exc: BaseException, doing: str) -> SandboxError:
-        reason = self.raw.diagnose(exc)
+        reason = await self.raw.diagnose(exc)
         await self._destroy_locked(reason)
         err = SandboxDead(f"sandbox {self.id} failed while {doing}: {reason}", reason)
         err.__cause__ = exc
@@ -168,7 +168,7 @@ class SafeSandbox:
         """Called by the pool's watcher when the sandbox's process exited on its own."""
         if self._state is SandboxState.DEAD:
             return
-        reason = self.raw.diagnose(exc)
+        reason = await self.raw.diagnose(exc)
         await self.destroy(reason)
 
     # -------------------------------------------------- zygote reference counts
