@@ -11,6 +11,8 @@ Layout::
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 from pathlib import Path
@@ -51,7 +53,9 @@ async def cleanup_worker_dir(path: Path, config: Config) -> list[str]:
     path = path.resolve()
     done: list[str] = []
     wid = worker_id(path)
-    layout = CgroupLayout.current(prefer=config.sandbox.cgroup_version)
+    layout = recorded_layout(
+        CgroupLayout.current(prefer=config.sandbox.cgroup_version), path / "run" / "cgroups.json"
+    )
     existing = [
         p for h in layout.hierarchies
         if os.path.isdir(p := os.path.join(h.own_dir, f"olactors-{wid}"))
@@ -75,3 +79,28 @@ async def cleanup_worker_dir(path: Path, config: Config) -> list[str]:
         admin.unlink()
         done.append(f"removed {admin}")
     return done
+
+
+def recorded_layout(layout: CgroupLayout, record: Path) -> CgroupLayout:
+    """``layout`` with each hierarchy's own dir taken from what the worker recorded.
+
+    The cgroup a shell runs in need not be the one the worker ran in (here,
+    every command gets its own memory cgroup), so cleanup removes the subtree
+    the worker wrote down in run/cgroups.json rather than recomputing it.
+    Recorded paths outside the hierarchy's mount are ignored, and the backend
+    still refuses any subtree not named ``olactors-<worker id>``.
+    """
+    try:
+        recorded = json.loads(record.read_text())["subtrees"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return layout
+    replaced = {}
+    for h in layout.hierarchies:
+        mount = h.mount_point.rstrip("/") + "/"
+        match = [p for p in recorded if isinstance(p, str) and os.path.normpath(p).startswith(mount)]
+        replaced[id(h)] = dataclasses.replace(h, own_dir=os.path.dirname(os.path.normpath(match[0]))) if match else h
+    return dataclasses.replace(
+        layout,
+        hierarchies=tuple(replaced[id(h)] for h in layout.hierarchies),
+        by_controller={c: replaced[id(h)] for c, h in layout.by_controller.items()},
+    )

@@ -81,6 +81,8 @@ class Cgroup(ABC):
     through trio; on timeout they count an anomaly and raise CgroupError.
     Cancelling an async method leaves the cgroup in an unspecified (but
     consistent for the kernel) state: the caller should then remove it.
+    Async operations on one cgroup must not run concurrently (the sandbox
+    wrapper serialises them).
     """
 
     name: str
@@ -97,15 +99,13 @@ class Cgroup(ABC):
     def procs_files(self) -> list[str]:
         """The ``cgroup.procs`` files a process must write itself into to join."""
 
+    @abstractmethod
     def open_procs_fds(self) -> list[int]:
         """Open every :meth:`procs_files` entry O_WRONLY|O_CLOEXEC; the caller closes them.
 
         A freshly forked child joins the cgroup by writing ``"0"`` to each fd
         before it runs anything else.
         """
-        from ._files import open_write_fds
-
-        return open_write_fds(self.procs_files())
 
     @abstractmethod
     def add_pid(self, pid: int) -> None:

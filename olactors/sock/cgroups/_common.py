@@ -19,7 +19,7 @@ import trio
 from ..._errors import CgroupError
 from ._anomalies import CgroupAnomalies
 from ._api import Cgroup, CgroupUsage, subtree_dir_name
-from ._files import cgroup_error, read_pids, write_text
+from ._files import cgroup_error, open_write_fds, read_pids, write_text
 
 #: First delay when polling the kernel for a state change, and the cap.
 POLL_FIRST_DELAY = 0.0002
@@ -77,6 +77,9 @@ class BaseCgroup(Cgroup):
 
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self._dirs]
+
+    def open_procs_fds(self) -> list[int]:
+        return open_write_fds(self.procs_files())
 
     def add_pid(self, pid: int) -> None:
         for path in self.procs_files():

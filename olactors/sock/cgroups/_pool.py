@@ -114,13 +114,13 @@ class CgroupPool:
         if self._in_use.get(cgroup.name) is not cgroup:
             raise ValueError(f"{cgroup!r} was not acquired from this pool")
         del self._in_use[cgroup.name]
+        doomed, self._doomed = self._doomed, []  # earlier failures: retry once now
         with trio.CancelScope(shield=True):
             reusable = await self._clean(cgroup)
             if reusable and not self._closed and len(self._free) < self._size:
                 self._free.append(cgroup)
             else:
                 await self._remove(cgroup)
-            doomed, self._doomed = self._doomed, []
             for old in doomed:
                 await self._remove(old)
 
