@@ -109,11 +109,11 @@ def _set(base: dict[str, dict[str, Any]], dotted: str, value: Any, origin: str) 
         raise ConfigError(f"{origin}: unknown key {dotted!r}")
     default = base[section][key]
     if not _type_ok(default, value):
-        raise ConfigError(
-            f"{origin}: {dotted} must be {type(default).__name__}, got {value!r}"
-        )
+        raise ConfigError(f"{origin}: {dotted} must be {type(default).__name__}, got {value!r}")
     if dotted in CHOICES and value not in CHOICES[dotted]:
-        raise ConfigError(f"{origin}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}")
+        raise ConfigError(
+            f"{origin}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}"
+        )
     if dotted in MINIMUMS and value < MINIMUMS[dotted]:
         raise ConfigError(f"{origin}: {dotted} must be >= {MINIMUMS[dotted]}, got {value!r}")
     base[section][key] = float(value) if isinstance(default, float) else value
@@ -151,7 +151,9 @@ def build_config(
     limits = data["limits"]
     for key in ("mem_mb", "procs", "cpu_percent", "runtime_s"):
         if limits[key] > limits[f"max_{key}"]:
-            raise ConfigError(f"limits.{key} ({limits[key]}) exceeds limits.max_{key} ({limits[f'max_{key}']})")
+            raise ConfigError(
+                f"limits.{key} ({limits[key]}) exceeds limits.max_{key} ({limits[f'max_{key}']})"
+            )
     return Config(data)
 
 

@@ -16,10 +16,20 @@ from .worker_dir import DEFAULT_PATH
 
 
 def _add_path(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--path", type=Path, default=DEFAULT_PATH,
-                   help=f"worker directory (default: ./{DEFAULT_PATH})")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE", help="override one worker.yaml key")
+    p.add_argument(
+        "--path",
+        type=Path,
+        default=DEFAULT_PATH,
+        help=f"worker directory (default: ./{DEFAULT_PATH})",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one worker.yaml key",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -57,7 +57,8 @@ async def cleanup_worker_dir(path: Path, config: Config) -> list[str]:
         CgroupLayout.current(prefer=config.sandbox.cgroup_version), path / "run" / "cgroups.json"
     )
     existing = [
-        p for h in layout.hierarchies
+        p
+        for h in layout.hierarchies
         if os.path.isdir(p := os.path.join(h.own_dir, f"olactors-{wid}"))
     ]
     if existing:
@@ -97,8 +98,14 @@ def recorded_layout(layout: CgroupLayout, record: Path) -> CgroupLayout:
     replaced = {}
     for h in layout.hierarchies:
         mount = h.mount_point.rstrip("/") + "/"
-        match = [p for p in recorded if isinstance(p, str) and os.path.normpath(p).startswith(mount)]
-        replaced[id(h)] = dataclasses.replace(h, own_dir=os.path.dirname(os.path.normpath(match[0]))) if match else h
+        match = [
+            p for p in recorded if isinstance(p, str) and os.path.normpath(p).startswith(mount)
+        ]
+        replaced[id(h)] = (
+            dataclasses.replace(h, own_dir=os.path.dirname(os.path.normpath(match[0])))
+            if match
+            else h
+        )
     return dataclasses.replace(
         layout,
         hierarchies=tuple(replaced[id(h)] for h in layout.hierarchies),

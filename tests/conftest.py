@@ -37,7 +37,8 @@ def pytest_collection_modifyitems(config, items):
 def olactors_cgroups() -> list[str]:
     out = subprocess.run(
         ["find", "/sys/fs/cgroup", "-maxdepth", "7", "-type", "d", "-iname", "*olactors*"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return sorted(out.split())
 
@@ -108,5 +109,8 @@ async def pool(worker_dir: Path):
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "olactors.cli", *args],
-        capture_output=True, text=True, check=check, cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=check,
+        cwd=REPO,
     )

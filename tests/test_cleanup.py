@@ -50,7 +50,8 @@ def test_cleanup_after_sigkill(worker_dir, tmp_path):
     code = write_function(tmp_path, "echo", "def f(e):\n    return e\n")
     worker = subprocess.Popen(
         [sys.executable, "-c", WORKER, str(worker_dir), str(code)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         line = worker.stdout.readline()

@@ -17,7 +17,7 @@ def test_defaults_load_and_are_documented():
     assert config.sandbox.network == "none"
     assert config.limits.mem_mb == 128
     text = DEFAULTS_PATH.read_text()
-    for section, values in load_defaults().items():
+    for values in load_defaults().values():
         for key in values:
             assert f"{key}:" in text, key
     assert text.count("#") > 10  # the defaults file explains its keys
@@ -44,9 +44,13 @@ def test_bad_config_names_the_problem(text, message):
 
 
 def test_overrides_are_typed_and_validated():
-    config = build_config("sandbox:\n  tmp_mb: 32\n", ["sandbox.tmp_mb=48", "sandbox.ready_timeout_s=3"])
+    config = build_config(
+        "sandbox:\n  tmp_mb: 32\n", ["sandbox.tmp_mb=48", "sandbox.ready_timeout_s=3"]
+    )
     assert config.sandbox.tmp_mb == 48
-    assert config.sandbox.ready_timeout_s == 3.0 and isinstance(config.sandbox.ready_timeout_s, float)
+    assert config.sandbox.ready_timeout_s == 3.0 and isinstance(
+        config.sandbox.ready_timeout_s, float
+    )
     for bad, message in [
         ("sandbox.tmp_mb", "expected section.key=value"),
         ("tmp_mb=3", "expected section.key=value"),

@@ -18,7 +18,9 @@ def test_spawn_failure_names_the_step(tmp_path):
         native.spawn(spec)
     assert info.value.errno == errno.ENOENT
     assert "execve" in str(info.value) and "/nonexistent/python" in str(info.value)
-    bad_root = native.SpawnSpec(path="/bin/true", argv=["true"], env={}, root_fd=9999, clone_flags=0)
+    bad_root = native.SpawnSpec(
+        path="/bin/true", argv=["true"], env={}, root_fd=9999, clone_flags=0
+    )
     with pytest.raises(native.NativeError) as info:
         native.spawn(bad_root)
     assert info.value.errno == errno.EBADF and "chroot" in str(info.value)
@@ -27,8 +29,11 @@ def test_spawn_failure_names_the_step(tmp_path):
 def test_spawn_runs_in_new_namespaces_with_hostname(tmp_path):
     r, w = os.pipe()
     spec = native.SpawnSpec(
-        path="/bin/sh", argv=["sh", "-c", "echo $$ $(hostname)"], env={"PATH": "/usr/bin:/bin"},
-        hostname="spawned-test", stdout_fd=w,
+        path="/bin/sh",
+        argv=["sh", "-c", "echo $$ $(hostname)"],
+        env={"PATH": "/usr/bin:/bin"},
+        hostname="spawned-test",
+        stdout_fd=w,
     )
     pid = native.spawn(spec)
     os.close(w)

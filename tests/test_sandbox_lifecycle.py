@@ -176,7 +176,12 @@ async def test_events_in_order(pool, echo):
     await sb.unpause()
     await sb.destroy("bye")
     got = [events.receive_nowait() for _ in range(4)]
-    assert [type(e) for e in got] == [SandboxCreated, SandboxPaused, SandboxUnpaused, SandboxDestroyed]
+    assert [type(e) for e in got] == [
+        SandboxCreated,
+        SandboxPaused,
+        SandboxUnpaused,
+        SandboxDestroyed,
+    ]
     assert got[-1].reason == "bye"
 
 
@@ -203,7 +208,9 @@ async def test_killed_process_is_detected(pool, echo, forked):
 
 
 async def test_kill_mid_request_fails_that_call_only(pool, tmp_path):
-    code = write_function(tmp_path, "slow", "import time\ndef f(e):\n    time.sleep(e)\n    return e\n")
+    code = write_function(
+        tmp_path, "slow", "import time\ndef f(e):\n    time.sleep(e)\n    return e\n"
+    )
     sb = await pool.create(None, True, str(code), None, SandboxMeta())
 
     async def kill_soon():
@@ -221,7 +228,9 @@ async def test_kill_mid_request_fails_that_call_only(pool, tmp_path):
 
 
 async def test_cancelled_invoke_destroys_sandbox(pool, tmp_path):
-    code = write_function(tmp_path, "slow", "import time\ndef f(e):\n    time.sleep(e)\n    return e\n")
+    code = write_function(
+        tmp_path, "slow", "import time\ndef f(e):\n    time.sleep(e)\n    return e\n"
+    )
     sb = await pool.create(None, True, str(code), None, SandboxMeta())
     with trio.move_on_after(0.2):
         await sb.invoke(Invocation(body=b"10"))
@@ -252,7 +261,8 @@ async def test_create_failures_are_clear_and_leave_nothing(pool, tmp_path, echo)
 
 async def test_usage_reports_memory_and_cpu(pool, tmp_path):
     code = write_function(
-        tmp_path, "busy",
+        tmp_path,
+        "busy",
         "import time\nkeep=[]\ndef f(e):\n    keep.append(bytearray(e << 20))\n"
         "    t=time.process_time()\n    while time.process_time()-t < 0.2: pass\n    return 1\n",
     )

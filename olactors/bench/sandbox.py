@@ -57,9 +57,18 @@ def raw_fork_samples(size_bytes: int, samples: int) -> list[float]:
     """fork+exit+wait of a python process whose RSS is about ``size_bytes``."""
     base = 10 << 20  # an idle interpreter is already about this large
     out = subprocess.run(
-        [python_executable(), "-I", "-S", "-c", RAW_FORK_SCRIPT, str(max(0, size_bytes - base)),
-         str(samples)],
-        check=True, capture_output=True, text=True,
+        [
+            python_executable(),
+            "-I",
+            "-S",
+            "-c",
+            RAW_FORK_SCRIPT,
+            str(max(0, size_bytes - base)),
+            str(samples),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return [float(x) for x in out.split()]
 
@@ -114,12 +123,18 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
     start = python_start_samples(samples)
     return {
         "samples": samples,
-        "fresh_p50_ms": p50(fresh), "fresh_p99_ms": p99(fresh),
-        "fork_p50_ms": p50(fork), "fork_p99_ms": p99(fork),
-        "pause_p50_ms": p50(pause), "pause_p99_ms": p99(pause),
-        "unpause_p50_ms": p50(unpause), "unpause_p99_ms": p99(unpause),
-        "destroy_p50_ms": p50(destroy), "destroy_p99_ms": p99(destroy),
-        "raw_fork_p50_ms": p50(raw), "python_start_p50_ms": p50(start),
+        "fresh_p50_ms": p50(fresh),
+        "fresh_p99_ms": p99(fresh),
+        "fork_p50_ms": p50(fork),
+        "fork_p99_ms": p99(fork),
+        "pause_p50_ms": p50(pause),
+        "pause_p99_ms": p99(pause),
+        "unpause_p50_ms": p50(unpause),
+        "unpause_p99_ms": p99(unpause),
+        "destroy_p50_ms": p50(destroy),
+        "destroy_p99_ms": p99(destroy),
+        "raw_fork_p50_ms": p50(raw),
+        "python_start_p50_ms": p50(start),
         "zygote_rss_mb": zygote_rss / (1 << 20),
         "fork_vs_raw_fork": p50(fork) / p50(raw),
         "fresh_vs_python_start": p50(fresh) / p50(start),
@@ -137,12 +152,12 @@ def report(figures: dict[str, float]) -> str:
     lines = [f"{'':44} {'p50 ms':>9} {'p99 ms':>9}"]
     for label, key in rows:
         lines.append(f"{label:44} {figures[key + '_p50_ms']:9.3f} {figures[key + '_p99_ms']:9.3f}")
-    lines.append(f"{'raw fork+exit+wait (zygote-sized process)':44} {figures['raw_fork_p50_ms']:9.3f}")
+    lines.append(
+        f"{'raw fork+exit+wait (zygote-sized process)':44} {figures['raw_fork_p50_ms']:9.3f}"
+    )
     lines.append(f"{'python -c pass':44} {figures['python_start_p50_ms']:9.3f}")
     lines.append(f"zygote RSS: {figures['zygote_rss_mb']:.1f} MiB; samples: {figures['samples']}")
-    lines.append(
-        f"fork p50 / raw fork p50 = {figures['fork_vs_raw_fork']:.2f}x (target <= 3x)"
-    )
+    lines.append(f"fork p50 / raw fork p50 = {figures['fork_vs_raw_fork']:.2f}x (target <= 3x)")
     lines.append(
         f"fresh p50 / python start p50 = {figures['fresh_vs_python_start']:.2f}x (target <= 1.3x)"
     )

@@ -157,7 +157,10 @@ def enter_private_mount_namespace() -> None:
     Mounts made afterwards are invisible to the host and vanish with the last
     process in the namespace, so a killed worker leaks no mounts.
     """
-    _check(lib.ol_private_mount_namespace(), "unshare mount namespace (process must be single-threaded)")
+    _check(
+        lib.ol_private_mount_namespace(),
+        "unshare mount namespace (process must be single-threaded)",
+    )
 
 
 def new_network_namespace() -> int:

@@ -146,8 +146,9 @@ class SockPool:
         return safe
 
     # ------------------------------------------------------------- internals
-    def _new_raw(self, is_leaf: bool, code_dir: str | None, scratch_dir: str | None,
-                 meta: SandboxMeta) -> SockSandbox:
+    def _new_raw(
+        self, is_leaf: bool, code_dir: str | None, scratch_dir: str | None, meta: SandboxMeta
+    ) -> SockSandbox:
         sid = f"sb-{next(self._ids)}"
         sb_dir = self.run_dir / sid
         sb_dir.mkdir(parents=True)
@@ -157,19 +158,30 @@ class SockPool:
         if is_leaf:
             os.chown(scratch, self.config.sandbox.leaf_uid, self.config.sandbox.leaf_gid)
         return SockSandbox(
-            id=sid, is_leaf=is_leaf, meta=meta, dir=sb_dir, scratch=scratch, owns_scratch=owns,
-            root=SandboxRoot(sb_dir / "root"), code_dir=code_dir, cgroup=None, pool=self, network=meta.network,
+            id=sid,
+            is_leaf=is_leaf,
+            meta=meta,
+            dir=sb_dir,
+            scratch=scratch,
+            owns_scratch=owns,
+            root=SandboxRoot(sb_dir / "root"),
+            code_dir=code_dir,
+            cgroup=None,
+            pool=self,
+            network=meta.network,
             scratch_fd=os.open(scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
         )
 
     async def _prepare(self, sb: SockSandbox) -> None:
         limits = sb.meta.limits
         sb.cgroup = self._cgroups.acquire(
-            CgroupLimits(mem_bytes=limits.mem_mb << 20, pids=limits.procs,
-                         cpu_percent=limits.cpu_percent)
+            CgroupLimits(
+                mem_bytes=limits.mem_mb << 20, pids=limits.procs, cpu_percent=limits.cpu_percent
+            )
         )
-        sb.root.mount(self._base, code_dir=sb.code_dir, scratch=str(sb.scratch),
-                      tmp_bytes=limits.tmp_mb << 20)
+        sb.root.mount(
+            self._base, code_dir=sb.code_dir, scratch=str(sb.scratch), tmp_bytes=limits.tmp_mb << 20
+        )
 
     async def _start_fresh(self, sb: SockSandbox) -> None:
         netns = self._netns_fd if sb.network == "none" else -1
@@ -228,7 +240,9 @@ async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[Sock
     anomalies = CgroupAnomalies(slow_threshold=config.sandbox.anomaly_threshold_ms / 1000)
     layout = CgroupLayout.current(prefer=config.sandbox.cgroup_version)
     backend = open_backend(layout, wid, anomalies)
-    (run_dir / "cgroups.json").write_text(json.dumps({"worker_id": wid, "subtrees": backend.subtree_paths()}))
+    (run_dir / "cgroups.json").write_text(
+        json.dumps({"worker_id": wid, "subtrees": backend.subtree_paths()})
+    )
     cgroups = CgroupPool(
         backend, config.sandbox.cgroup_pool_size, anomalies, timeout=config.sandbox.kill_timeout_s
     )

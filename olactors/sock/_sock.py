@@ -96,7 +96,9 @@ class SockSandbox:
 
     def usage(self) -> SandboxUsage:
         u = self.cgroup.usage()
-        return SandboxUsage(u.memory_bytes, u.memory_peak_bytes, u.oom_kills, u.pids_limit_hits, u.cpu_ns)
+        return SandboxUsage(
+            u.memory_bytes, u.memory_peak_bytes, u.oom_kills, u.pids_limit_hits, u.cpu_ns
+        )
 
     def log_tail(self) -> str:
         try:

@@ -25,7 +25,13 @@ _libc.syscall.restype = ctypes.c_long
 _libc.syscall.argtypes = [ctypes.c_long] * 6
 _libc.chroot.argtypes = [ctypes.c_char_p]
 _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
 _api = ctypes.pythonapi
 
 

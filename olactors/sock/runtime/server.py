@@ -136,7 +136,9 @@ def _serve_buffered(conn: socket.socket, buf: bytearray, app) -> bool:
         try:
             request = parse_request(buf)
         except (ValueError, UnicodeError) as exc:
-            _write_response(conn, *_json_response(400, {"error": "bad_request", "message": str(exc)}))
+            _write_response(
+                conn, *_json_response(400, {"error": "bad_request", "message": str(exc)})
+            )
             return False
         if request is None:
             return True
