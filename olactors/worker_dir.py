@@ -19,9 +19,10 @@ from pathlib import Path
 
 from . import native
 from ._config import DEFAULTS_PATH, Config, load_worker_config
+from .sock._pool import open_worker_backend, subtree_parents
 from .sock._process import worker_id
 from .sock._rootfs import make_base_skeleton, mounts_under, remove_tree_safely
-from .sock.cgroups import CgroupAnomalies, CgroupLayout, open_backend
+from .sock.cgroups import CgroupAnomalies, CgroupLayout
 
 log = logging.getLogger("olactors.worker_dir")
 DEFAULT_PATH = Path("olactors-worker")
@@ -58,11 +59,11 @@ async def cleanup_worker_dir(path: Path, config: Config) -> list[str]:
     )
     existing = [
         p
-        for h in layout.hierarchies
-        if os.path.isdir(p := os.path.join(h.own_dir, f"olactors-{wid}"))
+        for parent in subtree_parents(config, layout)
+        if os.path.isdir(p := os.path.join(parent, f"olactors-{wid}"))
     ]
     if existing:
-        backend = open_backend(layout, wid, CgroupAnomalies())
+        backend = open_worker_backend(config, layout, wid, CgroupAnomalies())
         await backend.remove_subtree(timeout=config.sandbox.kill_timeout_s)
         done.extend(f"removed cgroup subtree {p}" for p in existing)
     for point in mounts_under(path):

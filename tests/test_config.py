@@ -91,3 +91,16 @@ def test_cli_init_and_errors_without_traceback(tmp_path):
     assert "Traceback" not in bad.stderr
     bad_set = run_cli("init", "--path", str(tmp_path / "v"), "--set", "limits.procs=two")
     assert bad_set.returncode == 2 and "limits.procs must be int" in bad_set.stderr
+
+
+def test_cgroup_parent_is_refused_on_cgroup_v1(tmp_path):
+    from olactors.sock.cgroups import CgroupLayout
+
+    if CgroupLayout.current().version != 1:
+        pytest.skip("host runs cgroup v2")
+    run_cli("init", "--path", str(tmp_path / "w"), check=True)
+    result = run_cli(
+        "cleanup", "--path", str(tmp_path / "w"), "--set", "sandbox.cgroup_parent=/sys/fs/cgroup"
+    )
+    assert result.returncode == 2
+    assert "sandbox.cgroup_parent is for cgroup v2 only" in result.stderr

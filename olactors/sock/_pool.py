@@ -19,7 +19,7 @@ import trio
 
 from .. import native
 from .._config import Config
-from .._errors import SandboxDead, SandboxError, SandboxStateError
+from .._errors import ConfigError, SandboxDead, SandboxError, SandboxStateError
 from . import seccomp
 from ._api import (
     Sandbox,
@@ -40,7 +40,14 @@ from ._rootfs import (
 )
 from ._safe import SafeSandbox
 from ._sock import SockSandbox, fork_from, receive_ready, remove_sandbox_dir, spawn_fresh
-from .cgroups import CgroupAnomalies, CgroupLayout, CgroupLimits, CgroupPool, open_backend
+from .cgroups import (
+    CgroupAnomalies,
+    CgroupBackend,
+    CgroupLayout,
+    CgroupLimits,
+    CgroupPool,
+    open_backend,
+)
 
 log = logging.getLogger("olactors.sock")
 
@@ -223,6 +230,28 @@ class SockPool:
         self._hub.close()
 
 
+def subtree_parents(config: Config, layout: CgroupLayout) -> list[str]:
+    """The directories the worker's ``olactors-<id>`` subtrees live in."""
+    parent = config.sandbox.cgroup_parent
+    if parent:
+        if layout.version != 2:
+            raise ConfigError(
+                "sandbox.cgroup_parent is for cgroup v2 only; this host uses cgroup v1"
+            )
+        return [parent]
+    return [h.own_dir for h in layout.hierarchies]
+
+
+def open_worker_backend(
+    config: Config, layout: CgroupLayout, wid: str, anomalies: CgroupAnomalies
+) -> CgroupBackend:
+    parents = subtree_parents(config, layout)
+    override = config.sandbox.cgroup_parent or None
+    if override and not os.path.isdir(parents[0]):
+        raise ConfigError(f"sandbox.cgroup_parent {override} is not a directory")
+    return open_backend(layout, wid, anomalies, override)
+
+
 @asynccontextmanager
 async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[SockPool]:
     """Start the sandbox machinery for ``worker_dir`` and tear it all down on exit."""
@@ -239,7 +268,7 @@ async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[Sock
     run_dir.mkdir(parents=True, exist_ok=True)
     anomalies = CgroupAnomalies(slow_threshold=config.sandbox.anomaly_threshold_ms / 1000)
     layout = CgroupLayout.current(prefer=config.sandbox.cgroup_version)
-    backend = open_backend(layout, wid, anomalies)
+    backend = open_worker_backend(config, layout, wid, anomalies)
     (run_dir / "cgroups.json").write_text(
         json.dumps({"worker_id": wid, "subtrees": backend.subtree_paths()})
     )
