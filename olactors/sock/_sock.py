@@ -271,10 +271,16 @@ async def fork_from(parent: SockSandbox, sb: SockSandbox, pool, leaf_bpf: bytes)
         await receive_ready(sock, sandbox_cfg.ready_timeout_s, f"fork {sb.id} from {parent.id}")
     finally:
         sock.close()
-    pids = sb.cgroup.pids()
+    pids = first_hierarchy_pids(sb.cgroup)
     if not pids:
         raise SandboxError(f"fork {sb.id}: no process in its cgroup after ready")
     sb.pid = min(pids)
+
+
+def first_hierarchy_pids(cgroup) -> list[int]:
+    """Members of the cgroup, read from one hierarchy (every member is in all)."""
+    with open(cgroup.procs_files()[0]) as f:
+        return [int(line) for line in f.read().split()]
 
 
 def remove_sandbox_dir(sb: SockSandbox) -> None:

@@ -46,6 +46,7 @@ class CgroupPool:
         self._timeout = timeout
         self._free: list[Cgroup] = []
         self._in_use: dict[str, Cgroup] = {}
+        self._applied: dict[str, CgroupLimits] = {}  # limits last written, per cgroup name
         self._doomed: list[Cgroup] = []  # to remove (failed once already, or discarded)
         self._next_id = 0
         self._closed = False
@@ -96,7 +97,11 @@ class CgroupPool:
             raise CgroupError("cgroup pool is closed")
         cgroup = self._free.pop() if self._free else self._create()
         try:
-            cgroup.set_limits(limits)
+            # A reused cgroup keeps the limits it last had: skip identical writes.
+            if self._applied.get(cgroup.name) != limits:
+                self._applied.pop(cgroup.name, None)
+                cgroup.set_limits(limits)
+                self._applied[cgroup.name] = limits
             cgroup.reset_baseline()
         except BaseException:
             self._doomed.append(cgroup)
@@ -165,6 +170,7 @@ class CgroupPool:
 
     async def _remove(self, cgroup: Cgroup) -> None:
         """Remove ``cgroup``; on failure keep it to retry later (already counted)."""
+        self._applied.pop(cgroup.name, None)
         try:
             await cgroup.remove(self._timeout)
         except Exception as exc:
