@@ -119,6 +119,7 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
             await leaf.unpause()
             unpause.append(_ms(t0))
         assert (await leaf.invoke(request)).status == 200
+        anomalies = pool.anomalies.total()
     raw = raw_fork_samples(zygote_rss, samples)
     start = python_start_samples(samples)
     return {
@@ -136,6 +137,7 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
         "raw_fork_p50_ms": p50(raw),
         "python_start_p50_ms": p50(start),
         "zygote_rss_mb": zygote_rss / (1 << 20),
+        "cgroup_anomalies": anomalies,
         "fork_vs_raw_fork": p50(fork) / p50(raw),
         "fresh_vs_python_start": p50(fresh) / p50(start),
     }
@@ -156,7 +158,10 @@ def report(figures: dict[str, float]) -> str:
         f"{'raw fork+exit+wait (zygote-sized process)':44} {figures['raw_fork_p50_ms']:9.3f}"
     )
     lines.append(f"{'python -c pass':44} {figures['python_start_p50_ms']:9.3f}")
-    lines.append(f"zygote RSS: {figures['zygote_rss_mb']:.1f} MiB; samples: {figures['samples']}")
+    lines.append(
+        f"zygote RSS: {figures['zygote_rss_mb']:.1f} MiB; samples: {figures['samples']}; "
+        f"cgroup anomalies (slow/failed kernel operations): {figures['cgroup_anomalies']}"
+    )
     lines.append(f"fork p50 / raw fork p50 = {figures['fork_vs_raw_fork']:.2f}x (target <= 3x)")
     lines.append(
         f"fresh p50 / python start p50 = {figures['fresh_vs_python_start']:.2f}x (target <= 1.3x)"
