@@ -273,3 +273,24 @@ async def test_usage_reports_memory_and_cpu(pool, tmp_path):
     assert usage.cpu_ns >= 100_000_000
     assert usage.oom_kills == 0
     await sb.destroy("done")
+
+
+async def test_zygote_keeps_a_spare_and_survives_its_death(pool, echo):
+    from olactors.sock._sock import first_hierarchy_pids
+
+    zygote = await pool.create(None, False, None, None, SandboxMeta())
+    first = await pool.create(zygote, True, echo, None, SandboxMeta())
+    # The zygote's cgroup holds the zygote and exactly one pre-forked spare.
+    with trio.fail_after(5):
+        while len(members := first_hierarchy_pids(zygote.raw.cgroup)) < 2:
+            await trio.sleep(0.01)
+    assert len(members) == 2 and zygote.raw.pid in members
+    spare = next(p for p in members if p != zygote.raw.pid)
+    assert spare != first.raw.pid
+    os.kill(spare, signal.SIGKILL)
+    # With its spare gone the zygote clones directly: forks keep working.
+    second = await pool.create(zygote, True, echo, None, SandboxMeta())
+    assert (await call(second, "after spare death"))["event"] == "after spare death"
+    assert zygote.state is SandboxState.RUNNING
+    for sb in (first, second, zygote):
+        await sb.destroy("done")

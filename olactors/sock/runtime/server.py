@@ -185,8 +185,8 @@ def _reap_children(_signum=None, _frame=None) -> None:
             return
 
 
-def _fork_child(listener: socket.socket, conn: socket.socket, fds: list, request: dict) -> None:
-    """In the freshly cloned child: enter the child's cgroups, root and identity, then run.
+def _become_child(conn: socket.socket, fds: list, request: dict) -> None:
+    """In a cloned child: enter the child's cgroups, root and identity, then run.
 
     Nothing of the function runs before this completes; any failure exits the
     child, which the worker sees as the connection closing without "ready".
@@ -194,7 +194,6 @@ def _fork_child(listener: socket.socket, conn: socket.socket, fds: list, request
     import _proc
 
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         root_fd, log_fd, *cgroup_fds = fds
         for fd in cgroup_fds:
             os.write(fd, b"0")
@@ -205,7 +204,6 @@ def _fork_child(listener: socket.socket, conn: socket.socket, fds: list, request
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(log_fd)
-        listener.close()
         keep = conn.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 65536)
@@ -228,11 +226,58 @@ def _fork_child(listener: socket.socket, conn: socket.socket, fds: list, request
     os._exit(1)
 
 
+class Spare:
+    """A child cloned ahead of time, waiting on ``channel`` for its fork request.
+
+    Cloning, CPython's after-fork work and the first copy-on-write faults then
+    happen between requests instead of on a request's critical path.  The
+    spare sits in the zygote's cgroup and runs no function code until it has
+    entered the cgroups, root and identity it is handed.
+    """
+
+    def __init__(self, listener: socket.socket) -> None:
+        import _proc
+
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = _proc.clone_into_namespaces()
+        if pid == 0:
+            parent_end.close()
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _spare_wait(child_end)
+        child_end.close()
+        self.pid = pid
+        self.channel = parent_end
+
+    def hand_over(self, message: bytes, fds: list, conn: socket.socket) -> bool:
+        """Give the spare its request; False if it is gone (the caller clones instead)."""
+        try:
+            socket.send_fds(self.channel, [message], [*fds, conn.fileno()])
+            return True
+        except OSError:
+            return False
+        finally:
+            self.channel.close()
+
+
+def _spare_wait(channel: socket.socket) -> None:
+    try:
+        message, fds, _flags, _addr = socket.recv_fds(channel, MAX_FORK_MESSAGE, MAX_FDS + 1)
+    except OSError:
+        os._exit(0)
+    if not message or not fds:
+        os._exit(0)  # the zygote closed the channel: nothing to become
+    channel.close()
+    conn = socket.socket(fileno=fds.pop())
+    _become_child(conn, fds, json.loads(message))
+
+
 def serve_zygote(listener: socket.socket) -> None:
-    """Answer fork requests: one SEQPACKET connection per request."""
+    """Answer fork requests (one SEQPACKET connection each), from a spare when one is ready."""
     import _proc
 
     signal.signal(signal.SIGCHLD, _reap_children)
+    spare = Spare(listener)
     while True:
         conn, _ = listener.accept()
         fds: list = []
@@ -241,9 +286,15 @@ def serve_zygote(listener: socket.socket) -> None:
             if not msg:
                 continue
             request = json.loads(msg)
-            pid = _proc.clone_into_namespaces()
-            if pid == 0:
-                _fork_child(listener, conn, fds, request)
+            if spare is not None and spare.hand_over(msg, fds, conn):
+                pid = spare.pid
+            else:
+                pid = _proc.clone_into_namespaces()
+                if pid == 0:
+                    listener.close()
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    _become_child(conn, fds, request)
+            spare = None
             conn.send(json.dumps({"forked": pid}).encode())
         except Exception as exc:  # noqa: BLE001 - a bad request must not kill the zygote
             try:
@@ -257,6 +308,8 @@ def serve_zygote(listener: socket.socket) -> None:
                 except OSError:
                     pass
             conn.close()
+        if spare is None:
+            spare = Spare(listener)
 
 
 # ------------------------------------------------------------------- common
