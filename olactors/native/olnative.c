@@ -12,7 +12,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
+#include <pthread.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -125,21 +125,37 @@ static int spawn_child(void *arg)
     }
     if (syscall(SYS_close_range, (unsigned)n_total, ~0U, 0) != 0)
         return fail(a, OL_STEP_FDS);
-    /* 5. identity: drop to an unprivileged uid/gid when asked */
+    /* 5. identity: drop to an unprivileged uid/gid when asked.  Raw system
+     * calls, as in glibc's posix_spawn: the libc wrappers run the multi-thread
+     * "setxid" protocol over the parent's thread list (shared through
+     * CLONE_VM) and take its lock, which another worker thread may hold while
+     * the parent is suspended in vfork: a deadlock. */
     if (a->gid >= 0) {
-        if (setgroups(0, NULL) != 0 || setresgid(a->gid, a->gid, a->gid) != 0)
+        if (syscall(SYS_setgroups, 0, NULL) != 0 ||
+            syscall(SYS_setresgid, a->gid, a->gid, a->gid) != 0)
             return fail(a, OL_STEP_IDS);
     }
-    if (a->uid >= 0 && setresuid(a->uid, a->uid, a->uid) != 0)
+    if (a->uid >= 0 && syscall(SYS_setresuid, a->uid, a->uid, a->uid) != 0)
         return fail(a, OL_STEP_IDS);
     /* 6. process attributes */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail(a, OL_STEP_PRCTL);
     if (a->die_with_parent && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         return fail(a, OL_STEP_PRCTL);
-    /* Python ignores SIGPIPE and SIG_IGN survives exec: restore defaults. */
-    signal(SIGPIPE, SIG_DFL);
-    signal(SIGXFSZ, SIG_DFL);
+    /* Signals arrive blocked (see ol_spawn).  Reset every handler, so no
+     * parent handler can run in this child, and every ignored signal
+     * (Python ignores SIGPIPE and SIGXFSZ; SIG_IGN survives exec). */
+    for (i = 1; i < NSIG; i++) {
+        struct sigaction sa;
+        if (i == SIGKILL || i == SIGSTOP)
+            continue;
+        if (sigaction(i, NULL, &sa) == 0 && sa.sa_handler != SIG_DFL) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            sigemptyset(&sa.sa_mask);
+            sigaction(i, &sa, NULL);
+        }
+    }
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     /* 7. seccomp, last before exec: the filter must allow execve */
@@ -157,7 +173,8 @@ static int spawn_child(void *arg)
 int ol_spawn(struct ol_spawn_args *a)
 {
     char *stack;
-    int pid, status;
+    int pid, status, saved_errno;
+    sigset_t all, old;
 
     a->err_step = OL_STEP_NONE;
     a->err_errno = 0;
@@ -172,15 +189,20 @@ int ol_spawn(struct ol_spawn_args *a)
         a->err_errno = ENOMEM;
         return -1;
     }
+    /* Block every signal across clone so no handler of the parent runs in
+     * the child before it has reset them (as posix_spawn does). */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = clone(spawn_child, stack + OL_STACK_SIZE,
                 CLONE_VM | CLONE_VFORK | SIGCHLD | a->clone_flags, a);
+    saved_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    free(stack);
     if (pid < 0) {
         a->err_step = OL_STEP_CLONE;
-        a->err_errno = errno;
-        free(stack);
+        a->err_errno = saved_errno;
         return -1;
     }
-    free(stack);
     if (a->err_step != OL_STEP_NONE) {
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
             ;
