@@ -85,7 +85,7 @@ async def test_pause_refuses_and_blocks_then_unpause(pool, echo):
     with pytest.raises(SandboxStateError):
         await sb.invoke(Invocation(body=b"1"))
     # A raw request to the frozen process gets no answer while frozen...
-    stream = await trio.open_unix_socket(sb.raw.socket_path("ol.sock"))
+    stream = await sb.raw.connect()
     await stream.send_all(b"POST / HTTP/1.1\r\ncontent-length: 1\r\n\r\n7")
     with trio.move_on_after(0.3) as scope:
         await stream.receive_some(1000)
@@ -294,3 +294,26 @@ async def test_zygote_keeps_a_spare_and_survives_its_death(pool, echo):
     assert zygote.state is SandboxState.RUNNING
     for sb in (first, second, zygote):
         await sb.destroy("done")
+
+
+async def test_worker_never_follows_a_swapped_socket(pool, echo, tmp_path):
+    """A sandbox can replace /host/ol.sock; the worker must not connect elsewhere."""
+    import socket
+
+    decoy_path = tmp_path / "decoy.sock"
+    decoy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    decoy.bind(str(decoy_path))
+    decoy.listen(1)
+    decoy.setblocking(False)
+    try:
+        sb = await pool.create(None, True, echo, None, SandboxMeta())
+        ol_sock = sb.raw.scratch / "ol.sock"
+        os.unlink(ol_sock)
+        os.symlink(decoy_path, ol_sock)
+        with pytest.raises(SandboxError, match="not a socket"):
+            await sb.invoke(Invocation(body=b"1"))
+        with pytest.raises(BlockingIOError):
+            decoy.accept()  # nothing ever connected to the decoy
+        assert sb.state is SandboxState.DEAD
+    finally:
+        decoy.close()

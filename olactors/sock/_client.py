@@ -6,6 +6,8 @@ the runtime serves: Content-Length bodies, no chunking, keep-alive.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from ._api import Invocation, InvocationResult
@@ -18,14 +20,14 @@ class ProtocolError(Exception):
 
 
 class LeafClient:
-    def __init__(self, socket_path: str) -> None:
-        self._path = socket_path
+    def __init__(self, connect: Callable[[], Awaitable[trio.SocketStream]]) -> None:
+        self._connect = connect
         self._stream: trio.SocketStream | None = None
         self._buf = bytearray()
 
     async def request(self, inv: Invocation) -> InvocationResult:
         if self._stream is None:
-            self._stream = await trio.open_unix_socket(self._path)
+            self._stream = await self._connect()
             self._buf.clear()
         target = inv.path + (f"?{inv.query}" if inv.query else "")
         head = [f"{inv.method} {target} HTTP/1.1\r\nhost: sandbox\r\n"]

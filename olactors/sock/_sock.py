@@ -17,6 +17,9 @@ import os
 import shutil
 import signal
 import socket as stdsocket
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +52,27 @@ def describe_wait_status(si_code: int, status: int) -> str:
     return f"killed by {name}"
 
 
-def short_socket_path(path: Path, dir_fd: int) -> str:
-    """Unix socket paths are limited to 108 bytes; reach long ones via the dir fd."""
-    if len(str(path)) < 100:
-        return str(path)
-    return f"/proc/self/fd/{dir_fd}/{path.name}"
+class SocketRedirected(SandboxError):
+    """A sandbox replaced its socket with something else (e.g. a symlink)."""
+
+
+@contextmanager
+def sandbox_socket(scratch_fd: int, name: str) -> Iterator[str]:
+    """A path that reaches exactly the socket ``name`` in a sandbox's scratch dir.
+
+    The scratch dir is writable by the sandbox, so the name could be swapped
+    for a symlink to any socket of the host.  The inode is therefore opened
+    with O_PATH|O_NOFOLLOW relative to the scratch dir's fd and must be a
+    socket; ``/proc/self/fd/N`` then names that inode and nothing else (and
+    is short, whatever the length of the worker dir's path).
+    """
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=scratch_fd)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise SocketRedirected(f"{name} in the sandbox's scratch dir is not a socket")
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -80,12 +99,14 @@ class SockSandbox:
     client: LeafClient | None = None
 
     # ------------------------------------------------------------ mechanics
-    def socket_path(self, name: str) -> str:
-        return short_socket_path(self.scratch / name, self.scratch_fd)
+    async def connect(self) -> trio.SocketStream:
+        """A new connection to the leaf's ``ol.sock``."""
+        with sandbox_socket(self.scratch_fd, "ol.sock") as path:
+            return await trio.open_unix_socket(path)
 
     async def invoke(self, request: Invocation) -> InvocationResult:
         if self.client is None:
-            self.client = LeafClient(self.socket_path("ol.sock"))
+            self.client = LeafClient(self.connect)
         return await self.client.request(request)
 
     async def freeze(self) -> None:
@@ -259,7 +280,8 @@ async def fork_from(parent: SockSandbox, sb: SockSandbox, pool, leaf_bpf: bytes)
     sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
     try:
         try:
-            await sock.connect(parent.socket_path("zygote.sock"))
+            with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
+                await sock.connect(path)
             fds = array.array("i", [root_fd, log_fd, *procs_fds])
             await sock.sendmsg(
                 [json.dumps(request).encode()],
