@@ -81,3 +81,17 @@ def test_network_namespace_is_empty_and_distinct():
         assert os.readlink("/proc/thread-self/ns/net") == os.readlink("/proc/self/ns/net")
     finally:
         os.close(fd)
+
+
+def test_mounts_under_decodes_escaped_and_non_ascii_paths(tmp_path):
+    from olactors.sock._rootfs import mounts_under, remove_tree_safely
+
+    odd = tmp_path / "wörker dir"
+    target = odd / "mnt"
+    target.mkdir(parents=True)
+    native.mount_tmpfs(str(target), size_bytes=1 << 20)
+    (target / "keep").write_text("x")
+    assert mounts_under(odd) == [str(target)]
+    remove_tree_safely(odd)  # detaches first, never deletes through the mount
+    assert not odd.exists()
+    assert mounts_under(tmp_path) == []

@@ -289,3 +289,33 @@ async def test_leaves_do_not_share_tmp_or_scratch(pool, tmp_path, kind, listener
     assert not (scratch_b / "mark-a").exists()
     await a.destroy("test done")
     await b.destroy("test done")
+
+
+DEV_PROBE = """
+import errno, os
+def f(event):
+    out = {}
+    with open("/dev/null", "w") as f:
+        out["null_written"] = f.write("x")
+    with open("/dev/urandom", "rb") as f:
+        out["random_len"] = len(f.read(16))
+    for name, action in [("create", lambda: open("/dev/planted", "w")),
+                         ("unlink", lambda: os.unlink("/dev/null"))]:
+        try:
+            action()
+            out[name] = "ok"
+        except OSError as exc:
+            out[name] = errno.errorcode[exc.errno]
+    return out
+"""
+
+
+async def test_dev_nodes_usable_and_dev_read_only(pool, tmp_path, kind):
+    code = write_function(tmp_path, "dev", DEV_PROBE)
+    sb = await make_leaf(pool, kind, code, SandboxMeta())
+    result = await sb.invoke(Invocation(body=b"null"))
+    assert result.status == 200, result.body
+    facts = json.loads(result.body)
+    assert facts["null_written"] == 1 and facts["random_len"] == 16
+    assert facts["create"] in ("EROFS", "EACCES") and facts["unlink"] in ("EROFS", "EACCES")
+    await sb.destroy("done")

@@ -141,6 +141,11 @@ def mount_tmpfs(dst: str, *, size_bytes: int, mode: int = 0o1777, allow_dev: boo
     _check(lib.ol_mount_tmpfs(dst.encode(), opts.encode(), int(allow_dev)), f"mount tmpfs {dst}")
 
 
+def remount_readonly(path: str) -> None:
+    """Make the mount at ``path`` read-only and nosuid (this mount only)."""
+    _check(lib.ol_remount_readonly(path.encode()), f"remount {path} read-only")
+
+
 def umount(path: str, *, detach: bool = False) -> None:
     """Unmount ``path`` (lazily with ``detach``)."""
     _check(lib.ol_umount(path.encode(), int(detach)), f"umount {path}")

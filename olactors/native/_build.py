@@ -32,6 +32,7 @@ ffibuilder.cdef(
     int ol_cgroup_move(int procs_fd, int pid);
     int ol_bind(const char *src, const char *dst, int recursive, int readonly);
     int ol_mount_tmpfs(const char *dst, const char *options, int allow_dev);
+    int ol_remount_readonly(const char *path);
     int ol_umount(const char *path, int detach);
     int ol_make_rprivate(const char *path);
     int ol_private_mount_namespace(void);

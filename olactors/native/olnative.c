@@ -240,6 +240,11 @@ int ol_mount_tmpfs(const char *dst, const char *options, int allow_dev)
     return mount("tmpfs", dst, "tmpfs", flags, options);
 }
 
+int ol_remount_readonly(const char *path)
+{
+    return mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, NULL);
+}
+
 int ol_umount(const char *path, int detach)
 {
     return umount2(path, detach ? MNT_DETACH : 0);

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -27,7 +28,7 @@ from pathlib import Path
 from .. import native
 
 RUNTIME_SOURCE = Path(__file__).with_name("runtime")
-MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "packages", "dev", "proc")
+MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "dev")
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
 
@@ -71,6 +72,10 @@ def site_package_dirs() -> list[str]:
     return sorted(p for p in found if os.path.isdir(p))
 
 
+def is_under_usr(path: str) -> bool:
+    return path == "/usr" or path.startswith("/usr/")
+
+
 def _inside(path: str, root: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
@@ -93,7 +98,7 @@ def make_base_skeleton(base: Path) -> None:
         elif host.is_dir() and not host.is_symlink():
             link.mkdir(exist_ok=True)
     prefix = python_prefix()
-    if not prefix.startswith("/usr/"):
+    if not is_under_usr(prefix):
         Path(_inside(prefix, str(base))).mkdir(parents=True, exist_ok=True)
     etc = base / "etc"
     etc.mkdir(exist_ok=True)
@@ -140,7 +145,7 @@ class BaseRoot:
         else:
             self._bind("/usr", "/usr")
             prefix = python_prefix()
-            if not prefix.startswith("/usr/"):
+            if not is_under_usr(prefix):
                 self._bind(prefix, prefix)
             empty = str(self.path.parent / "empty")
             for site in site_package_dirs():
@@ -150,7 +155,11 @@ class BaseRoot:
         native.mount_tmpfs(dev, size_bytes=65536, mode=0o755, allow_dev=True)
         self._mounts.append(dev)
         for name, (major, minor) in _DEV_NODES.items():
-            native.mknod_char(os.path.join(dev, name), 0o666, major, minor)
+            node = os.path.join(dev, name)
+            native.mknod_char(node, 0o666, major, minor)
+            os.chmod(node, 0o666)  # mknod's mode is filtered by the umask
+        # Read-only: the tmpfs is shared by every sandbox (device I/O still works).
+        native.remount_readonly(dev)
         self._bind(str(RUNTIME_SOURCE), "/runtime")
 
     def unmount(self) -> None:
@@ -192,13 +201,18 @@ class SandboxRoot:
             native.umount(str(self.path), detach=True)
 
 
+def _unescape_mountinfo(field: bytes) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field))
+
+
 def mounts_under(path: Path) -> list[str]:
     """Mount points at or below ``path`` in this mount namespace, deepest first."""
     prefix = os.path.realpath(path)
     found = []
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
+            point = _unescape_mountinfo(line.split(b" ")[4])
             if point == prefix or point.startswith(prefix + "/"):
                 found.append(point)
     return sorted(found, key=len, reverse=True)
