@@ -317,3 +317,15 @@ async def test_worker_never_follows_a_swapped_socket(pool, echo, tmp_path):
         assert sb.state is SandboxState.DEAD
     finally:
         decoy.close()
+
+
+async def test_zygote_at_its_pids_limit_refuses_forks_and_lives(pool, echo):
+    from olactors.sock import SandboxLimits
+
+    zygote = await pool.create(None, False, None, None, SandboxMeta(limits=SandboxLimits(procs=1)))
+    with pytest.raises(SandboxError, match="refused the fork"):
+        await pool.create(zygote, True, echo, None, SandboxMeta())
+    await trio.sleep(0.1)
+    assert zygote.state is SandboxState.RUNNING
+    assert "no spare child" in zygote.raw.log_tail()
+    await zygote.destroy("done")

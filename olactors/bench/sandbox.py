@@ -18,7 +18,8 @@ from pathlib import Path
 import trio
 
 from .._config import build_config
-from ..sock import Invocation, SandboxMeta, open_sock_pool
+from .._errors import OlactorsError
+from ..sock import Invocation, InvocationResult, SandboxMeta, open_sock_pool
 from ..sock._rootfs import python_executable
 from ._stats import p50, p99
 
@@ -39,6 +40,11 @@ for _ in range(int(sys.argv[2])):
     samples.append((time.perf_counter() - t) * 1000)
 print(" ".join(f"{x:.4f}" for x in samples))
 """
+
+
+def expect_ok(result: InvocationResult) -> None:
+    if result.status != 200:
+        raise OlactorsError(f"benchmark echo answered {result.status}: {result.body[:500]!r}")
 
 
 def _ms(t0: float) -> float:
@@ -95,7 +101,7 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
             sb = await pool.create(None, True, str(code), None, meta)
             result = await sb.invoke(request)
             fresh.append(_ms(t0))
-            assert result.status == 200, result
+            expect_ok(result)
             t0 = time.perf_counter()
             await sb.destroy("bench")
             destroy.append(_ms(t0))
@@ -105,7 +111,7 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
             sb = await pool.create(zygote, True, str(code), None, meta)
             result = await sb.invoke(request)
             fork.append(_ms(t0))
-            assert result.status == 200, result
+            expect_ok(result)
             t0 = time.perf_counter()
             await sb.destroy("bench")
             destroy.append(_ms(t0))
@@ -118,7 +124,7 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
             t0 = time.perf_counter()
             await leaf.unpause()
             unpause.append(_ms(t0))
-        assert (await leaf.invoke(request)).status == 200
+        expect_ok(await leaf.invoke(request))
         anomalies = pool.anomalies.total()
     raw = raw_fork_samples(zygote_rss, samples)
     start = python_start_samples(samples)

@@ -53,11 +53,12 @@ def _check(rc: int, doing: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class SpawnSpec:
-    """Everything a fresh sandbox process needs, applied in this order in the
-    child before ``execve``: join cgroups, new PID/UTS/IPC namespaces (clone
-    flags), join ``netns_fd``, set hostname, chroot to ``root_fd``, set up fds,
-    drop to ``uid``/``gid``, no_new_privs (+ optional parent-death signal),
-    install the seccomp ``bpf`` program.
+    """Everything a fresh sandbox process needs.  The child is created in new
+    PID/UTS/IPC namespaces (``clone_flags``), then, in this order before
+    ``execve``: joins its cgroups, joins ``netns_fd``, sets the hostname,
+    chroots to ``root_fd``, sets up fds, drops to ``uid``/``gid``, sets
+    no_new_privs (+ optional parent-death signal), resets signal handlers and
+    installs the seccomp ``bpf`` program.
     """
 
     path: str

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+import logging
+
 import trio
 
 from ._api import SandboxEvent
+
+log = logging.getLogger("olactors.sandbox")
 
 
 class EventHub:
     """Each subscriber gets every event, in order, over its own bounded channel.
 
-    ``emit`` waits when a subscriber's buffer is full (backpressure, never
-    unbounded memory); a subscriber that closed its receive end is dropped.
+    ``emit`` never waits: it runs under sandbox locks and in shielded cleanup.
+    A subscriber whose buffer is full has fallen behind and can no longer
+    know the true state, so its channel is closed (it sees EndOfChannel) and
+    the loss is logged; a subscriber that closed its receive end is dropped.
     """
 
     def __init__(self) -> None:
         self._subscribers: list[trio.MemorySendChannel[SandboxEvent]] = []
+        self.dropped_subscribers = 0
 
     def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
         send, receive = trio.open_memory_channel[SandboxEvent](buffer)
         self._subscribers.append(send)
         return receive
 
-    async def emit(self, event: SandboxEvent) -> None:
+    def emit(self, event: SandboxEvent) -> None:
         for send in list(self._subscribers):
             try:
-                await send.send(event)
+                send.send_nowait(event)
+            except trio.WouldBlock:
+                log.error("sandbox event subscriber fell behind; closing its channel")
+                self.dropped_subscribers += 1
+                send.close()
+                self._subscribers.remove(send)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove(send)
 

@@ -39,7 +39,7 @@ from ._rootfs import (
     remove_tree_safely,
 )
 from ._safe import SafeSandbox
-from ._sock import SockSandbox, fork_from, receive_ready, remove_sandbox_dir, spawn_fresh
+from ._sock import SockSandbox, fork_from, remove_sandbox_dir, start_fresh
 from .cgroups import (
     CgroupAnomalies,
     CgroupBackend,
@@ -125,20 +125,23 @@ class SockPool:
         try:
             await self._prepare(sb)
             if parent is None:
-                await self._start_fresh(sb)
+                netns = self._netns_fd if sb.network == "none" else -1
+                bpf = self._bpf["leaf" if sb.is_leaf else "zygote"]
+                await start_fresh(sb, self, self._python, bpf, netns)
             else:
                 async with parent._lock:  # serialised with the zygote's other calls
                     parent._check_alive()
                     if parent.state is not SandboxState.RUNNING:
                         raise SandboxStateError(f"zygote {parent.id} is paused")
-                    await fork_from(parent.raw, sb, self, self._bpf["leaf"])
-                    sb.pidfd = os.pidfd_open(sb.pid)
+                    await fork_from(parent.raw, sb, self)
                     parent.child_added()
+            if self.closing:
+                raise SandboxError("the sandbox pool is shutting down")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 reason = await sb.diagnose(exc)
                 tail = sb.log_tail()
-                await self.release_resources(sb)
+                await self.release_resources(sb, reuse_cgroup=False)
             if not isinstance(exc, Exception) or isinstance(exc, (SandboxDead, SandboxStateError)):
                 raise  # cancellation, or the parent's state changed: not this sandbox's failure
             detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
@@ -147,9 +150,9 @@ class SockPool:
         self._live[sb.id] = safe
         sb.watching = True
         self._nursery.start_soon(sb.watch, safe.died)
-        await self._hub.emit(SandboxCreated(safe, parent))
+        self._hub.emit(SandboxCreated(safe, parent))
         if parent is not None:
-            await self._hub.emit(SandboxForked(parent, safe))
+            self._hub.emit(SandboxForked(parent, safe))
         return safe
 
     # ------------------------------------------------------------- internals
@@ -190,43 +193,37 @@ class SockPool:
             self._base, code_dir=sb.code_dir, scratch=str(sb.scratch), tmp_bytes=limits.tmp_mb << 20
         )
 
-    async def _start_fresh(self, sb: SockSandbox) -> None:
-        netns = self._netns_fd if sb.network == "none" else -1
-        bpf = self._bpf["leaf" if sb.is_leaf else "zygote"]
-        ready = spawn_fresh(sb, self, self._python, bpf, netns)
-        sb.pidfd = os.pidfd_open(sb.pid)
-        with trio.socket.from_stdlib_socket(ready) as sock:
-            await receive_ready(sock, self.config.sandbox.ready_timeout_s, f"start {sb.id}")
-
-    async def release_resources(self, sb: SockSandbox) -> None:
+    async def release_resources(self, sb: SockSandbox, *, reuse_cgroup: bool = True) -> None:
         """Kill the sandbox's processes and free its cgroup, mounts and dirs.
 
         Shielded and best effort: a failure in one step is logged and the
-        other steps still run.
+        other steps still run.  The cgroup of a sandbox that failed to start
+        is removed, never reused: a child still starting could join it later.
         """
         with trio.CancelScope(shield=True):
             if sb.cgroup is not None:
                 cg, sb.cgroup = sb.cgroup, None
                 try:
-                    await self._cgroups.release(cg)
+                    await self._cgroups.release(cg, reuse=reuse_cgroup)
                 except Exception:
                     log.exception("releasing cgroup of %s failed", sb.id)
-            if sb.watching:
-                await sb.exited.wait()
-            elif sb.pidfd >= 0:
-                sb.reap(block=True)
+            await sb.await_exit(self.config.sandbox.kill_timeout_s)
             try:
                 sb.root.unmount()
-                remove_sandbox_dir(sb)
+                await trio.to_thread.run_sync(remove_sandbox_dir, sb)
             except Exception:
                 log.exception("removing the root of %s failed", sb.id)
             self._live.pop(sb.id, None)
 
     async def aclose(self) -> None:
-        """Destroy every sandbox (leaves and forks first, so zygotes can go)."""
+        """Destroy every sandbox: leaves first, then zygotes (which are only
+        released once their last child is gone).  Sandboxes whose creation was
+        in flight see ``closing`` and destroy themselves."""
         self.closing = True
-        for sb in sorted(self._live.values(), key=lambda s: s.is_leaf, reverse=True):
-            await sb.destroy("worker shutting down")
+        while self._live:
+            for sb in sorted(self._live.values(), key=lambda s: s.is_leaf, reverse=True):
+                await sb.destroy("worker shutting down")
+            await trio.lowlevel.checkpoint()
         self._hub.close()
 
 
@@ -287,14 +284,21 @@ async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[Sock
         await cgroups.start()
         base = BaseRoot.mount(base_path, assembled=assembled)
         netns_fd = native.new_network_namespace()
-        async with trio.open_nursery() as nursery:
-            pool = SockPool(config, worker_dir, nursery, cgroups, anomalies, base, netns_fd)
-            try:
-                yield pool
-            finally:
-                with trio.CancelScope(shield=True):
-                    await pool.aclose()
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                pool = SockPool(config, worker_dir, nursery, cgroups, anomalies, base, netns_fd)
+                try:
+                    yield pool
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await pool.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The watchers never raise, so a group holds the caller's own error:
+            # give it back as it was raised.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
     finally:
         with trio.CancelScope(shield=True):
             if base is not None:

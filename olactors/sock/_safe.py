@@ -102,8 +102,11 @@ class SafeSandbox:
             raise SandboxDead(f"sandbox {self.id} is destroyed: {self._reason}", self._reason or "")
 
     async def _fail(self, exc: BaseException, doing: str) -> SandboxError:
-        reason = await self.raw.diagnose(exc)
-        await self._destroy_locked(reason)
+        # Shielded: a cancel here must not leave a broken sandbox RUNNING
+        # (e.g. with half a response still in its connection).
+        with trio.CancelScope(shield=True):
+            reason = await self.raw.diagnose(exc)
+            await self._destroy_locked(reason)
         err = SandboxDead(f"sandbox {self.id} failed while {doing}: {reason}", reason)
         err.__cause__ = exc
         return err
@@ -135,7 +138,7 @@ class SafeSandbox:
             except Exception as exc:
                 raise await self._fail(exc, "pausing") from exc
             self._state = SandboxState.PAUSED
-            await self._hub.emit(SandboxPaused(self))
+            self._hub.emit(SandboxPaused(self))
 
     async def unpause(self) -> None:
         async with self._lock:
@@ -148,7 +151,7 @@ class SafeSandbox:
                 raise await self._fail(exc, "unpausing") from exc
             self._state = SandboxState.RUNNING
             self.last_used = trio.current_time()
-            await self._hub.emit(SandboxUnpaused(self))
+            self._hub.emit(SandboxUnpaused(self))
 
     async def destroy(self, reason: str) -> None:
         """Destroy; idempotent.  Shielded: a cancelled caller still leaves nothing behind."""
@@ -177,7 +180,7 @@ class SafeSandbox:
 
     async def child_gone(self, child: SafeSandbox) -> None:
         self._children -= 1
-        await self._hub.emit(SandboxChildExited(self, child))
+        self._hub.emit(SandboxChildExited(self, child))
         await self._release_if_unreferenced()
 
     async def _destroy_locked(self, reason: str) -> None:
@@ -197,6 +200,6 @@ class SafeSandbox:
                 await self.raw.release(reason)
             except Exception:  # a failed cleanup is logged, never raised to a destroy caller
                 log.exception("releasing sandbox %s failed", self.id)
-            await self._hub.emit(SandboxDestroyed(self, reason))
+            self._hub.emit(SandboxDestroyed(self, reason))
             if self.parent is not None:
                 await self.parent.child_gone(self)

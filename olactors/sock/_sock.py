@@ -13,13 +13,15 @@ from __future__ import annotations
 import array
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
 import socket as stdsocket
 import stat
+import struct
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
 from ._client import LeafClient
 from ._rootfs import SandboxRoot
 
+log = logging.getLogger("olactors.sandbox")
 RUNTIME_ARGV_SCRIPT = "/runtime/server.py"
 BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -190,33 +193,59 @@ class SockSandbox:
         try:
             await trio.lowlevel.wait_readable(self.pidfd)
         except BaseException:
-            if not self.reap(block=False):
-                os.close(self.pidfd)
-                self.pidfd = -1
+            self.watching = False  # cancelled: release_resources reaps instead
             raise
         self.reap(block=True)
         await on_exit()
 
+    async def await_exit(self, timeout: float) -> None:
+        """After a kill: wait (bounded) for the init process to be gone and reaped."""
+        with trio.move_on_after(timeout):
+            if self.watching:
+                await self.exited.wait()
+            elif self.pidfd >= 0:
+                await trio.lowlevel.wait_readable(self.pidfd)
+                self.reap(block=True)
+        if self.pidfd >= 0 and not self.watching:
+            log.error("sandbox %s: process %d did not exit after kill", self.id, self.pid)
+            trio.lowlevel.notify_closing(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
 
-async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str) -> int | None:
-    """Read runtime messages until ``ready``; return the zygote-reported pid if any.
 
-    Raises SandboxError when the peer closes without reporting ready, or on timeout.
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+
+
+def passing_credentials(sock: stdsocket.socket | trio.socket.SocketType) -> None:
+    """Have the kernel attach each sender's pid (as seen by us) to its messages."""
+    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PASSCRED, 1)
+
+
+async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str) -> int:
+    """Read runtime messages until ``ready``; return the host pid of its sender.
+
+    The pid comes from the kernel (SCM_CREDENTIALS, translated into our PID
+    namespace), not from anything the sandbox says.  Raises SandboxError when
+    the peer closes without reporting ready, refuses, or on timeout.
     """
-    forked_pid = None
-    with trio.move_on_after(timeout) as scope:
+    with trio.move_on_after(timeout):
         while True:
-            msg = await sock.recv(65536)
+            try:
+                msg, ancdata, _flags, _addr = await sock.recvmsg(
+                    65536, stdsocket.CMSG_SPACE(_UCRED.size)
+                )
+            except ConnectionResetError:
+                msg = b""
             if not msg:
                 raise SandboxError(f"{what}: sandbox exited before it was ready")
             data = json.loads(msg)
             if "error" in data:
                 raise SandboxError(f"{what}: zygote refused the fork: {data['error']}")
-            if "forked" in data:
-                forked_pid = data["forked"]
             if data.get("ready"):
-                return forked_pid
-    assert scope.cancelled_caught
+                for level, kind, payload in ancdata:
+                    if (level, kind) == (stdsocket.SOL_SOCKET, stdsocket.SCM_CREDENTIALS):
+                        return _UCRED.unpack(payload[: _UCRED.size])[0]
+                raise SandboxError(f"{what}: ready message carried no credentials")
     raise SandboxError(f"{what}: not ready within {timeout} s")
 
 
@@ -231,72 +260,86 @@ def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
     }
 
 
-def spawn_fresh(sb: SockSandbox, pool, python: str, bpf: bytes, netns_fd: int) -> stdsocket.socket:
-    """Spawn the runtime for a fresh sandbox; return the worker end of the ready socket."""
-    parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+def _open_child_fds(sb: SockSandbox, stack: ExitStack) -> tuple[int, int, list[int]]:
+    """Root dir fd, log fd and cgroup.procs fds for a new sandbox, closed with ``stack``."""
     root_fd = os.open(sb.root.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    log_fd = os.open(sb.dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    stack.callback(os.close, root_fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    log_fd = os.open(sb.dir / "log", flags, 0o600)
+    stack.callback(os.close, log_fd)
     procs_fds = sb.cgroup.open_procs_fds()
-    config = runtime_config(sb, pool.leaf_bpf)
+    for fd in procs_fds:
+        stack.callback(os.close, fd)
+    return root_fd, log_fd, procs_fds
+
+
+async def start_fresh(sb: SockSandbox, pool, python: str, bpf: bytes, netns_fd: int) -> None:
+    """Spawn the runtime for a fresh sandbox and wait until it is ready."""
     sandbox_cfg = pool.config.sandbox
-    try:
-        sb.pid = native.spawn(
-            native.SpawnSpec(
-                path=python,
-                argv=[python, "-I", "-S", RUNTIME_ARGV_SCRIPT, json.dumps(config)],
-                env={**BASE_ENV, **sb.meta.env},
-                cgroup_procs_fds=procs_fds,
-                netns_fd=netns_fd,
-                root_fd=root_fd,
-                hostname=sb.id,
-                uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
-                gid=sandbox_cfg.leaf_gid if sb.is_leaf else -1,
-                stdout_fd=log_fd,
-                stderr_fd=log_fd,
-                keep_fds=[child_end.fileno()],
-                seccomp_bpf=bpf,
+    parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+    with trio.socket.from_stdlib_socket(parent_end) as sock:
+        passing_credentials(sock)
+        with ExitStack() as stack:
+            stack.callback(child_end.close)
+            root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
+            sb.pid = native.spawn(
+                native.SpawnSpec(
+                    path=python,
+                    argv=[
+                        python,
+                        "-I",
+                        "-S",
+                        RUNTIME_ARGV_SCRIPT,
+                        json.dumps(runtime_config(sb, pool.leaf_bpf)),
+                    ],
+                    env={**BASE_ENV, **sb.meta.env},
+                    cgroup_procs_fds=procs_fds,
+                    netns_fd=netns_fd,
+                    root_fd=root_fd,
+                    hostname=sb.id,
+                    uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
+                    gid=sandbox_cfg.leaf_gid if sb.is_leaf else -1,
+                    stdout_fd=log_fd,
+                    stderr_fd=log_fd,
+                    keep_fds=[child_end.fileno()],
+                    seccomp_bpf=bpf,
+                )
             )
-        )
-    finally:
-        for fd in (root_fd, log_fd, *procs_fds):
-            os.close(fd)
-        child_end.close()
-    return parent_end
+            sb.pidfd = os.pidfd_open(sb.pid)
+        ready_pid = await receive_ready(sock, sandbox_cfg.ready_timeout_s, f"start {sb.id}")
+    if ready_pid != sb.pid:
+        raise SandboxError(f"start {sb.id}: ready came from pid {ready_pid}, not {sb.pid}")
 
 
-async def fork_from(parent: SockSandbox, sb: SockSandbox, pool, leaf_bpf: bytes) -> None:
-    """Ask ``parent``'s zygote to fork ``sb`` and wait until it is ready."""
-    root_fd = os.open(sb.root.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    log_fd = os.open(sb.dir / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-    procs_fds = sb.cgroup.open_procs_fds()
+async def fork_from(parent: SockSandbox, sb: SockSandbox, pool) -> None:
+    """Ask ``parent``'s zygote to fork ``sb`` and wait until it is ready.
+
+    Two messages: the fds for the zygote, then the request for the child
+    alone (hostname, identity, environment, config), which the zygote never
+    reads, so no function's environment is left in the zygote's memory.
+    """
     sandbox_cfg = pool.config.sandbox
     request = {
         "hostname": sb.id,
         "uid": sandbox_cfg.leaf_uid,
         "gid": sandbox_cfg.leaf_gid,
         "env": {**BASE_ENV, **sb.meta.env},
-        "config": runtime_config(sb, leaf_bpf),
+        "config": runtime_config(sb, pool.leaf_bpf),
     }
-    sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
-    try:
-        try:
+    with trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET) as sock:
+        passing_credentials(sock)
+        with ExitStack() as stack:
+            root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
             with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
                 await sock.connect(path)
             fds = array.array("i", [root_fd, log_fd, *procs_fds])
-            await sock.sendmsg(
-                [json.dumps(request).encode()],
-                [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)],
-            )
-        finally:
-            for fd in (root_fd, log_fd, *procs_fds):
-                os.close(fd)
-        await receive_ready(sock, sandbox_cfg.ready_timeout_s, f"fork {sb.id} from {parent.id}")
-    finally:
-        sock.close()
-    pids = first_hierarchy_pids(sb.cgroup)
-    if not pids:
-        raise SandboxError(f"fork {sb.id}: no process in its cgroup after ready")
-    sb.pid = min(pids)
+            await sock.sendmsg([b"fork"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)])
+        await sock.send(json.dumps(request).encode())
+        what = f"fork {sb.id} from {parent.id}"
+        sb.pid = await receive_ready(sock, sandbox_cfg.ready_timeout_s, what)
+    sb.pidfd = os.pidfd_open(sb.pid)
+    if sb.pid not in first_hierarchy_pids(sb.cgroup):
+        raise SandboxError(f"{what}: pid {sb.pid} reported ready outside its cgroup")
 
 
 def first_hierarchy_pids(cgroup) -> list[int]:

@@ -109,11 +109,11 @@ class CgroupPool:
         self._in_use[cgroup.name] = cgroup
         return cgroup
 
-    async def release(self, cgroup: Cgroup) -> None:
+    async def release(self, cgroup: Cgroup, *, reuse: bool = True) -> None:
         """Kill everything in ``cgroup`` and take it back.
 
-        It returns to the free list if it is verifiably empty and thawed and
-        fewer than ``size`` are free; otherwise it is removed.  Shielded from
+        It returns to the free list if ``reuse`` is true, it is verifiably
+        empty and thawed, and fewer than ``size`` are free; otherwise it is removed.  Shielded from
         cancellation (bounded by the timeout); never raises CgroupError.
         """
         if self._in_use.get(cgroup.name) is not cgroup:
@@ -122,7 +122,7 @@ class CgroupPool:
         doomed, self._doomed = self._doomed, []  # earlier failures: retry once now
         with trio.CancelScope(shield=True):
             reusable = await self._clean(cgroup)
-            if reusable and not self._closed and len(self._free) < self._size:
+            if reuse and reusable and not self._closed and len(self._free) < self._size:
                 self._free.append(cgroup)
             else:
                 await self._remove(cgroup)

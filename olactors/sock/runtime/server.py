@@ -25,6 +25,7 @@ LEAF_SECCOMP = b""  # set in zygotes: the filter their leaf children install
 MAX_HEADER_BYTES = 65536
 MAX_FORK_MESSAGE = 1 << 20
 MAX_FDS = 16
+REQUEST_TIMEOUT_S = 10.0
 
 
 # ----------------------------------------------------------------- leaf mode
@@ -185,15 +186,21 @@ def _reap_children(_signum=None, _frame=None) -> None:
             return
 
 
-def _become_child(conn: socket.socket, fds: list, request: dict) -> None:
+def _become_child(conn: socket.socket, fds: list) -> None:
     """In a cloned child: enter the child's cgroups, root and identity, then run.
 
-    Nothing of the function runs before this completes; any failure exits the
-    child, which the worker sees as the connection closing without "ready".
+    The request (hostname, identity, environment, config) is the second
+    message on ``conn``, read here by the child alone: the zygote only ever
+    sees the fds.  Nothing of the function runs before this completes; any
+    failure exits the child, which the worker sees as the connection closing
+    without "ready".
     """
     import _proc
 
     try:
+        conn.settimeout(REQUEST_TIMEOUT_S)
+        request = json.loads(conn.recv(MAX_FORK_MESSAGE))
+        conn.settimeout(None)
         root_fd, log_fd, *cgroup_fds = fds
         for fd in cgroup_fds:
             os.write(fd, b"0")
@@ -209,6 +216,10 @@ def _become_child(conn: socket.socket, fds: list, request: dict) -> None:
         os.closerange(keep + 1, 65536)
         os.environ.clear()
         os.environ.update(request.get("env", {}))
+        if "ssl" in sys.modules:
+            # OpenSSL detects forks by pid, and every sandbox is pid 1: reseed
+            # so siblings never share random streams.
+            sys.modules["ssl"].RAND_add(os.urandom(48), 48.0)
         config = request["config"]
         if config["mode"] == "leaf":
             import _linux
@@ -249,15 +260,25 @@ class Spare:
         self.pid = pid
         self.channel = parent_end
 
-    def hand_over(self, message: bytes, fds: list, conn: socket.socket) -> bool:
-        """Give the spare its request; False if it is gone (the caller clones instead)."""
+    def hand_over(self, fds: list, conn: socket.socket) -> bool:
+        """Give the spare its fds and connection; False if it is gone (clone instead)."""
         try:
-            socket.send_fds(self.channel, [message], [*fds, conn.fileno()])
+            socket.send_fds(self.channel, [b"fork"], [*fds, conn.fileno()])
             return True
         except OSError:
             return False
         finally:
             self.channel.close()
+
+
+def _new_spare(listener: socket.socket) -> Spare | None:
+    """A new spare, or None when cloning fails now (e.g. at the pids limit):
+    requests then clone on demand, and the zygote lives on."""
+    try:
+        return Spare(listener)
+    except OSError as exc:
+        print(f"zygote: no spare child: {exc}", file=sys.stderr)
+        return None
 
 
 def _spare_wait(channel: socket.socket) -> None:
@@ -269,7 +290,7 @@ def _spare_wait(channel: socket.socket) -> None:
         os._exit(0)  # the zygote closed the channel: nothing to become
     channel.close()
     conn = socket.socket(fileno=fds.pop())
-    _become_child(conn, fds, json.loads(message))
+    _become_child(conn, fds)
 
 
 def serve_zygote(listener: socket.socket) -> None:
@@ -277,28 +298,31 @@ def serve_zygote(listener: socket.socket) -> None:
     import _proc
 
     signal.signal(signal.SIGCHLD, _reap_children)
-    spare = Spare(listener)
+    spare = _new_spare(listener)
     while True:
         conn, _ = listener.accept()
         fds: list = []
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(conn, MAX_FORK_MESSAGE, MAX_FDS)
-            if not msg:
-                continue
-            request = json.loads(msg)
-            if spare is not None and spare.hand_over(msg, fds, conn):
+            msg, fds, _flags, _addr = socket.recv_fds(conn, 64, MAX_FDS)
+            if msg != b"fork":
+                raise ValueError("expected a fork request")
+            if spare is not None and spare.hand_over(fds, conn):
                 pid = spare.pid
             else:
                 pid = _proc.clone_into_namespaces()
                 if pid == 0:
                     listener.close()
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    _become_child(conn, fds, request)
+                    _become_child(conn, fds)
             spare = None
             conn.send(json.dumps({"forked": pid}).encode())
         except Exception as exc:  # noqa: BLE001 - a bad request must not kill the zygote
             try:
                 conn.send(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+                # Unread messages would make the close a reset that hides the answer.
+                conn.settimeout(0.1)
+                while conn.recv(MAX_FORK_MESSAGE):
+                    pass
             except OSError:
                 pass
         finally:
@@ -309,7 +333,7 @@ def serve_zygote(listener: socket.socket) -> None:
                     pass
             conn.close()
         if spare is None:
-            spare = Spare(listener)
+            spare = _new_spare(listener)
 
 
 # ------------------------------------------------------------------- common
