@@ -26,6 +26,7 @@ MAX_HEADER_BYTES = 65536
 MAX_FORK_MESSAGE = 1 << 20
 MAX_FDS = 16
 REQUEST_TIMEOUT_S = 10.0
+HANDOVER_TIMEOUT_S = 1.0
 
 
 # ----------------------------------------------------------------- leaf mode
@@ -261,10 +262,16 @@ class Spare:
         self.channel = parent_end
 
     def hand_over(self, fds: list, conn: socket.socket) -> bool:
-        """Give the spare its fds and connection; False if it is gone (clone instead)."""
+        """Give the spare its fds and connection; False if it is gone (clone instead).
+
+        The spare acknowledges what it received: a spare that was dying when
+        the message went out (killed but not yet exited) would otherwise take
+        the request down with it.
+        """
         try:
             socket.send_fds(self.channel, [b"fork"], [*fds, conn.fileno()])
-            return True
+            self.channel.settimeout(HANDOVER_TIMEOUT_S)
+            return self.channel.recv(1) == b"1"
         except OSError:
             return False
         finally:
@@ -288,6 +295,10 @@ def _spare_wait(channel: socket.socket) -> None:
         os._exit(0)
     if not message or not fds:
         os._exit(0)  # the zygote closed the channel: nothing to become
+    try:
+        channel.send(b"1")  # taken: the zygote now reports this pid
+    except OSError:
+        os._exit(0)  # the zygote gave up on us and cloned instead
     channel.close()
     conn = socket.socket(fileno=fds.pop())
     _become_child(conn, fds)
