@@ -47,7 +47,7 @@ async def cleanup_worker_dir(path: Path, config: Config) -> list[str]:
     """Remove what a dead worker left behind; safe to run twice.
 
     Kills every process in the worker's cgroup subtree and removes the
-    subtree (run it from the cgroup the worker ran in), detaches any mount
+    subtree (found from run/cgroups.json, see ``recorded_layout``), detaches any mount
     below the worker dir (left by a worker that ran without its private mount
     namespace), and deletes run/ (sandbox dirs, sockets).  Returns what was done.
     """

@@ -152,11 +152,6 @@ def umount(path: str, *, detach: bool = False) -> None:
     _check(lib.ol_umount(path.encode(), int(detach)), f"umount {path}")
 
 
-def make_rprivate(path: str) -> None:
-    """Stop mount propagation for the tree at ``path``."""
-    _check(lib.ol_make_rprivate(path.encode()), f"make {path} rprivate")
-
-
 def enter_private_mount_namespace() -> None:
     """Move this process into a private mount namespace (before any thread starts).
 

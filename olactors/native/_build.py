@@ -34,7 +34,6 @@ ffibuilder.cdef(
     int ol_mount_tmpfs(const char *dst, const char *options, int allow_dev);
     int ol_remount_readonly(const char *path);
     int ol_umount(const char *path, int detach);
-    int ol_make_rprivate(const char *path);
     int ol_private_mount_namespace(void);
     int ol_new_netns(void);
     int ol_mknod_char(const char *path, int mode, int major_nr, int minor_nr);

@@ -250,11 +250,6 @@ int ol_umount(const char *path, int detach)
     return umount2(path, detach ? MNT_DETACH : 0);
 }
 
-int ol_make_rprivate(const char *path)
-{
-    return mount(NULL, path, NULL, MS_REC | MS_PRIVATE, NULL);
-}
-
 /* Move the calling process into a new mount namespace whose mounts do not
  * propagate to the host.  Fails with EINVAL if the process has threads. */
 int ol_private_mount_namespace(void)

@@ -30,7 +30,7 @@ from ._api import (
     SandboxState,
 )
 from ._events import EventHub
-from ._process import in_private_mount_namespace, prepare_worker_process, worker_id
+from ._process import prepare_worker_process, worker_id
 from ._rootfs import (
     BaseRoot,
     SandboxRoot,
@@ -162,8 +162,7 @@ class SockPool:
         sid = f"sb-{next(self._ids)}"
         sb_dir = self.run_dir / sid
         sb_dir.mkdir(parents=True)
-        owns = scratch_dir is None
-        scratch = sb_dir / "scratch" if owns else Path(scratch_dir)
+        scratch = sb_dir / "scratch" if scratch_dir is None else Path(scratch_dir)
         scratch.mkdir(exist_ok=True)
         if is_leaf:
             os.chown(scratch, self.config.sandbox.leaf_uid, self.config.sandbox.leaf_gid)
@@ -173,7 +172,6 @@ class SockPool:
             meta=meta,
             dir=sb_dir,
             scratch=scratch,
-            owns_scratch=owns,
             root=SandboxRoot(sb_dir / "root"),
             code_dir=code_dir,
             cgroup=None,
@@ -252,8 +250,7 @@ def open_worker_backend(
 @asynccontextmanager
 async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[SockPool]:
     """Start the sandbox machinery for ``worker_dir`` and tear it all down on exit."""
-    if not in_private_mount_namespace():
-        prepare_worker_process()
+    prepare_worker_process()
     worker_dir = worker_dir.resolve()
     wid = worker_id(worker_dir)
     run_dir = worker_dir / "run"

@@ -34,10 +34,6 @@ def prepare_worker_process() -> None:
     _private_mount_ns = True
 
 
-def in_private_mount_namespace() -> bool:
-    return _private_mount_ns
-
-
 def worker_id(worker_dir: Path) -> str:
     """Stable short id of a worker dir: names its cgroup subtree ``olactors-<id>``."""
     real = os.path.realpath(worker_dir)

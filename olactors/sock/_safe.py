@@ -2,7 +2,7 @@
 
 A raw sandbox (the real SOCK one, or a simulated one) implements only the
 mechanics: ``invoke``, ``freeze``, ``thaw``, ``release`` (free everything),
-``fork`` (zygotes), ``usage`` and ``diagnose`` (why did it die).  This wrapper
+``usage`` and ``diagnose`` (why did it die); forking is the pool's business.  This wrapper
 adds, once for every implementation: serialised calls, the paused/dead state
 machine, destroy-on-any-error, harmless calls after death, zygote reference
 counting (a zygote's resources are released only when it and all its

@@ -87,7 +87,6 @@ class SockSandbox:
     meta: SandboxMeta
     dir: Path
     scratch: Path
-    owns_scratch: bool
     root: SandboxRoot
     code_dir: str | None
     cgroup: object  # olactors.sock.cgroups Cgroup
