@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import trio
 
 from ..._errors import CgroupError
+from ...native import cgroup_move
 from ._anomalies import CgroupAnomalies
 from ._api import Cgroup, CgroupUsage, subtree_dir_name
-from ._files import cgroup_error, open_write_fds, read_pids, write_text
+from ._files import cgroup_error, open_write_fds, read_pids
 
 #: First delay when polling the kernel for a state change, and the cap.
 POLL_FIRST_DELAY = 0.0002
@@ -82,8 +83,16 @@ class BaseCgroup(Cgroup):
         return open_write_fds(self.procs_files())
 
     def add_pid(self, pid: int) -> None:
-        for path in self.procs_files():
-            write_text(path, str(pid))
+        fds = self.open_procs_fds()
+        try:
+            for fd, path in zip(fds, self.procs_files(), strict=True):
+                try:
+                    cgroup_move(fd, pid, path)
+                except OSError as exc:
+                    raise cgroup_error(f"move pid {pid} into", path, exc) from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def pids(self) -> list[int]:
         found: set[int] = set()
