@@ -27,7 +27,6 @@ from ._api import (
     SandboxEvent,
     SandboxForked,
     SandboxMeta,
-    SandboxState,
 )
 from ._events import EventHub
 from ._process import prepare_worker_process, worker_id
@@ -109,9 +108,7 @@ class SockPool:
                 raise SandboxError("parent is not a sandbox of this pool")
             if parent.is_leaf:
                 raise SandboxError(f"cannot fork from leaf {parent.id}")
-            parent._check_alive()
-            if parent.state is not SandboxState.RUNNING:
-                raise SandboxStateError(f"zygote {parent.id} is paused")
+            parent.check_running("zygote")  # fail fast, before making anything
             if parent.raw.network != meta.network:
                 raise SandboxError(
                     f"cannot fork a network={meta.network} sandbox from zygote {parent.id} "
@@ -130,9 +127,7 @@ class SockPool:
                 await start_fresh(sb, self, self._python, bpf, netns)
             else:
                 async with parent._lock:  # serialised with the zygote's other calls
-                    parent._check_alive()
-                    if parent.state is not SandboxState.RUNNING:
-                        raise SandboxStateError(f"zygote {parent.id} is paused")
+                    parent.check_running("zygote")  # again, now that calls are serialised
                     await fork_from(parent.raw, sb, self)
                     parent.child_added()
             if self.closing:

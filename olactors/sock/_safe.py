@@ -101,6 +101,12 @@ class SafeSandbox:
         if self._state is SandboxState.DEAD:
             raise SandboxDead(f"sandbox {self.id} is destroyed: {self._reason}", self._reason or "")
 
+    def check_running(self, what: str = "sandbox") -> None:
+        """Raise SandboxDead if destroyed, SandboxStateError if paused."""
+        self._check_alive()
+        if self._state is SandboxState.PAUSED:
+            raise SandboxStateError(f"{what} {self.id} is paused; unpause it first")
+
     async def _fail(self, exc: BaseException, doing: str) -> SandboxError:
         # Shielded: a cancel here must not leave a broken sandbox RUNNING
         # (e.g. with half a response still in its connection).
@@ -115,9 +121,7 @@ class SafeSandbox:
         """Forward one request.  Cancellation mid-call destroys the sandbox
         (its connection state is unknown), e.g. when a runtime limit fires."""
         async with self._lock:
-            self._check_alive()
-            if self._state is SandboxState.PAUSED:
-                raise SandboxStateError(f"sandbox {self.id} is paused; unpause it first")
+            self.check_running()
             self.last_used = trio.current_time()
             try:
                 return await self.raw.invoke(request)
