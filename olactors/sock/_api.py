@@ -21,6 +21,8 @@ from typing import Protocol
 
 import trio
 
+from .cgroups._api import CgroupUsage
+
 
 class SandboxState(enum.Enum):
     RUNNING = "running"
@@ -67,15 +69,9 @@ class InvocationResult:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class SandboxUsage:
-    """Resource use since the sandbox was created."""
-
-    memory_bytes: int = 0
-    memory_peak_bytes: int = 0
-    oom_kills: int = 0
-    pids_limit_hits: int = 0
-    cpu_ns: int = 0
+#: Resource use since the sandbox was created: the counters of its cgroup,
+#: whose baseline is reset when a sandbox takes it (one type, not a copy).
+SandboxUsage = CgroupUsage
 
 
 # ---------------------------------------------------------------- events

@@ -118,10 +118,7 @@ class SockSandbox:
         await self.cgroup.thaw(self.pool.config.sandbox.freeze_timeout_s)
 
     def usage(self) -> SandboxUsage:
-        u = self.cgroup.usage()
-        return SandboxUsage(
-            u.memory_bytes, u.memory_peak_bytes, u.oom_kills, u.pids_limit_hits, u.cpu_ns
-        )
+        return self.cgroup.usage()
 
     def log_tail(self) -> str:
         try:
