@@ -88,33 +88,34 @@ def python_start_samples(samples: int) -> list[float]:
     return xs
 
 
+async def time_creates(pool, parent, code: Path, samples: int, destroy: list[float]) -> list[float]:
+    """Create-to-first-response of ``samples`` leaves (fresh when ``parent`` is
+    None, else forked from it); each destroy's time is appended to ``destroy``."""
+    request = Invocation(body=b'{"n": 1}')
+    created = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        sb = await pool.create(parent, True, str(code), None, SandboxMeta())
+        result = await sb.invoke(request)
+        created.append(_ms(t0))
+        expect_ok(result)
+        t0 = time.perf_counter()
+        await sb.destroy("bench")
+        destroy.append(_ms(t0))
+    return created
+
+
 async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
     code = worker_dir / "bench-echo"
     code.mkdir(exist_ok=True)
     (code / "f.py").write_text(ECHO)
     request = Invocation(body=b'{"n": 1}')
-    fresh, fork, pause, unpause, destroy = [], [], [], [], []
+    pause, unpause, destroy = [], [], []
     async with open_sock_pool(build_config(None), worker_dir) as pool:
         meta = SandboxMeta()
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            sb = await pool.create(None, True, str(code), None, meta)
-            result = await sb.invoke(request)
-            fresh.append(_ms(t0))
-            expect_ok(result)
-            t0 = time.perf_counter()
-            await sb.destroy("bench")
-            destroy.append(_ms(t0))
+        fresh = await time_creates(pool, None, code, samples, destroy)
         zygote = await pool.create(None, False, None, None, meta)
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            sb = await pool.create(zygote, True, str(code), None, meta)
-            result = await sb.invoke(request)
-            fork.append(_ms(t0))
-            expect_ok(result)
-            t0 = time.perf_counter()
-            await sb.destroy("bench")
-            destroy.append(_ms(t0))
+        fork = await time_creates(pool, zygote, code, samples, destroy)
         zygote_rss = rss_bytes(zygote.raw.pid)
         leaf = await pool.create(zygote, True, str(code), None, meta)
         for _ in range(samples):
