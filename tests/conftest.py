@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,49 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def cgroup_dirs_named(token: str) -> list[str]:
+    """Directories under /sys/fs/cgroup (depth <= 7) whose name contains ``token``."""
+    found = []
+    base_depth = "/sys/fs/cgroup".count("/")
+    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
+        if dirpath.count("/") - base_depth >= 7:
+            dirnames.clear()
+        found += [os.path.join(dirpath, d) for d in dirnames if token in d]
+    return found
+
+
 def olactors_cgroups() -> list[str]:
-    out = subprocess.run(
-        ["find", "/sys/fs/cgroup", "-maxdepth", "7", "-type", "d", "-iname", "*olactors*"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    return sorted(out.split())
+    return sorted(cgroup_dirs_named("olactors"))
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started by a test; killed and reaped by pid afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def spawn_in(cgroup, code: str, processes: list, stdout=None) -> subprocess.Popen[bytes]:
+    """Start ``python3 -c code`` that joins ``cgroup`` (writes "0" to each procs fd) before exec."""
+    fds = cgroup.open_procs_fds()
+
+    def join() -> None:
+        for fd in fds:
+            os.write(fd, b"0")
+
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", code], pass_fds=fds, preexec_fn=join, stdout=stdout
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    processes.append(proc)
+    return proc
 
 
 def mounts_mentioning(word: str) -> list[str]:

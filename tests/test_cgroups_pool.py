@@ -8,9 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
 import trio
@@ -26,6 +23,9 @@ from olactors.sock.cgroups import (
     CgroupUsage,
     open_backend,
 )
+
+from .conftest import cgroup_dirs_named as leftovers
+from .conftest import spawn_in
 
 LIMITS = CgroupLimits(mem_bytes=64 << 20, pids=16, cpu_percent=100)
 
@@ -302,42 +302,6 @@ def _v1_layout() -> CgroupLayout | None:
 
 
 V1 = _v1_layout()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
-def spawn_in(cgroup: Cgroup, code: str, processes: list) -> subprocess.Popen[bytes]:
-    fds = cgroup.open_procs_fds()
-
-    def join() -> None:
-        for fd in fds:
-            os.write(fd, b"0")
-
-    try:
-        proc = subprocess.Popen([sys.executable, "-S", "-c", code], pass_fds=fds, preexec_fn=join)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    processes.append(proc)
-    return proc
-
-
-def leftovers(token: str) -> list[str]:
-    found = []
-    base_depth = "/sys/fs/cgroup".count("/")
-    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-        if dirpath.count("/") - base_depth >= 7:
-            dirnames.clear()
-        found += [os.path.join(dirpath, d) for d in dirnames if token in d]
-    return found
 
 
 @pytest.mark.root

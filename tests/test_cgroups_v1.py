@@ -11,7 +11,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -25,6 +25,9 @@ from olactors.sock.cgroups import (
     open_backend,
 )
 from olactors.sock.cgroups._v1 import V1Backend, cpu_shares
+
+from .conftest import cgroup_dirs_named as leftovers
+from .conftest import spawn_in
 
 
 def _v1_layout() -> CgroupLayout | None:
@@ -45,28 +48,6 @@ pytestmark = [
 MiB = 1 << 20
 
 
-def leftovers(token: str) -> list[str]:
-    """Directories under /sys/fs/cgroup (depth <= 7) whose name contains ``token``."""
-    found = []
-    base_depth = "/sys/fs/cgroup".count("/")
-    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-        if dirpath.count("/") - base_depth >= 7:
-            dirnames.clear()
-        found += [os.path.join(dirpath, d) for d in dirnames if token in d]
-    return found
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes started by a test; killed and reaped by pid afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 async def backend() -> AsyncIterator[V1Backend]:
     assert LAYOUT is not None
@@ -79,30 +60,6 @@ async def backend() -> AsyncIterator[V1Backend]:
     finally:
         await backend.remove_subtree()
         assert leftovers(worker_id) == []
-
-
-def spawn_in(
-    cgroup: Cgroup, code: str, processes: list[subprocess.Popen[bytes]]
-) -> subprocess.Popen[bytes]:
-    """Start ``python3 -c code`` that joins ``cgroup`` (writes "0" to each procs fd) before exec."""
-    fds = cgroup.open_procs_fds()
-
-    def join() -> None:
-        for fd in fds:
-            os.write(fd, b"0")
-
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-S", "-c", code],
-            pass_fds=fds,
-            preexec_fn=join,
-            stdout=subprocess.PIPE,
-        )
-    finally:
-        for fd in fds:
-            os.close(fd)
-    processes.append(proc)
-    return proc
 
 
 def read(path: str) -> str:
@@ -185,7 +142,9 @@ async def test_oom_kill_is_counted(backend: V1Backend, processes: list) -> None:
     cgroup.set_limits(CgroupLimits(mem_bytes=64 * MiB, pids=16, cpu_percent=0))
     cgroup.reset_baseline()
     assert cgroup.usage().oom_kills == 0
-    proc = spawn_in(cgroup, "b = b'x' * (256 << 20); print('survived')", processes)
+    proc = spawn_in(
+        cgroup, "b = b'x' * (256 << 20); print('survived')", processes, stdout=subprocess.PIPE
+    )
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == -9 and b"survived" not in out
     usage = cgroup.usage()
@@ -215,7 +174,7 @@ for pid in kids:
     os.waitpid(pid, 0)
 print(len(kids))
 """
-    proc = spawn_in(cgroup, code, processes)
+    proc = spawn_in(cgroup, code, processes, stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert int(out) == 5  # the parent plus 5 children reach pids.max = 6

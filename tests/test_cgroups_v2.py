@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,9 @@ from olactors.sock.cgroups import (
 )
 from olactors.sock.cgroups._detect import find_unified, parse_mountinfo, parse_proc_cgroup
 from olactors.sock.cgroups._v2 import V2Backend, V2Cgroup, cpu_max, cpu_weight, wait_events
+
+from .conftest import cgroup_dirs_named as leftovers
+from .conftest import spawn_in
 
 MiB = 1 << 20
 
@@ -50,28 +51,6 @@ UNIFIED = _unified_dir()
 real_v2 = pytest.mark.skipif(UNIFIED is None, reason="needs root and a cgroup2 hierarchy")
 
 
-def leftovers(token: str) -> list[str]:
-    """Directories under /sys/fs/cgroup (depth <= 7) whose name contains ``token``."""
-    found = []
-    base_depth = "/sys/fs/cgroup".count("/")
-    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):
-        if dirpath.count("/") - base_depth >= 7:
-            dirnames.clear()
-        found += [os.path.join(dirpath, d) for d in dirnames if token in d]
-    return found
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes started by a test; killed and reaped by pid afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
 def anomalies() -> CgroupAnomalies:
     return CgroupAnomalies()
@@ -90,25 +69,6 @@ async def backend(anomalies: CgroupAnomalies) -> AsyncIterator[V2Backend]:
     finally:
         await backend.remove_subtree()
         assert leftovers(worker_id) == []
-
-
-def spawn_in(
-    cgroup: Cgroup, code: str, processes: list[subprocess.Popen[bytes]]
-) -> subprocess.Popen[bytes]:
-    """Start ``python3 -c code`` that joins ``cgroup`` (writes "0" to each procs fd) before exec."""
-    fds = cgroup.open_procs_fds()
-
-    def join() -> None:
-        for fd in fds:
-            os.write(fd, b"0")
-
-    try:
-        proc = subprocess.Popen([sys.executable, "-S", "-c", code], pass_fds=fds, preexec_fn=join)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    processes.append(proc)
-    return proc
 
 
 def events(cgroup: Cgroup) -> str:
