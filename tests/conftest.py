@@ -46,6 +46,19 @@ def cgroup_dirs_named(token: str) -> list[str]:
     return found
 
 
+def v1_layout():
+    """This host's cgroup v1 layout, or None (not root, or no v1 hierarchies)."""
+    from olactors._errors import CgroupError
+    from olactors.sock.cgroups import CgroupLayout
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        return CgroupLayout.current("v1")
+    except CgroupError:
+        return None
+
+
 def olactors_cgroups() -> list[str]:
     return sorted(cgroup_dirs_named("olactors"))
 

@@ -6,7 +6,6 @@ Also covers CgroupAnomalies.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 
 import pytest
@@ -17,7 +16,6 @@ from olactors.sock.cgroups import (
     Cgroup,
     CgroupAnomalies,
     CgroupBackend,
-    CgroupLayout,
     CgroupLimits,
     CgroupPool,
     CgroupUsage,
@@ -25,7 +23,7 @@ from olactors.sock.cgroups import (
 )
 
 from .conftest import cgroup_dirs_named as leftovers
-from .conftest import spawn_in
+from .conftest import spawn_in, v1_layout
 
 LIMITS = CgroupLimits(mem_bytes=64 << 20, pids=16, cpu_percent=100)
 
@@ -292,16 +290,7 @@ def test_anomalies_counts_and_snapshot(caplog: pytest.LogCaptureFixture) -> None
 # -- real v1 ----------------------------------------------------------------
 
 
-def _v1_layout() -> CgroupLayout | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        return CgroupLayout.current("v1")
-    except CgroupError:
-        return None
-
-
-V1 = _v1_layout()
+V1 = v1_layout()
 
 
 @pytest.mark.root

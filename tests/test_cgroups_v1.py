@@ -20,26 +20,15 @@ from olactors._errors import CgroupError
 from olactors.sock.cgroups import (
     Cgroup,
     CgroupAnomalies,
-    CgroupLayout,
     CgroupLimits,
     open_backend,
 )
 from olactors.sock.cgroups._v1 import V1Backend, cpu_shares
 
 from .conftest import cgroup_dirs_named as leftovers
-from .conftest import spawn_in
+from .conftest import spawn_in, v1_layout
 
-
-def _v1_layout() -> CgroupLayout | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        return CgroupLayout.current("v1")
-    except CgroupError:
-        return None
-
-
-LAYOUT = _v1_layout()
+LAYOUT = v1_layout()
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(LAYOUT is None, reason="needs root and cgroup v1 memory/pids/cpu/freezer"),
