@@ -75,9 +75,8 @@ class SockPool:
         self._hub = EventHub()
         self._ids = itertools.count(1)
         self._live: dict[str, SafeSandbox] = {}
-        self._python = config.sandbox.python or python_executable()
-        self._bpf = {kind: seccomp.compile_profile(kind) for kind in ("leaf", "zygote")}
-        self.leaf_bpf = self._bpf["leaf"]
+        self.python = config.sandbox.python or python_executable()
+        self.bpf = {kind: seccomp.compile_profile(kind) for kind in ("leaf", "zygote")}
         self.closing = False
 
     # ------------------------------------------------------------- interface
@@ -122,9 +121,7 @@ class SockPool:
         try:
             await self._prepare(sb)
             if parent is None:
-                netns = self._netns_fd if sb.network == "none" else -1
-                bpf = self._bpf["leaf" if sb.is_leaf else "zygote"]
-                await start_fresh(sb, self, self._python, bpf, netns)
+                await start_fresh(sb, self)
             else:
                 async with parent._lock:  # serialised with the zygote's other calls
                     parent.check_running("zygote")  # again, now that calls are serialised
@@ -149,6 +146,10 @@ class SockPool:
         if parent is not None:
             self._hub.emit(SandboxForked(parent, safe))
         return safe
+
+    def netns_fd(self, network: str) -> int:
+        """The network namespace a fresh sandbox joins (-1: stay in the host's)."""
+        return self._netns_fd if network == "none" else -1
 
     # ------------------------------------------------------------- internals
     def _new_raw(

@@ -269,9 +269,10 @@ def _open_child_fds(sb: SockSandbox, stack: ExitStack) -> tuple[int, int, list[i
     return root_fd, log_fd, procs_fds
 
 
-async def start_fresh(sb: SockSandbox, pool, python: str, bpf: bytes, netns_fd: int) -> None:
+async def start_fresh(sb: SockSandbox, pool) -> None:
     """Spawn the runtime for a fresh sandbox and wait until it is ready."""
     sandbox_cfg = pool.config.sandbox
+    python = pool.python
     parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
     with trio.socket.from_stdlib_socket(parent_end) as sock:
         passing_credentials(sock)
@@ -286,11 +287,11 @@ async def start_fresh(sb: SockSandbox, pool, python: str, bpf: bytes, netns_fd: 
                         "-I",
                         "-S",
                         RUNTIME_ARGV_SCRIPT,
-                        json.dumps(runtime_config(sb, pool.leaf_bpf)),
+                        json.dumps(runtime_config(sb, pool.bpf["leaf"])),
                     ],
                     env={**BASE_ENV, **sb.meta.env},
                     cgroup_procs_fds=procs_fds,
-                    netns_fd=netns_fd,
+                    netns_fd=pool.netns_fd(sb.network),
                     root_fd=root_fd,
                     hostname=sb.id,
                     uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
@@ -298,7 +299,7 @@ async def start_fresh(sb: SockSandbox, pool, python: str, bpf: bytes, netns_fd: 
                     stdout_fd=log_fd,
                     stderr_fd=log_fd,
                     keep_fds=[child_end.fileno()],
-                    seccomp_bpf=bpf,
+                    seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
                 )
             )
             sb.pidfd = os.pidfd_open(sb.pid)
@@ -320,7 +321,7 @@ async def fork_from(parent: SockSandbox, sb: SockSandbox, pool) -> None:
         "uid": sandbox_cfg.leaf_uid,
         "gid": sandbox_cfg.leaf_gid,
         "env": {**BASE_ENV, **sb.meta.env},
-        "config": runtime_config(sb, pool.leaf_bpf),
+        "config": runtime_config(sb, pool.bpf["leaf"]),
     }
     with trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET) as sock:
         passing_credentials(sock)
