@@ -8,9 +8,14 @@ from __future__ import annotations
 
 
 class OlactorsError(Exception):
-    """Base class for every error olactors raises on purpose."""
+    """Base class for every error olactors raises on purpose.
+
+    ``code`` is the stable JSON ``error`` field and ``status`` the HTTP status
+    the HTTP layer answers with when the error reaches a client.
+    """
 
     code = "internal"
+    status = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -52,3 +57,108 @@ class CgroupError(OlactorsError):
     """A cgroup could not be created, configured or removed."""
 
     code = "cgroup_error"
+
+
+# ------------------------------------------------------------ request errors
+# Raised on the invocation path; the HTTP layer turns them into
+# ``{"error": code, "message": ..., "request_id": ...}`` with ``status``.
+
+
+class BadFunctionName(OlactorsError):
+    code = "bad_function_name"
+    status = 400
+
+
+class FunctionNotFound(OlactorsError):
+    code = "function_not_found"
+    status = 404
+
+
+class MethodNotAllowed(OlactorsError):
+    code = "method_not_allowed"
+    status = 405
+
+    def __init__(self, message: str, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class BodyTooLarge(OlactorsError):
+    code = "body_too_large"
+    status = 413
+
+
+class QueueFull(OlactorsError):
+    """The function's bounded queue is full: backpressure, retry later."""
+
+    code = "queue_full"
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BadFunction(OlactorsError):
+    """A function's code or ol.yaml is unusable (bad archive, bad config, no entry).
+
+    400 when a client uploads it; 500 when an invocation finds it in the registry.
+    """
+
+    code = "bad_function"
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RegistryUnavailable(OlactorsError):
+    code = "registry_unavailable"
+    status = 502
+
+
+class SandboxDied(OlactorsError):
+    """The sandbox died during the call; ``reason`` is the diagnosis so far."""
+
+    code = "sandbox_died"
+    status = 502
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SandboxUnavailable(OlactorsError):
+    """No sandbox could be created for the call (creation failed twice)."""
+
+    code = "sandbox_unavailable"
+    status = 500
+
+
+class FunctionFailing(OlactorsError):
+    """The function's sandboxes kept failing beyond the restart intensity;
+    it reports this error until its cool-down passes or its code changes."""
+
+    code = "function_failing"
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class MemoryExhausted(OlactorsError):
+    """The memory pool had no room for the sandbox within the wait limit."""
+
+    code = "memory_exhausted"
+    status = 503
+
+
+class HandlerTimeout(OlactorsError):
+    code = "timeout"
+    status = 504
+
+
+class ShuttingDown(OlactorsError):
+    code = "shutting_down"
+    status = 503
