@@ -1,0 +1,114 @@
+"""Per-function accounting (pure, synchronous): counters and latency histograms.
+
+Not an actor: a plain registry that actors update in place (like a metrics
+client library), read by the admin API.  A function that stopped after idling
+keeps only its ``FunctionMetrics`` record — a few hundred bytes — so the
+accounting survives while every other per-function structure is released.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+# Latency buckets: upper bounds growing by 25% from 0.1 ms to ~10 minutes.
+_GROWTH = 1.25
+_FIRST_MS = 0.1
+_BUCKETS = 72
+BOUNDS_MS = tuple(_FIRST_MS * _GROWTH**i for i in range(_BUCKETS))
+
+
+def _bucket(ms: float) -> int:
+    if ms <= _FIRST_MS:
+        return 0
+    return min(_BUCKETS - 1, math.ceil(math.log(ms / _FIRST_MS, _GROWTH)))
+
+
+class Histogram:
+    """Log-bucketed latencies; percentiles are bucket upper bounds (<= 25% high)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = array("I", bytes(4 * _BUCKETS))
+        self.total = 0
+
+    def add(self, ms: float) -> None:
+        self.counts[_bucket(ms)] += 1
+        self.total += 1
+
+    def percentile(self, q: float) -> float | None:
+        if not self.total:
+            return None
+        rank = max(1, math.ceil(q / 100 * self.total))
+        seen = 0
+        for i, n in enumerate(self.counts):
+            seen += n
+            if seen >= rank:
+                return round(BOUNDS_MS[i], 3)
+        return round(BOUNDS_MS[-1], 3)
+
+    def summary(self) -> dict[str, float | None]:
+        return {"p50_ms": self.percentile(50), "p99_ms": self.percentile(99)}
+
+
+class FunctionMetrics:
+    __slots__ = (
+        "invocations",
+        "errors",
+        "rejected",
+        "cold_starts",
+        "warm_starts",
+        "sandbox_failures",
+        "latency",
+        "cpu_ms",
+    )
+
+    def __init__(self) -> None:
+        self.invocations = 0  # answered requests, any outcome
+        self.errors = 0  # answered with status >= 500 or an error code
+        self.rejected = 0  # 429s
+        self.cold_starts = 0  # a sandbox had to be created for the call
+        self.warm_starts = 0  # an existing sandbox (running or paused) served it
+        self.sandbox_failures = 0
+        self.cpu_ms = 0.0
+        self.latency = Histogram()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "invocations": self.invocations,
+            "errors": self.errors,
+            "rejected_429": self.rejected,
+            "cold_starts": self.cold_starts,
+            "warm_starts": self.warm_starts,
+            "sandbox_failures": self.sandbox_failures,
+            "cpu_ms": round(self.cpu_ms, 3),
+            "latency": self.latency.summary(),
+        }
+
+
+class Metrics:
+    """Every function's metrics plus worker-wide counters."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, FunctionMetrics] = {}
+        self.latency = Histogram()
+        self.evictions = 0
+        self.evicted_mb = 0
+        self.escalations = 0
+
+    def function(self, name: str) -> FunctionMetrics:
+        m = self.functions.get(name)
+        if m is None:
+            m = self.functions[name] = FunctionMetrics()
+        return m
+
+    def record_call(self, name: str, status: int, ms: float) -> None:
+        m = self.function(name)
+        m.invocations += 1
+        if status == 429:
+            m.rejected += 1
+        elif status >= 500:
+            m.errors += 1
+        m.latency.add(ms)
+        self.latency.add(ms)
