@@ -126,8 +126,10 @@ class SockPool:
                 async with parent._lock:  # serialised with the zygote's other calls
                     parent.check_running("zygote")  # again, now that calls are serialised
                     await fork_from(parent.raw, sb, self)
+                    if self.closing:  # before child_added: the cleanup below cannot undo it
+                        raise SandboxError("the sandbox pool is shutting down")
                     parent.child_added()
-            if self.closing:
+            elif self.closing:
                 raise SandboxError("the sandbox pool is shutting down")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
