@@ -120,6 +120,15 @@ class SockSandbox:
     def usage(self) -> SandboxUsage:
         return self.cgroup.usage()
 
+    def pids(self) -> list[int]:
+        """Host pids of every process in the sandbox (its cgroup's members)."""
+        if self.cgroup is None:
+            return []
+        try:
+            return first_hierarchy_pids(self.cgroup)
+        except OSError:
+            return []
+
     def log_tail(self) -> str:
         try:
             with open(self.dir / "log", "rb") as f:

@@ -1,0 +1,25 @@
+"""What every function and instance actor is wired to (built once by the worker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .._config import Config
+from .._metrics import Metrics
+from ..sock import SandboxPool
+from .import_cache import ImportCacheRef
+from .mempool import MemPoolRef
+
+if TYPE_CHECKING:
+    from .code_puller import CodePullerRef
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    config: Config
+    pool: SandboxPool
+    mempool: MemPoolRef
+    import_cache: ImportCacheRef | None  # None: import cache disabled, every sandbox fresh
+    puller: CodePullerRef
+    metrics: Metrics

@@ -1,0 +1,159 @@
+"""Evictor: keeps the memory pool's free-memory goal by destroying idle sandboxes.
+
+It follows the sandbox pool's events (to know every live sandbox and when it
+was last used) and wakes on them, on memory-pool pressure (someone started
+waiting) and on a timer.  Each round it asks the memory pool how much is
+free and waiting, lets the pure policy (:func:`olactors._eviction.choose_victims`)
+pick victims, and destroys them in tasks of its own, at most
+``memory.max_concurrent_evictions`` at a time.  A paused victim is destroyed
+with ``destroy_if_paused`` (if it was unpaused meanwhile it is spared); a
+running one only in a critical round (someone waits for memory and nothing
+paused can cover it).  A sandbox with live children is never chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from .._eviction import Candidate, choose_victims
+from .._metrics import Metrics
+from ..sock import (
+    Sandbox,
+    SandboxCreated,
+    SandboxDestroyed,
+    SandboxEvent,
+    SandboxPaused,
+    SandboxState,
+    SandboxUnpaused,
+)
+from .mempool import MemPoolRef
+
+log = logging.getLogger("olactors.evictor")
+
+
+@dataclass(slots=True)
+class Tracked:
+    sandbox: Sandbox
+    last_used: float
+
+
+class Evictor:
+    def __init__(
+        self,
+        mempool: MemPoolRef,
+        metrics: Metrics,
+        free_goal_mb: int,
+        interval_s: float,
+        max_concurrent: int,
+    ) -> None:
+        self.mempool = mempool
+        self.metrics = metrics
+        self.free_goal_mb = free_goal_mb
+        self.interval_s = interval_s
+        self.max_concurrent = max_concurrent
+        self.tracked: dict[str, Tracked] = {}
+        self.evicting: dict[str, int] = {}  # sandbox id -> MB being freed
+        self.rounds = 0
+        self._wake_send, self._wake = trio.open_memory_channel[None](1)
+
+    # ------------------------------------------------------------- inputs
+    def observe(self, event: SandboxEvent) -> None:
+        now = trio.current_time()
+        if isinstance(event, SandboxCreated):
+            self.tracked[event.sandbox.id] = Tracked(event.sandbox, now)
+        elif isinstance(event, (SandboxPaused, SandboxUnpaused)):
+            tracked = self.tracked.get(event.sandbox.id)
+            if tracked is not None:
+                tracked.last_used = now
+            if isinstance(event, SandboxPaused):
+                self.wake()  # a new candidate
+        elif isinstance(event, SandboxDestroyed):
+            self.tracked.pop(event.sandbox.id, None)
+
+    def wake(self) -> None:
+        try:
+            self._wake_send.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # a wake-up is already pending
+
+    # ------------------------------------------------------------ decisions
+    async def round(self, nursery: trio.Nursery) -> None:
+        self.rounds += 1
+        slots = self.max_concurrent - len(self.evicting)
+        if slots <= 0:
+            return
+        snap = await self.mempool.snapshot(with_bound=True)
+        in_flight = sum(self.evicting.values())
+        need = max(self.free_goal_mb - snap.free_mb, snap.head_need_mb) - in_flight
+        if need <= 0:
+            return
+        candidates = []
+        for sid, tracked in self.tracked.items():
+            sb = tracked.sandbox
+            if sid in self.evicting or sb.state is SandboxState.DEAD:
+                continue
+            candidates.append(
+                Candidate(
+                    key=sid,
+                    paused=sb.state is SandboxState.PAUSED,
+                    children=sb.live_children,
+                    mem_mb=snap.bound.get(sid, 0),
+                    last_used=tracked.last_used,
+                )
+            )
+        victims = choose_victims(candidates, need, critical=snap.waiters > 0, limit=slots)
+        for victim in victims:
+            self.evicting[victim.key] = victim.mem_mb
+            nursery.start_soon(self._evict, self.tracked[victim.key].sandbox, victim, need)
+
+    async def _evict(self, sandbox: Sandbox, victim: Candidate, need: int) -> None:
+        reason = f"evicted: the memory pool needed {need} MB"
+        try:
+            if victim.paused:
+                done = await sandbox.destroy_if_paused(reason)
+            else:
+                log.warning("evicting running sandbox %s: nothing paused frees enough", sandbox.id)
+                await sandbox.destroy(reason)
+                done = True
+            if done:
+                self.metrics.evictions += 1
+                self.metrics.evicted_mb += victim.mem_mb
+        except Exception:
+            log.exception("evicting %s failed", sandbox.id)
+        finally:
+            self.evicting.pop(victim.key, None)
+            self.wake()
+
+
+async def run_evictor(
+    mempool: MemPoolRef,
+    metrics: Metrics,
+    events: trio.MemoryReceiveChannel[SandboxEvent],
+    *,
+    free_goal_mb: int,
+    interval_s: float,
+    max_concurrent: int,
+    task_status: trio.TaskStatus[Evictor] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run until cancelled.  ``events`` is a subscription to the sandbox pool."""
+    evictor = Evictor(mempool, metrics, free_goal_mb, interval_s, max_concurrent)
+
+    async def follow_events() -> None:
+        async for event in events:
+            evictor.observe(event)
+
+    async def follow_pressure() -> None:
+        async for _ in mempool.pressure:
+            evictor.wake()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(follow_events)
+        nursery.start_soon(follow_pressure)
+        task_status.started(evictor)
+        while True:
+            with trio.move_on_after(interval_s):
+                await evictor._wake.receive()
+            await evictor.round(nursery)

@@ -1,0 +1,392 @@
+"""FunctionActor: one per function in use; queue, scaling, code versions, supervision.
+
+Requests arrive on a bounded channel of ``queue.max_depth``; a full queue
+answers 429 at once (:meth:`FunctionRef.submit`).  The actor takes one
+request at a time, makes sure the function's code is current (through the
+code puller, which checks the registry at most once per ``registry.cache_s``),
+applies the ol.yaml method filter, and hands the request to an idle
+instance, waiting for one if all are busy.  While waiting it scales with
+:class:`olactors._scaling.Scaler` (OpenLambda's rule, one step per
+``functions.scale_interval_s``).
+
+Each instance runs under a supervisor (:func:`olactors.supervisors.supervise`,
+transient, ``functions.restart_intensity`` within ``restart_period_s``).  An
+escalation puts the function in a failing state: for
+``functions.failure_cooldown_s`` every request gets 503 ``function_failing``
+with the cause, instead of sandboxes being restarted in a loop.
+
+On a code change, new requests go to instances of the new version; old
+instances finish their call in hand and stop, and the old code snapshot is
+released once the last of them is gone.  With no request for
+``functions.idle_timeout_s`` (and none in flight) the actor stops its
+instances, tells the code puller to forget the function, and exits: nothing
+of the function stays but its metrics record.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import trio
+
+from .._errors import (
+    FunctionFailing,
+    FunctionNotFound,
+    MethodNotAllowed,
+    OlactorsError,
+    QueueFull,
+)
+from .._function_config import ResolvedLimits, resolve_limits
+from .._scaling import RecentDurations, Scaler
+from ..supervisors import ChildHandle, ChildSpec, Restart, supervise
+from ._deps import Deps
+from ._requests import CallRequest
+from .code_puller import FunctionCode
+from .instance import CallDone, Instance
+
+log = logging.getLogger("olactors.function")
+
+
+class FunctionStopped(Exception):
+    """The function actor has stopped; ask the manager for a new one."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEscalated:
+    instance_id: int
+    cause: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceExited:
+    instance_id: int
+
+
+class FunctionRef:
+    __slots__ = ("name", "_queue", "stopped", "retry_after_s")
+
+    def __init__(self, name: str, queue: trio.MemorySendChannel[CallRequest], retry: float) -> None:
+        self.name = name
+        self._queue = queue
+        self.stopped = False
+        self.retry_after_s = retry
+
+    def submit(self, req: CallRequest) -> None:
+        """Queue ``req`` without waiting: QueueFull (429) when the queue is full."""
+        if self.stopped:
+            raise FunctionStopped(self.name)
+        try:
+            self._queue.send_nowait(req)
+        except trio.WouldBlock:
+            raise QueueFull(
+                f"function {self.name!r} has {self.queue_depth()} requests queued "
+                "(queue.max_depth); retry later",
+                self.retry_after_s,
+            ) from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise FunctionStopped(self.name) from None
+
+    def queue_depth(self) -> int:
+        return self._queue.statistics().current_buffer_used
+
+    def close(self) -> None:
+        """No more requests (shutdown): the actor serves what is queued, then stops."""
+        self._queue.close()
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    instance: Instance
+    requests: trio.MemorySendChannel[CallRequest]
+    version: str
+    handle: ChildHandle | None = None
+    busy: bool = False
+    retiring: bool = False
+
+
+@dataclass(slots=True)
+class FunctionStatus:
+    """What the admin API shows of a live function."""
+
+    name: str
+    version: str | None
+    queue_depth: int
+    instances: int
+    busy: int
+    failing_until: float | None
+    failing_reason: str | None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class FunctionActor:
+    def __init__(self, name: str, deps: Deps, ref: FunctionRef, queue, nursery) -> None:
+        cfg = deps.config.functions
+        self.name = name
+        self.deps = deps
+        self.ref = ref
+        self.queue: trio.MemoryReceiveChannel[CallRequest] = queue
+        self.nursery: trio.Nursery = nursery
+        self.code: FunctionCode | None = None
+        self.limits: ResolvedLimits | None = None
+        self.slots: dict[int, Slot] = {}
+        self.idle: list[int] = []  # most recently used last
+        self.versions: Counter[str] = Counter()
+        self.durations = RecentDurations()
+        self.scaler = Scaler(cfg.scale_interval_s, cfg.max_instances)
+        self.failing_until = -float("inf")
+        self.failing_reason = ""
+        self.last_activity = trio.current_time()
+        self.stop_now = False
+        self._ids = itertools.count(1)
+        bound = 3 * cfg.max_instances + 8
+        self.notices_send, self.notices = trio.open_memory_channel[object](bound)
+        self._changed = trio.Event()  # set when a notice changed the instances' state
+
+    async def follow_notices(self) -> None:
+        """Apply instance notices as they come (a task of this actor)."""
+        async for notice in self.notices:
+            version = self._handle_notice(notice)
+            self._changed.set()
+            if version is not None:
+                await self.deps.puller.release(self.name, version)
+
+    # ------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        try:
+            while True:
+                req = await self._next_request()
+                if req is None:
+                    break
+                self.last_activity = trio.current_time()
+                try:
+                    await self._dispatch(req)
+                except OlactorsError as exc:
+                    req.reply.fail(exc)
+                except BaseException:
+                    req.reply.close("the function stopped")
+                    raise
+        finally:
+            self._close_queue()
+            with trio.CancelScope(shield=True):
+                await self._stop_instances()
+                await self.deps.puller.forget(self.name)
+
+    async def _next_request(self) -> CallRequest | None:
+        """The next request, or None when the function should stop (idle or shut down).
+
+        Idle means no request and no call in flight for ``idle_timeout_s``
+        since the last activity (a request taken or a call finished).
+        """
+        timeout = self.deps.config.functions.idle_timeout_s
+        while True:
+            busy = any(s.busy for s in self.slots.values())
+            if self.stop_now and not busy and not self.ref.queue_depth():
+                return None
+            now = trio.current_time()
+            deadline = now + timeout if busy else self.last_activity + timeout
+            if now >= deadline:
+                return None
+            # While calls run, wake up at the deadline anyway to look at their notices.
+            with trio.move_on_at(deadline):
+                try:
+                    return await self.queue.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return None
+
+    async def _dispatch(self, req: CallRequest) -> None:
+        if req.reply.abandoned:
+            return
+        self._check_failing()
+        try:
+            code = await self.deps.puller.pull(self.name)
+        except FunctionNotFound:
+            if self.code is None:
+                self.stop_now = True  # never existed: keep no state for it
+            raise
+        if self.code is None or code.version != self.code.version:
+            self._switch(code)
+        methods = code.config.methods
+        method = req.invocation.method.upper()
+        if methods and method not in methods and not (method == "HEAD" and "GET" in methods):
+            raise MethodNotAllowed(
+                f"function {self.name!r} accepts {', '.join(methods)}, not {method}", methods
+            )
+        slot = await self._idle_instance()
+        slot.busy = True
+        slot.requests.send_nowait(req)
+
+    def _check_failing(self) -> None:
+        remaining = self.failing_until - trio.current_time()
+        if remaining > 0:
+            raise FunctionFailing(
+                f"function {self.name!r} is failing: {self.failing_reason} "
+                f"(its sandboxes failed more than functions.restart_intensity times within "
+                f"functions.restart_period_s; retrying in {remaining:.1f} s)",
+                remaining,
+            )
+
+    # ------------------------------------------------------------ instances
+    def _switch(self, code: FunctionCode) -> None:
+        limits = resolve_limits(code.config, self.deps.config)  # BadFunction on bad limits
+        if self.code is not None:
+            log.info("%s: code changed %s -> %s", self.name, self.code.version, code.version)
+        self.code, self.limits = code, limits
+        self.failing_until = -float("inf")  # new code deserves a fresh start
+        for slot in list(self.slots.values()):
+            if slot.version != code.version:
+                self._retire(slot)
+
+    async def _idle_instance(self) -> Slot:
+        interval = self.deps.config.functions.scale_interval_s
+        while True:
+            self._check_failing()
+            current = [s for s in self.slots.values() if not s.retiring]
+            busy = sum(1 for s in current if s.busy)
+            outstanding = self.ref.queue_depth() + 1 + busy
+            step = self.scaler.decide(
+                trio.current_time(), len(current), outstanding, self.durations.mean_ms
+            )
+            if not current or (step > 0 and not self.idle):
+                await self._spawn()
+            elif step < 0 and len(self.idle) > 1:
+                self._retire(self.slots[self.idle[0]])  # the least recently used idle one
+            if self.idle:
+                return self.slots[self.idle.pop()]
+            self._changed = trio.Event()
+            with trio.move_on_after(interval):
+                await self._changed.wait()
+
+    async def _spawn(self) -> None:
+        assert self.code is not None and self.limits is not None
+        cfg = self.deps.config.functions
+        iid = next(self._ids)
+        send, receive = trio.open_memory_channel[CallRequest](1)
+        instance = Instance(iid, self.code, self.limits, self.deps, receive, self.notices_send)
+        slot = Slot(instance, send, self.code.version)
+        self.slots[iid] = slot
+        self.versions[slot.version] += 1
+        spec = ChildSpec(
+            name=f"{self.name}/{iid}",
+            run=instance.run,
+            restart=Restart.TRANSIENT,
+            max_restarts=cfg.restart_intensity,
+            period_s=cfg.restart_period_s,
+            request_stop=send.close,
+        )
+        slot.handle = await self.nursery.start(self._supervised, spec, iid)
+        self.idle.append(iid)
+
+    async def _supervised(self, spec: ChildSpec, iid: int, *, task_status) -> None:
+        def escalate(_name: str, cause: BaseException) -> None:
+            self.notices_send.send_nowait(InstanceEscalated(iid, cause))
+
+        try:
+            await supervise(spec, escalate, task_status=task_status)
+        finally:
+            try:
+                self.notices_send.send_nowait(InstanceExited(iid))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _retire(self, slot: Slot) -> None:
+        """Stop taking requests on ``slot``; it stops after its call in hand."""
+        slot.retiring = True
+        if slot.instance.id in self.idle:
+            self.idle.remove(slot.instance.id)
+        if not slot.busy:
+            slot.requests.close()
+
+    def _handle_notice(self, notice: object) -> str | None:
+        """Apply one notice; returns a code version no instance uses any more."""
+        if isinstance(notice, CallDone):
+            slot = self.slots.get(notice.instance_id)
+            self.durations.add(notice.duration_ms)
+            self.last_activity = max(self.last_activity, notice.finished_at)
+            if slot is None:
+                return None
+            slot.busy = False
+            if slot.retiring:
+                slot.requests.close()
+            elif notice.instance_id not in self.idle:
+                self.idle.append(notice.instance_id)
+        elif isinstance(notice, InstanceEscalated):
+            cause = notice.cause
+            self.failing_reason = getattr(cause, "message", None) or str(cause) or repr(cause)
+            self.failing_until = (
+                trio.current_time() + self.deps.config.functions.failure_cooldown_s
+            )
+            self.deps.metrics.escalations += 1
+            log.error("%s: failing for %.1f s: %s", self.name,
+                      self.deps.config.functions.failure_cooldown_s, self.failing_reason)
+        elif isinstance(notice, InstanceExited):
+            slot = self.slots.pop(notice.instance_id, None)
+            if notice.instance_id in self.idle:
+                self.idle.remove(notice.instance_id)
+            if slot is None:
+                return None
+            slot.requests.close()
+            self.versions[slot.version] -= 1
+            if self.versions[slot.version] <= 0:
+                del self.versions[slot.version]
+                if self.code is None or slot.version != self.code.version:
+                    return slot.version
+        return None
+
+    # ------------------------------------------------------------- shutdown
+    def _close_queue(self) -> None:
+        """Refuse new requests and fail every queued one (none is ever dropped)."""
+        self.ref.stopped = True
+        while True:
+            try:
+                req = self.queue.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            req.reply.close("the function stopped")
+        self.queue.close()
+
+    async def _stop_instances(self) -> None:
+        grace = self.deps.config.server.shutdown_timeout_s
+        async with trio.open_nursery() as nursery:
+            for slot in list(self.slots.values()):
+                if slot.handle is not None:
+                    nursery.start_soon(slot.handle.stop, grace)
+
+    def status(self) -> FunctionStatus:
+        now = trio.current_time()
+        return FunctionStatus(
+            name=self.name,
+            version=self.code.version if self.code else None,
+            queue_depth=self.ref.queue_depth(),
+            instances=len(self.slots),
+            busy=sum(1 for s in self.slots.values() if s.busy),
+            failing_until=(self.failing_until - now) if self.failing_until > now else None,
+            failing_reason=self.failing_reason or None,
+        )
+
+
+async def run_function(
+    name: str,
+    deps: Deps,
+    on_stopped,
+    *,
+    task_status: trio.TaskStatus[tuple[FunctionRef, FunctionActor]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the actor for ``name`` until it idles out or its queue is closed.
+
+    ``on_stopped(ref)`` is called (synchronously) once it no longer takes requests.
+    """
+    send, receive = trio.open_memory_channel[CallRequest](deps.config.queue.max_depth)
+    ref = FunctionRef(name, send, float(deps.config.queue.retry_after_s))
+    try:
+        async with trio.open_nursery() as nursery:
+            actor = FunctionActor(name, deps, ref, receive, nursery)
+            nursery.start_soon(actor.follow_notices)
+            task_status.started((ref, actor))
+            await actor.run()
+            nursery.cancel_scope.cancel()
+    finally:
+        ref.stopped = True
+        on_stopped(ref)

@@ -1,0 +1,233 @@
+"""InstanceActor: a robust virtual sandbox, backed by zero or one real one.
+
+An instance serves its function's requests one at a time.  For each call it
+needs a running sandbox and gets one by unpausing its own, else forking a
+leaf from the import cache's zygote, else starting a fresh one — after
+reserving the sandbox's memory limit from the memory pool.  Getting a sandbox
+is tried twice (the handler never started, so a retry is safe) before the
+call fails with ``sandbox_unavailable``.  When no request comes for
+``functions.pause_after_s`` it pauses its sandbox.  ``reuse_sandbox: false``
+destroys the sandbox after every call.
+
+When its sandbox dies during a call, that call gets 502 ``sandbox_died``
+with the diagnosis, and :class:`InstanceFailure` is raised so the instance's
+supervisor counts a restart: the next incarnation starts sandbox-less and
+creates a new sandbox on its next call.  Deaths that are not the function's
+fault (eviction, worker shutdown) and runtime-limit timeouts (504, the
+handler's own doing) do not count.
+
+An instance stops when its request channel is closed (after finishing the
+call in hand) and then destroys its sandbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from .._errors import (
+    HandlerTimeout,
+    MemoryExhausted,
+    OlactorsError,
+    SandboxDied,
+    SandboxError,
+    SandboxUnavailable,
+)
+from .._function_config import ResolvedLimits
+from ..sock import Invocation, Sandbox, SandboxMeta, SandboxState
+from ._deps import Deps
+from ._requests import CallRequest
+from .code_puller import FunctionCode
+
+log = logging.getLogger("olactors.instance")
+NOT_THE_FUNCTIONS_FAULT = ("evicted", "worker shutting down", "instance stopped")
+
+
+class InstanceFailure(Exception):
+    """The instance's sandbox failed in a way its supervisor should count."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallDone:
+    """Notice to the function: the instance finished a call (and is idle again)."""
+
+    instance_id: int
+    duration_ms: float
+    finished_at: float
+
+
+class Instance:
+    def __init__(
+        self,
+        instance_id: int,
+        code: FunctionCode,
+        limits: ResolvedLimits,
+        deps: Deps,
+        requests: trio.MemoryReceiveChannel[CallRequest],
+        notices: trio.MemorySendChannel[object],
+    ) -> None:
+        self.id = instance_id
+        self.code = code
+        self.limits = limits
+        self.deps = deps
+        self.requests = requests
+        self.notices = notices
+        self.sandbox: Sandbox | None = None
+        self.calls = 0
+
+    @property
+    def name(self) -> str:
+        return self.code.name
+
+    async def run(self) -> None:
+        """One incarnation: serve until the request channel closes; raises InstanceFailure."""
+        try:
+            while True:
+                req = await self._next_request()
+                if req is None:
+                    return
+                await self._serve(req)
+        finally:
+            await self._drop_sandbox("instance stopped")
+
+    async def _next_request(self) -> CallRequest | None:
+        sb = self.sandbox
+        if sb is not None and sb.state is SandboxState.RUNNING:
+            with trio.move_on_after(self.deps.config.functions.pause_after_s):
+                try:
+                    return await self.requests.receive()
+                except trio.EndOfChannel:
+                    return None
+            try:
+                await sb.pause()
+            except SandboxError as exc:
+                log.info("%s/%d: pausing failed: %s", self.name, self.id, exc.message)
+                self.sandbox = None
+        try:
+            return await self.requests.receive()
+        except trio.EndOfChannel:
+            return None
+
+    async def _serve(self, req: CallRequest) -> None:
+        start = trio.current_time()
+        try:
+            await self._call(req)
+        finally:
+            if not req.reply.answered:  # never leave a caller hanging
+                req.reply.fail(SandboxUnavailable("the instance stopped before answering"))
+            now = trio.current_time()
+            try:
+                self.notices.send_nowait(CallDone(self.id, (now - start) * 1000, now))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the function is gone (shutdown)
+
+    async def _call(self, req: CallRequest) -> None:
+        if req.reply.abandoned:
+            return
+        metrics = self.deps.metrics.function(self.name)
+        try:
+            sb, cold = await self._sandbox_for_call()
+        except OlactorsError as exc:
+            req.reply.fail(exc)
+            if isinstance(exc, SandboxUnavailable):
+                metrics.sandbox_failures += 1
+                raise InstanceFailure(exc.message) from exc
+            return
+        if cold:
+            metrics.cold_starts += 1
+        else:
+            metrics.warm_starts += 1
+        self.calls += 1
+        inv = req.invocation
+        inv = Invocation(
+            inv.method,
+            inv.path,
+            inv.query,
+            (*inv.headers, ("x-olactors-script-name", f"/run/{self.name}")),
+            inv.body,
+        )
+        runtime_s = self.limits.runtime_s
+        try:
+            with trio.move_on_after(runtime_s) as scope:
+                result = await sb.invoke(inv)
+        except SandboxError as exc:
+            self.sandbox = None
+            reason = getattr(exc, "reason", "") or exc.message
+            req.reply.fail(SandboxDied(f"the sandbox died during the call: {reason}", reason))
+            if not reason.startswith(NOT_THE_FUNCTIONS_FAULT):
+                metrics.sandbox_failures += 1
+                raise InstanceFailure(reason) from exc
+            return
+        if scope.cancelled_caught:
+            self.sandbox = None  # the safe wrapper destroyed it: its state was unknown
+            req.reply.fail(
+                HandlerTimeout(
+                    f"the handler ran longer than its runtime limit of {runtime_s:g} s "
+                    "(limits.runtime_s); its sandbox was destroyed"
+                )
+            )
+            return
+        req.reply.send(result)
+        if not self.code.config.reuse_sandbox:
+            await self._drop_sandbox("reuse_sandbox is false")
+
+    async def _sandbox_for_call(self) -> tuple[Sandbox, bool]:
+        """A running sandbox and whether it was created for this call."""
+        last: OlactorsError | None = None
+        for _attempt in range(2):
+            sb = self.sandbox
+            if sb is not None and sb.state is SandboxState.PAUSED:
+                try:
+                    await sb.unpause()
+                    return sb, False
+                except SandboxError as exc:
+                    last = exc
+                    self.sandbox = None
+            elif sb is not None and sb.state is SandboxState.RUNNING:
+                return sb, False
+            self.sandbox = None
+            try:
+                self.sandbox = await self._create()
+                return self.sandbox, True
+            except MemoryExhausted:
+                raise
+            except OlactorsError as exc:
+                last = exc
+                log.warning("%s/%d: creating a sandbox failed: %s", self.name, self.id, exc.message)
+        assert last is not None
+        raise SandboxUnavailable(f"no sandbox could be started for {self.name}: {last.message}")
+
+    async def _create(self) -> Sandbox:
+        deps = self.deps
+        meta = SandboxMeta(
+            limits=self.limits.sandbox,
+            network=self.limits.network,
+            env=dict(self.code.config.environment),
+            entry=self.code.config.entry or "",
+            label=self.name,
+        )
+        code_dir = str(self.code.code_dir)
+        res = await deps.mempool.reserve(meta.limits.mem_mb, f"function {self.name}")
+        try:
+            sb = None
+            if deps.import_cache is not None:
+                try:
+                    async with deps.import_cache.zygote(frozenset(), meta.network) as zygote:
+                        sb = await deps.pool.create(zygote, True, code_dir, None, meta)
+                except SandboxError as exc:
+                    log.warning("%s: forking from a zygote failed (%s); starting fresh",
+                                self.name, exc.message)
+            if sb is None:
+                sb = await deps.pool.create(None, True, code_dir, None, meta)
+        except BaseException:
+            await deps.mempool.release(res)
+            raise
+        await deps.mempool.bind(res, sb)
+        return sb
+
+    async def _drop_sandbox(self, reason: str) -> None:
+        sb, self.sandbox = self.sandbox, None
+        if sb is not None:
+            await sb.destroy(reason)

@@ -1,0 +1,131 @@
+"""LambdaManager: routes a function name to its FunctionActor.
+
+A function actor is spawned on first use and removed when it stops (idle or
+never found), so the manager's table only holds functions in use.  Callers
+use :meth:`ManagerRef.invoke`; the request goes straight into the function's
+bounded queue (429 when full).  :meth:`ManagerRef.drain` closes every queue:
+functions serve what was queued and stop, and new requests get 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from .._errors import ShuttingDown
+from ..sock import Invocation, InvocationResult
+from ._calls import Reply, ask
+from ._deps import Deps
+from ._requests import CallRequest
+from .function import FunctionActor, FunctionRef, FunctionStatus, FunctionStopped, run_function
+
+log = logging.getLogger("olactors.manager")
+
+
+@dataclass(frozen=True, slots=True)
+class GetFunction:
+    name: str
+    reply: Reply[FunctionRef]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionGone:
+    ref: FunctionRef
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    reply: Reply[None]
+
+
+@dataclass(frozen=True, slots=True)
+class ListFunctions:
+    reply: Reply[list[FunctionStatus]]
+
+
+ManagerMessage = GetFunction | FunctionGone | Drain | ListFunctions
+
+
+class ManagerRef:
+    def __init__(self, inbox: trio.MemorySendChannel[ManagerMessage]) -> None:
+        self._inbox = inbox
+
+    async def invoke(self, name: str, inv: Invocation, request_id: str) -> InvocationResult:
+        """Run one call of ``name``; raises the OlactorsError that answers it."""
+        for _attempt in range(3):
+            ref = await ask(self._inbox, GetFunction(name, Reply()))
+            req = CallRequest(name, inv, request_id, Reply(), trio.current_time())
+            try:
+                ref.submit(req)
+            except FunctionStopped:
+                continue  # it idled out just now: the manager starts a new one
+            return await req.reply.receive()
+        raise ShuttingDown(f"function {name!r} keeps stopping; the worker is shutting down")
+
+    async def functions(self) -> list[FunctionStatus]:
+        return await ask(self._inbox, ListFunctions(Reply()))
+
+    async def drain(self) -> None:
+        """Stop taking requests; return when every function has served its queue and stopped."""
+        await ask(self._inbox, Drain(Reply()))
+
+
+class Manager:
+    def __init__(self, deps: Deps, inbox: trio.MemorySendChannel[ManagerMessage]) -> None:
+        self.deps = deps
+        self.inbox = inbox
+        self.functions: dict[str, tuple[FunctionRef, FunctionActor]] = {}
+        self.draining: list[Reply[None]] = []
+        self.spawned = 0
+
+    def function_stopped(self, ref: FunctionRef) -> None:
+        try:
+            self.inbox.send_nowait(FunctionGone(ref))
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.forget(ref)
+
+    def forget(self, ref: FunctionRef) -> None:
+        entry = self.functions.get(ref.name)
+        if entry is not None and entry[0] is ref:
+            del self.functions[ref.name]
+        if not self.functions:
+            for reply in self.draining:
+                if not reply.answered:
+                    reply.send(None)
+
+    async def handle(self, msg: ManagerMessage, nursery: trio.Nursery) -> None:
+        if isinstance(msg, GetFunction):
+            if self.draining:
+                msg.reply.fail(ShuttingDown("the worker is shutting down"))
+                return
+            entry = self.functions.get(msg.name)
+            if entry is None or entry[0].stopped:
+                entry = await nursery.start(
+                    run_function, msg.name, self.deps, self.function_stopped
+                )
+                self.functions[msg.name] = entry
+                self.spawned += 1
+            msg.reply.send(entry[0])
+        elif isinstance(msg, FunctionGone):
+            self.forget(msg.ref)
+        elif isinstance(msg, ListFunctions):
+            msg.reply.send([actor.status() for _, actor in self.functions.values()])
+        elif isinstance(msg, Drain):
+            self.draining.append(msg.reply)
+            for ref, _ in self.functions.values():
+                ref.close()
+            if not self.functions:
+                msg.reply.send(None)
+
+
+async def run_manager(
+    deps: Deps, *, task_status: trio.TaskStatus[ManagerRef] = trio.TASK_STATUS_IGNORED
+) -> None:
+    send, inbox = trio.open_memory_channel[ManagerMessage](65536)
+    manager = Manager(deps, send)
+    async with trio.open_nursery() as nursery:
+        task_status.started(ManagerRef(send))
+        async for msg in inbox:
+            await manager.handle(msg, nursery)

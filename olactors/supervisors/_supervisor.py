@@ -1,0 +1,111 @@
+"""Supervision in the Erlang/OTP style, for trio tasks.
+
+A child is described by a :class:`ChildSpec`: how to run it, its restart type
+and its restart intensity.  :func:`supervise` runs it:
+
+* ``PERMANENT`` children are restarted whenever they end; ``TRANSIENT`` ones
+  only when they crash (raise); ``TEMPORARY`` ones never.
+* More than ``max_restarts`` restarts within ``period_s`` means restarting
+  does not help: the supervisor stops and *escalates* — it calls
+  ``on_escalate(name, cause)`` so the parent can react (report errors,
+  back off) instead of looping.
+* Shutdown: :meth:`ChildHandle.stop` asks the child to finish (its
+  ``request_stop`` hook, e.g. closing its inbox), waits up to a grace period,
+  then cancels it ("kill").
+
+Cancellation of the surrounding nursery cancels the child at once; a crash is
+an ``Exception`` — ``trio.Cancelled`` and other ``BaseException``s are never
+treated as crashes.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from .._restart import RestartIntensity
+
+log = logging.getLogger("olactors.supervisor")
+
+
+class Restart(enum.Enum):
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+    TEMPORARY = "temporary"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    name: str
+    run: Callable[[], Awaitable[None]]
+    restart: Restart = Restart.TRANSIENT
+    max_restarts: int = 3
+    period_s: float = 5.0
+    #: Asks a running child to finish on its own (see ChildHandle.stop).
+    request_stop: Callable[[], None] = lambda: None
+
+
+@dataclass(eq=False)
+class ChildHandle:
+    spec: ChildSpec
+    restarts: int = 0
+    escalated: BaseException | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    async def stop(self, grace_s: float) -> None:
+        """Ask the child to finish; cancel it if it takes longer than ``grace_s``."""
+        if self.done.is_set():
+            return
+        self.spec.request_stop()
+        with trio.move_on_after(grace_s):
+            await self.done.wait()
+        if not self.done.is_set():
+            log.warning("%s did not stop within %.1f s; cancelling it", self.spec.name, grace_s)
+            self.cancel_scope.cancel()
+            await self.done.wait()
+
+
+async def supervise(
+    spec: ChildSpec,
+    on_escalate: Callable[[str, BaseException], None],
+    *,
+    task_status: trio.TaskStatus[ChildHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``spec``'s child under its restart rules until it ends for good."""
+    handle = ChildHandle(spec)
+    intensity = RestartIntensity(spec.max_restarts, spec.period_s)
+    task_status.started(handle)
+    try:
+        with handle.cancel_scope:
+            while True:
+                try:
+                    await spec.run()
+                    crashed: Exception | None = None
+                except Exception as exc:
+                    crashed = exc
+                if crashed is None and spec.restart is not Restart.PERMANENT:
+                    return
+                if spec.restart is Restart.TEMPORARY:
+                    log.warning("%s crashed (temporary, not restarted): %r", spec.name, crashed)
+                    return
+                if not intensity.record(trio.current_time()):
+                    cause = crashed or RuntimeError(f"{spec.name} kept exiting")
+                    handle.escalated = cause
+                    log.error(
+                        "%s: more than %d restarts in %.1f s; escalating: %s",
+                        spec.name,
+                        spec.max_restarts,
+                        spec.period_s,
+                        cause,
+                    )
+                    on_escalate(spec.name, cause)
+                    return
+                handle.restarts += 1
+                log.info("%s restarted (%d) after: %r", spec.name, handle.restarts, crashed)
+    finally:
+        handle.done.set()

@@ -1,0 +1,218 @@
+"""The worker: every actor wired together behind one small facade.
+
+``async with open_worker(config, worker_dir) as worker`` starts, in order,
+the sandbox pool (the real SOCK pool unless one is passed in, e.g. the
+simulated pool), the memory pool, the evictor, the import cache, the code
+puller and the lambda manager.  ``worker.invoke(name, invocation, request_id)``
+runs one call.  Leaving the block shuts down gracefully: new calls get 503,
+queued and in-flight calls finish (up to ``server.shutdown_timeout_s``), then
+every actor stops and every sandbox is destroyed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._config import Config
+from ._errors import OlactorsError, ShuttingDown
+from ._metrics import Metrics
+from ._names import validate_function_name
+from ._zygote_tree import load_zygote_tree
+from .actors._deps import Deps
+from .actors.code_puller import run_code_puller
+from .actors.evictor import Evictor, run_evictor
+from .actors.import_cache import ImportCache, run_import_cache
+from .actors.manager import ManagerRef, run_manager
+from .actors.mempool import MemPoolRef, run_mempool
+from .registry import LocalRegistry
+from .sock import Invocation, InvocationResult, SandboxPool, open_sock_pool
+
+log = logging.getLogger("olactors.worker")
+EVENT_BUFFER = 65536
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        worker_dir: Path,
+        pool: SandboxPool,
+        manager: ManagerRef,
+        mempool: MemPoolRef,
+        evictor: Evictor,
+        import_cache: ImportCache | None,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.worker_dir = worker_dir
+        self.pool = pool
+        self.manager = manager
+        self.mempool = mempool
+        self.evictor = evictor
+        self.import_cache = import_cache
+        self.metrics = metrics
+        self.closing = False
+        self.in_flight = 0
+        location = config.registry.location
+        if location.startswith(("http://", "https://")):
+            self.registry: LocalRegistry | None = None
+        else:
+            path = Path(location) if location else worker_dir / "registry"
+            self.registry = LocalRegistry(path, config.registry.max_code_mb << 20)
+
+    async def invoke(self, name: str, inv: Invocation, request_id: str) -> InvocationResult:
+        """Run one call of function ``name``; raises the OlactorsError that answers it."""
+        validate_function_name(name)
+        if self.closing:
+            raise ShuttingDown("the worker is shutting down")
+        headers = tuple((k, v) for k, v in inv.headers if not k.lower().startswith("x-olactors-"))
+        inv = Invocation(inv.method.upper(), inv.path or "/", inv.query, headers, inv.body)
+        start = trio.current_time()
+        status = 500
+        self.in_flight += 1
+        try:
+            result = await self.manager.invoke(name, inv, request_id)
+            status = result.status
+            return result
+        except OlactorsError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.in_flight -= 1
+            self.metrics.record_call(name, status, (trio.current_time() - start) * 1000)
+
+    def begin_shutdown(self) -> None:
+        self.closing = True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "status": "shutting_down" if self.closing else "ok",
+            "functions": len(self.metrics.functions),
+            "sandboxes": len(self.pool.sandboxes()),
+        }
+
+    def sandboxes(self) -> list[dict[str, Any]]:
+        out = []
+        for sb in self.pool.sandboxes():
+            raw = getattr(sb, "raw", None)
+            meta = getattr(raw, "meta", None)
+            pids = getattr(raw, "pids", None)
+            out.append(
+                {
+                    "id": sb.id,
+                    "kind": "leaf" if sb.is_leaf else "zygote",
+                    "state": sb.state.value,
+                    "function": meta.label if meta is not None and sb.is_leaf else None,
+                    "label": meta.label if meta is not None else None,
+                    "mem_limit_mb": meta.limits.mem_mb if meta is not None else None,
+                    "children": sb.live_children,
+                    "death_reason": sb.death_reason,
+                    "pids": pids() if callable(pids) else [],
+                }
+            )
+        return out
+
+    async def functions(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": st.name,
+                "version": st.version,
+                "queue_depth": st.queue_depth,
+                "instances": st.instances,
+                "busy": st.busy,
+                "failing_for_s": st.failing_until,
+                "failing_reason": st.failing_reason,
+            }
+            for st in await self.manager.functions()
+        ]
+
+    async def stats(self) -> dict[str, Any]:
+        live = {f["name"]: f for f in await self.functions()}
+        functions = {}
+        for name, m in sorted(self.metrics.functions.items()):
+            entry: dict[str, Any] = m.as_dict()
+            f = live.get(name)
+            entry["active"] = f is not None
+            entry["queue_depth"] = f["queue_depth"] if f else 0
+            entry["instances"] = f["instances"] if f else 0
+            functions[name] = entry
+        states = Counter(
+            f"{'leaf' if sb.is_leaf else 'zygote'}_{sb.state.value}" for sb in self.pool.sandboxes()
+        )
+        snap = await self.mempool.snapshot()
+        stats: dict[str, Any] = {
+            "status": self.status()["status"],
+            "in_flight": self.in_flight,
+            "functions": functions,
+            "sandboxes": dict(sorted(states.items())),
+            "memory": snap.as_dict(),
+            "evictions": {
+                "count": self.metrics.evictions,
+                "mb": self.metrics.evicted_mb,
+                "rounds": self.evictor.rounds,
+            },
+            "escalations": self.metrics.escalations,
+            "latency": self.metrics.latency.summary(),
+            "import_cache": self.import_cache.describe() if self.import_cache else [],
+        }
+        anomalies = getattr(self.pool, "anomalies", None)
+        if anomalies is not None and hasattr(anomalies, "as_dict"):
+            stats["cgroup_anomalies"] = anomalies.as_dict()
+        return stats
+
+
+@asynccontextmanager
+async def open_worker(
+    config: Config, worker_dir: Path, *, pool: SandboxPool | None = None
+) -> AsyncIterator[Worker]:
+    """Start every actor; on exit drain calls, stop the actors, destroy every sandbox."""
+    worker_dir = worker_dir.resolve()
+    tree = load_zygote_tree(config.import_cache.tree)
+    async with AsyncExitStack() as stack:
+        if pool is None:
+            pool = await stack.enter_async_context(open_sock_pool(config, worker_dir))
+        metrics = Metrics()
+        try:
+            async with trio.open_nursery() as nursery:
+                mem = config.memory
+                mempool = await nursery.start(
+                    run_mempool, mem.pool_mb, mem.reserve_timeout_s, pool.subscribe(EVENT_BUFFER)
+                )
+                evictor = await nursery.start(
+                    lambda task_status: run_evictor(
+                        mempool,
+                        metrics,
+                        pool.subscribe(EVENT_BUFFER),
+                        free_goal_mb=mem.free_goal_mb,
+                        interval_s=mem.eviction_interval_s,
+                        max_concurrent=mem.max_concurrent_evictions,
+                        task_status=task_status,
+                    )
+                )
+                cache = cache_ref = None
+                if config.import_cache.enabled:
+                    cache = ImportCache(tree, pool, mempool, config)
+                    cache_ref = await nursery.start(run_import_cache, cache)
+                puller = await nursery.start(run_code_puller, config, worker_dir)
+                deps = Deps(config, pool, mempool, cache_ref, puller, metrics)
+                manager = await nursery.start(run_manager, deps)
+                worker = Worker(config, worker_dir, pool, manager, mempool, evictor, cache, metrics)
+                try:
+                    yield worker
+                finally:
+                    worker.begin_shutdown()
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(config.server.shutdown_timeout_s):
+                            await manager.drain()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise

@@ -1,0 +1,344 @@
+"""The actor runtime against the simulated sandbox pool, in virtual time.
+
+Every test drives the real actors (manager, functions, supervised instances,
+import cache, memory pool, evictor, code puller) through ``Worker.invoke``;
+only the sandboxes are simulated (olactors.sock.simulated), and trio's
+autojump MockClock makes every timeout instant and exact.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from olactors._config import build_config
+from olactors._errors import (
+    FunctionFailing,
+    FunctionNotFound,
+    HandlerTimeout,
+    MethodNotAllowed,
+    QueueFull,
+    SandboxDied,
+    ShuttingDown,
+)
+from olactors.sock import Invocation, InvocationResult, SandboxState
+from olactors.sock.simulated import (
+    CrashDuringCall,
+    Hang,
+    SimulatedBehaviour,
+    echo,
+    open_simulated_pool,
+)
+from olactors.worker import open_worker
+
+from .conftest import write_function
+
+@pytest.fixture
+def clock():
+    """Virtual time that jumps ahead only after 20 ms of real idleness: the code
+    puller snapshots code in worker threads, and an instant autojump would leap
+    over every timer while a thread copies a file."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+BASE = [
+    "registry.cache_s=1.0",
+    "functions.idle_timeout_s=60",
+    "functions.pause_after_s=0.5",
+    "functions.max_instances=4",
+    "functions.restart_intensity=2",
+    "functions.restart_period_s=10",
+    "functions.failure_cooldown_s=5",
+    "limits.zygote_mem_mb=64",
+    "memory.pool_mb=4096",
+    "memory.free_goal_mb=0",
+]
+
+
+def sleepy(seconds: float):
+    async def handler(sandbox, inv: Invocation) -> InvocationResult:
+        await trio.sleep(seconds)
+        return InvocationResult(200, (), inv.body or b"null")
+
+    return handler
+
+
+def by_function(**handlers):
+    """A handler dispatching on the function name (the sandbox's label)."""
+
+    async def handler(sandbox, inv):
+        return await handlers.get(sandbox.meta.label, echo)(sandbox, inv)
+
+    return handler
+
+
+@asynccontextmanager
+async def sim_worker(worker_dir: Path, *overrides: str, faults=(), handler=None, seed=1):
+    behaviour = SimulatedBehaviour(rng=random.Random(seed), faults=list(faults))
+    if handler is not None:
+        behaviour.handler = handler
+    config = build_config(None, [*BASE, *overrides])
+    async with open_simulated_pool(behaviour) as pool:
+        async with open_worker(config, worker_dir, pool=pool) as worker:
+            yield worker, pool
+
+
+def fn(worker_dir: Path, name: str, ol_yaml: str | None = None) -> Path:
+    path = write_function(worker_dir / "registry", name, "def f(event):\n    return event\n")
+    if ol_yaml is not None:
+        (path / "ol.yaml").write_text(ol_yaml)
+    return path
+
+
+async def call(worker, name: str, body: bytes = b"1", method: str = "POST"):
+    return await worker.invoke(name, Invocation(method=method, body=body), "req")
+
+
+def leaves(pool):
+    return [sb for sb in pool.sandboxes() if sb.is_leaf]
+
+
+async def test_cold_then_warm_call_forked_from_the_root_zygote(worker_dir, clock):
+    fn(worker_dir, "echo")
+    async with sim_worker(worker_dir) as (worker, pool):
+        first = await call(worker, "echo", b'{"a": 1}')
+        assert (first.status, first.body) == (200, b'{"a": 1}')
+        assert (await call(worker, "echo")).body == b"1"
+        m = worker.metrics.function("echo")
+        assert (m.cold_starts, m.warm_starts, m.invocations) == (1, 1, 2)
+        assert pool.counters["forked"] == 1  # the leaf came from the zygote
+        zygotes = [sb for sb in pool.sandboxes() if not sb.is_leaf]
+        assert len(zygotes) == 1 and zygotes[0].live_children == 1
+
+
+async def test_idle_sandbox_is_paused_and_unpaused_for_the_next_call(worker_dir, clock):
+    fn(worker_dir, "echo")
+    async with sim_worker(worker_dir) as (worker, pool):
+        await call(worker, "echo")
+        await trio.sleep(1.0)
+        [leaf] = leaves(pool)
+        assert leaf.state is SandboxState.PAUSED
+        await call(worker, "echo")
+        assert leaf.state is SandboxState.RUNNING
+        assert worker.metrics.function("echo").warm_starts == 1
+
+
+async def test_full_queue_answers_429_at_once(worker_dir, clock):
+    fn(worker_dir, "slow")
+    outcomes = []
+    async with sim_worker(
+        worker_dir, "queue.max_depth=2", "functions.max_instances=1", handler=sleepy(1.0)
+    ) as (worker, _):
+
+        async def one():
+            try:
+                await call(worker, "slow")
+                outcomes.append("ok")
+            except QueueFull as exc:
+                outcomes.append((trio.current_time(), exc.status))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one)
+            await trio.sleep(0.5)  # the first call is running
+            start = trio.current_time()
+            for _ in range(9):
+                nursery.start_soon(one)
+                await trio.sleep(0.01)
+    rejected = [o for o in outcomes if o != "ok"]
+    # one running, one in the actor's hand, two queued; the rest rejected at once
+    assert outcomes.count("ok") == 4
+    assert len(rejected) == 6 and all(s == 429 for _, s in rejected)
+    assert all(t - start < 0.1 for t, _ in rejected)  # at once, not after waiting
+
+
+async def test_scales_out_for_slow_calls_within_max_instances(worker_dir, clock):
+    fn(worker_dir, "slow")
+    async with sim_worker(worker_dir, handler=sleepy(2.0)) as (worker, pool):
+        await call(worker, "slow")  # learn the duration
+        peak = 0
+
+        async def watch():
+            nonlocal peak
+            while True:
+                peak = max(peak, len(leaves(pool)))
+                await trio.sleep(0.05)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            async with trio.open_nursery() as callers:
+                for _ in range(12):
+                    callers.start_soon(call, worker, "slow")
+            nursery.cancel_scope.cancel()
+        assert peak == 4  # functions.max_instances
+
+
+async def test_idle_function_releases_everything(worker_dir, clock):
+    fn(worker_dir, "echo")
+    async with sim_worker(worker_dir, "functions.idle_timeout_s=30") as (worker, pool):
+        await call(worker, "echo")
+        assert (worker_dir / "run" / "code" / "echo").exists()
+        await trio.sleep(29)
+        assert len(await worker.functions()) == 1
+        await trio.sleep(2)
+        assert await worker.functions() == []
+        assert leaves(pool) == []
+        assert not (worker_dir / "run" / "code" / "echo").exists()
+        assert worker.metrics.function("echo").invocations == 1  # accounting survives
+        assert (await call(worker, "echo")).status == 200  # and it comes back on demand
+
+
+async def test_unknown_function_is_404_and_leaves_no_actor(worker_dir, clock):
+    async with sim_worker(worker_dir) as (worker, _):
+        with pytest.raises(FunctionNotFound):
+            await call(worker, "nope")
+        await trio.sleep(0.1)
+        assert await worker.functions() == []
+
+
+async def test_method_filter(worker_dir, clock):
+    fn(worker_dir, "getter", "triggers:\n  http:\n    - method: GET\n")
+    async with sim_worker(worker_dir) as (worker, _):
+        assert (await call(worker, "getter", b"", method="GET")).status == 200
+        with pytest.raises(MethodNotAllowed) as info:
+            await call(worker, "getter", method="POST")
+        assert info.value.status == 405 and info.value.allowed == ("GET",)
+
+
+async def test_crash_mid_call_is_502_then_a_fresh_sandbox_serves(worker_dir, clock):
+    fn(worker_dir, "echo")
+    crash = CrashDuringCall(times=1)
+    async with sim_worker(worker_dir, faults=[crash]) as (worker, pool):
+        with pytest.raises(SandboxDied) as info:
+            await call(worker, "echo")
+        assert info.value.status == 502 and "simulated crash" in info.value.reason
+        assert (await call(worker, "echo")).status == 200
+        assert worker.metrics.function("echo").sandbox_failures == 1
+        assert pool.counters["created"] == 3  # zygote, the crashed leaf, its replacement
+
+
+async def test_restart_intensity_escalates_to_function_failing(worker_dir, clock):
+    fn(worker_dir, "crashy")
+    async with sim_worker(worker_dir, faults=[CrashDuringCall()]) as (worker, pool):
+        for _ in range(3):  # restart_intensity=2: the third failure escalates
+            with pytest.raises(SandboxDied):
+                await call(worker, "crashy")
+        created = pool.counters["created"]
+        with pytest.raises(FunctionFailing) as info:
+            await call(worker, "crashy")
+        assert info.value.status == 503 and 0 < info.value.retry_after_s <= 5
+        assert "crash" in info.value.message
+        assert pool.counters["created"] == created  # no sandbox restarted in a loop
+        assert worker.metrics.escalations == 1
+        await trio.sleep(5)  # after the cool-down it tries again
+        with pytest.raises(SandboxDied):
+            await call(worker, "crashy")
+
+
+async def test_runtime_limit_gives_504_and_destroys_the_sandbox(worker_dir, clock):
+    fn(worker_dir, "stuck", "limits:\n  runtime_s: 2\n")
+    hang = Hang(times=1, match=lambda sb: sb.calls >= 2)  # its second call hangs
+    async with sim_worker(worker_dir, faults=[hang]) as (worker, pool):
+        await worker.invoke("stuck", Invocation(method="GET", path="/warm"), "warm-up")
+        start = trio.current_time()
+        with pytest.raises(HandlerTimeout) as info:
+            await call(worker, "stuck")
+        assert info.value.status == 504
+        assert trio.current_time() - start == pytest.approx(2, abs=0.1)
+        await trio.sleep(0.01)
+        assert leaves(pool) == []
+        assert (await call(worker, "stuck")).status == 200  # not counted as a failure
+        assert worker.metrics.function("stuck").sandbox_failures == 0
+
+
+async def test_code_update_goes_to_new_instances(worker_dir, clock):
+    path = fn(worker_dir, "app")
+    async with sim_worker(worker_dir) as (worker, pool):
+        await call(worker, "app")
+        [old_leaf] = leaves(pool)
+        (path / "f.py").write_text("def f(event):\n    return 2\n")
+        await trio.sleep(1.1)  # registry.cache_s
+        await call(worker, "app")
+        await trio.sleep(0.1)  # the old instance stops after its call
+        [new_leaf] = leaves(pool)
+        assert new_leaf is not old_leaf and old_leaf.state is SandboxState.DEAD
+        [status] = await worker.functions()
+        versions = list((worker_dir / "run" / "code" / "app").iterdir())
+        assert [v.name for v in versions] == [status["version"]]  # old snapshot released
+
+
+async def test_reuse_sandbox_false_destroys_after_every_call(worker_dir, clock):
+    fn(worker_dir, "once", "reuse_sandbox: false\n")
+    async with sim_worker(worker_dir) as (worker, pool):
+        for _ in range(3):
+            await call(worker, "once")
+            await trio.sleep(0.01)  # destroyed right after answering
+            assert leaves(pool) == []
+        assert worker.metrics.function("once").cold_starts == 3
+
+
+async def test_import_cache_disabled_starts_fresh(worker_dir, clock):
+    fn(worker_dir, "echo")
+    async with sim_worker(worker_dir, "import_cache.enabled=false") as (worker, pool):
+        await call(worker, "echo")
+        assert pool.counters["forked"] == 0
+        assert [sb.is_leaf for sb in pool.sandboxes()] == [True]
+
+
+async def test_zygote_tree_forks_down_package_free_nodes(worker_dir, tmp_path, clock):
+    tree = tmp_path / "tree.yaml"
+    tree.write_text(
+        "root:\n  name: root\n  children:\n"
+        "    - name: a\n      imports: [json]\n      children:\n"
+        "        - name: b\n          imports: [decimal]\n"
+    )
+    fn(worker_dir, "echo")
+    async with sim_worker(worker_dir, f"import_cache.tree={tree}") as (worker, pool):
+        await call(worker, "echo")
+        by_label = {sb.raw.meta.label: sb for sb in pool.sandboxes()}
+        assert set(by_label) == {"zygote:root:none", "zygote:a:none", "zygote:b:none", "echo"}
+        assert by_label["echo"].parent is by_label["zygote:b:none"]
+        assert by_label["zygote:b:none"].parent is by_label["zygote:a:none"]
+        assert by_label["zygote:b:none"].raw.meta.imports == ("decimal",)
+        await trio.sleep(2)  # unused zygotes pause; the one with a child stays referenced
+        assert by_label["zygote:root:none"].state is SandboxState.PAUSED
+
+
+async def test_memory_pressure_evicts_paused_sandboxes_lru(worker_dir, clock):
+    for name in ("a", "b", "c"):
+        fn(worker_dir, name)
+    # zygote 64 + two leaves of 128 fit in 330 MB; a third leaf does not.
+    async with sim_worker(worker_dir, "memory.pool_mb=330") as (worker, pool):
+        await call(worker, "a")
+        await call(worker, "b")
+        await trio.sleep(1)  # both paused
+        await call(worker, "c")  # must evict "a" (least recently used)
+        labels = sorted(sb.raw.meta.label for sb in leaves(pool))
+        assert labels == ["b", "c"]
+        assert worker.metrics.evictions == 1
+        snap = await worker.mempool.snapshot()
+        assert snap.used_mb == 64 + 2 * 128 <= snap.total_mb
+        assert (await call(worker, "a")).status == 200  # evicted "b" now
+        assert worker.metrics.evictions == 2
+
+
+async def test_shutdown_drains_in_flight_calls_and_refuses_new_ones(worker_dir, clock):
+    fn(worker_dir, "slow")
+    results = []
+    async with sim_worker(worker_dir, handler=sleepy(3.0)) as (worker, pool):
+
+        async def one():
+            results.append((await call(worker, "slow")).status)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one)
+            await trio.sleep(0.5)
+            worker.begin_shutdown()
+            with pytest.raises(ShuttingDown):
+                await call(worker, "slow")
+    assert results == [200]
+    assert pool.sandboxes() == []
