@@ -1,0 +1,269 @@
+"""A function's own configuration, its optional ``ol.yaml`` (pure: no trio, no I/O).
+
+Schema (every key optional; any other key is rejected, naming its path)::
+
+    triggers:
+      http:                       # methods the function accepts; absent or [] = any
+        - method: GET             # GET HEAD POST PUT PATCH DELETE OPTIONS (any case)
+    environment:                  # extra environment variables of the handler
+      NAME: value                 # str, int, float or bool (bools become "true"/"false")
+    reuse_sandbox: true           # false: a fresh sandbox per request
+    limits:                       # each at most the worker's limits.max_*
+      mem_mb: 256
+      procs: 32
+      cpu_percent: 50
+      runtime_s: 5.0
+    network: none                 # none | host (default: the worker's sandbox.network)
+    entry: "pkg.mod:handler"      # default: f.py's f
+
+A mapping section left empty (``limits:``) counts as absent. Every error is a
+:class:`BadFunction` whose message starts with the ``origin`` (``ol.yaml``) and
+names the key.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ._config import MINIMUMS, Config
+from ._errors import BadFunction
+
+if TYPE_CHECKING:  # imported when resolving: the sock package is heavy for a pure parser
+    from .sock._api import SandboxLimits
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+NETWORKS = ("none", "host")
+_TOP_KEYS = ("triggers", "environment", "reuse_sandbox", "limits", "network", "entry")
+_TRIGGER_KINDS = ("http",)
+_TRIGGER_KEYS = ("method",)
+_INT_LIMITS = ("mem_mb", "procs", "cpu_percent")
+_LIMIT_KEYS = (*_INT_LIMITS, "runtime_s")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionConfig:
+    """A parsed ``ol.yaml``; the defaults stand for an absent file.
+
+    ``methods`` is upper-cased, without duplicates; ``()`` accepts any method.
+    Limits left ``None`` take the worker defaults (see :func:`resolve_limits`).
+    ``entry`` is ``"module:attr"`` or ``None`` for ``f.py``'s ``f``.
+    """
+
+    methods: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    reuse_sandbox: bool = True
+    mem_mb: int | None = None
+    procs: int | None = None
+    cpu_percent: int | None = None
+    runtime_s: float | None = None
+    network: str | None = None
+    entry: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedLimits:
+    """What a function's sandboxes get: its requests, or the worker defaults."""
+
+    sandbox: SandboxLimits
+    runtime_s: float
+    network: str
+
+
+def parse_function_config(text: str | None, origin: str = "ol.yaml") -> FunctionConfig:
+    """Parse and validate the text of an ``ol.yaml``; ``None`` or empty text gives defaults.
+
+    Raises :class:`BadFunction` (500; callers handling an upload re-raise it
+    as 400) naming ``origin`` and the offending key.
+    """
+    if text is None or not text.strip():
+        return FunctionConfig()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BadFunction(f"{origin}: not valid YAML: {_one_line(exc)}") from None
+    if data is None:
+        return FunctionConfig()
+    if not isinstance(data, Mapping):
+        raise BadFunction(f"{origin}: top level must be a mapping, got {_kind(data)}")
+    _reject_unknown(data, _TOP_KEYS, "", origin)
+    fields: dict[str, Any] = {}
+    fields["methods"] = _parse_triggers(data.get("triggers"), origin)
+    fields["environment"] = _parse_environment(data.get("environment"), origin)
+    if "reuse_sandbox" in data:
+        value = data["reuse_sandbox"]
+        if not isinstance(value, bool):
+            raise BadFunction(f"{origin}: reuse_sandbox must be true or false, got {value!r}")
+        fields["reuse_sandbox"] = value
+    fields.update(_parse_limits(data.get("limits"), origin))
+    if "network" in data:
+        value = data["network"]
+        if value not in NETWORKS:
+            raise BadFunction(
+                f"{origin}: network must be one of {', '.join(NETWORKS)}, got {value!r}"
+            )
+        fields["network"] = value
+    if "entry" in data:
+        fields["entry"] = _parse_entry(data["entry"], origin)
+    return FunctionConfig(**fields)
+
+
+def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
+    """The limits and network of ``fc``'s sandboxes under the worker ``config``.
+
+    Unset values take the worker defaults (``limits.*``, ``sandbox.tmp_mb``,
+    ``sandbox.network``). A requested value above the worker maximum
+    (``limits.max_*``) raises :class:`BadFunction` (500); a maximum of 0 for
+    ``cpu_percent`` means no maximum.
+    """
+    from .sock._api import SandboxLimits
+
+    limits = config.limits
+    requested = {key: getattr(fc, key) for key in _LIMIT_KEYS}
+    for key, value in requested.items():
+        maximum = getattr(limits, f"max_{key}")
+        if value is None or (key == "cpu_percent" and maximum == 0):
+            continue
+        if value > maximum:
+            raise BadFunction(
+                f"ol.yaml limits.{key} {value} exceeds the worker maximum {maximum} "
+                f"(limits.max_{key})"
+            )
+    chosen = {
+        key: getattr(limits, key) if value is None else value for key, value in requested.items()
+    }
+    return ResolvedLimits(
+        sandbox=SandboxLimits(
+            mem_mb=chosen["mem_mb"],
+            procs=chosen["procs"],
+            cpu_percent=chosen["cpu_percent"],
+            tmp_mb=config.sandbox.tmp_mb,
+        ),
+        runtime_s=float(chosen["runtime_s"]),
+        network=fc.network if fc.network is not None else config.sandbox.network,
+    )
+
+
+# ------------------------------------------------------------------ sections
+def _parse_triggers(value: Any, origin: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise BadFunction(f"{origin}: triggers must be a mapping, got {_kind(value)}")
+    _reject_unknown(value, _TRIGGER_KINDS, "triggers.", origin)
+    http = value.get("http")
+    if http is None:
+        return ()
+    if not isinstance(http, list):
+        raise BadFunction(f"{origin}: triggers.http must be a list, got {_kind(http)}")
+    methods: list[str] = []
+    for index, trigger in enumerate(http):
+        path = f"triggers.http[{index}]"
+        if not isinstance(trigger, Mapping):
+            raise BadFunction(
+                f"{origin}: {path} must be a mapping like {{method: GET}}, got {_kind(trigger)}"
+            )
+        _reject_unknown(trigger, _TRIGGER_KEYS, f"{path}.", origin)
+        if "method" not in trigger:
+            raise BadFunction(f"{origin}: {path} has no method")
+        method = trigger["method"]
+        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+            raise BadFunction(
+                f"{origin}: {path}.method must be one of {' '.join(HTTP_METHODS)}, got {method!r}"
+            )
+        if method.upper() not in methods:
+            methods.append(method.upper())
+    return tuple(methods)
+
+
+def _parse_environment(value: Any, origin: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise BadFunction(f"{origin}: environment must be a mapping, got {_kind(value)}")
+    pairs: list[tuple[str, str]] = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            raise BadFunction(
+                f"{origin}: environment key {key!r} is not a valid variable name "
+                "(letters, digits, '_', not starting with a digit)"
+            )
+        if isinstance(item, bool):
+            text = "true" if item else "false"
+        elif isinstance(item, (str, int, float)):
+            text = str(item)
+        else:
+            raise BadFunction(
+                f"{origin}: environment.{key} must be a string, number or bool, got {_kind(item)}"
+            )
+        if "\0" in text:
+            raise BadFunction(f"{origin}: environment.{key} contains a NUL character")
+        pairs.append((key, text))
+    return tuple(pairs)
+
+
+def _parse_limits(value: Any, origin: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise BadFunction(f"{origin}: limits must be a mapping, got {_kind(value)}")
+    _reject_unknown(value, _LIMIT_KEYS, "limits.", origin)
+    parsed: dict[str, Any] = {}
+    for key, item in value.items():
+        path = f"limits.{key}"
+        if key in _INT_LIMITS:
+            if not isinstance(item, int) or isinstance(item, bool):
+                raise BadFunction(f"{origin}: {path} must be an integer, got {item!r}")
+        elif not isinstance(item, (int, float)) or isinstance(item, bool):
+            raise BadFunction(f"{origin}: {path} must be a number, got {item!r}")
+        if item <= 0:
+            raise BadFunction(f"{origin}: {path} must be positive, got {item!r}")
+        minimum = MINIMUMS.get(path, 0)
+        if item < minimum:
+            raise BadFunction(f"{origin}: {path} must be at least {minimum}, got {item!r}")
+        parsed[key] = float(item) if key == "runtime_s" else item
+    return parsed
+
+
+def _parse_entry(value: Any, origin: str) -> str:
+    if not isinstance(value, str):
+        raise BadFunction(f"{origin}: entry must be a string like 'module:function', got {value!r}")
+    module, sep, attr = value.partition(":")
+    parts = module.split(".")
+    if not sep or not all(_identifier(p) for p in parts) or not _identifier(attr):
+        raise BadFunction(
+            f"{origin}: entry {value!r} is not 'module:function' "
+            "(a dotted module name, a colon, an identifier)"
+        )
+    return value
+
+
+# ------------------------------------------------------------------ helpers
+def _identifier(text: str) -> bool:
+    return text.isidentifier() and text.isascii() and not keyword.iskeyword(text)
+
+
+def _reject_unknown(
+    mapping: Mapping[Any, Any], known: tuple[str, ...], prefix: str, origin: str
+) -> None:
+    for key in mapping:
+        if key not in known:
+            raise BadFunction(f"{origin}: unknown key '{prefix}{key}' (known: {', '.join(known)})")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a bool"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _one_line(exc: yaml.YAMLError) -> str:
+    return " ".join(str(exc).split())
