@@ -25,16 +25,23 @@ def _bucket(ms: float) -> int:
 
 
 class Histogram:
-    """Log-bucketed latencies; percentiles are bucket upper bounds (<= 25% high)."""
+    """Log-bucketed latencies; percentiles are bucket upper bounds (<= 25% high).
+
+    The counts grow only up to the highest bucket used, so an idle function's
+    histogram costs a few dozen bytes.
+    """
 
     __slots__ = ("counts", "total")
 
     def __init__(self) -> None:
-        self.counts = array("I", bytes(4 * _BUCKETS))
+        self.counts = array("I")
         self.total = 0
 
     def add(self, ms: float) -> None:
-        self.counts[_bucket(ms)] += 1
+        bucket = _bucket(ms)
+        if bucket >= len(self.counts):
+            self.counts.extend(bytes(bucket + 1 - len(self.counts)))
+        self.counts[bucket] += 1
         self.total += 1
 
     def percentile(self, q: float) -> float | None:
@@ -62,6 +69,7 @@ class FunctionMetrics:
         "sandbox_failures",
         "latency",
         "cpu_ms",
+        "memory_peak_mb",
     )
 
     def __init__(self) -> None:
@@ -71,7 +79,8 @@ class FunctionMetrics:
         self.cold_starts = 0  # a sandbox had to be created for the call
         self.warm_starts = 0  # an existing sandbox (running or paused) served it
         self.sandbox_failures = 0
-        self.cpu_ms = 0.0
+        self.cpu_ms: float = 0  # CPU time of its sandboxes (read when they pause or stop)
+        self.memory_peak_mb = 0  # largest peak memory of any of its sandboxes
         self.latency = Histogram()
 
     def as_dict(self) -> dict[str, object]:
@@ -83,6 +92,7 @@ class FunctionMetrics:
             "warm_starts": self.warm_starts,
             "sandbox_failures": self.sandbox_failures,
             "cpu_ms": round(self.cpu_ms, 3),
+            "memory_peak_mb": self.memory_peak_mb,
             "latency": self.latency.summary(),
         }
 

@@ -84,7 +84,9 @@ def _parse_node(
     where = f"{origin}: node {name!r}"
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})")
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_KEYS))})"
+        )
     if name in seen:
         raise ConfigError(f"{where}: duplicate node name")
     seen.add(name)

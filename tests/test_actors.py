@@ -38,6 +38,7 @@ from olactors.worker import open_worker
 
 from .conftest import write_function
 
+
 @pytest.fixture
 def clock():
     """Virtual time that jumps ahead only after 20 ms of real idleness: the code

@@ -315,12 +315,14 @@ class FunctionActor:
         elif isinstance(notice, InstanceEscalated):
             cause = notice.cause
             self.failing_reason = getattr(cause, "message", None) or str(cause) or repr(cause)
-            self.failing_until = (
-                trio.current_time() + self.deps.config.functions.failure_cooldown_s
-            )
+            self.failing_until = trio.current_time() + self.deps.config.functions.failure_cooldown_s
             self.deps.metrics.escalations += 1
-            log.error("%s: failing for %.1f s: %s", self.name,
-                      self.deps.config.functions.failure_cooldown_s, self.failing_reason)
+            log.error(
+                "%s: failing for %.1f s: %s",
+                self.name,
+                self.deps.config.functions.failure_cooldown_s,
+                self.failing_reason,
+            )
         elif isinstance(notice, InstanceExited):
             slot = self.slots.pop(notice.instance_id, None)
             if notice.instance_id in self.idle:

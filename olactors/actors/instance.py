@@ -76,6 +76,7 @@ class Instance:
         self.notices = notices
         self.sandbox: Sandbox | None = None
         self.calls = 0
+        self._cpu_ns_seen = 0  # of the current sandbox, already added to the metrics
 
     @property
     def name(self) -> str:
@@ -100,6 +101,7 @@ class Instance:
                     return await self.requests.receive()
                 except trio.EndOfChannel:
                     return None
+            self._account(sb)
             try:
                 await sb.pause()
             except SandboxError as exc:
@@ -190,6 +192,7 @@ class Instance:
             self.sandbox = None
             try:
                 self.sandbox = await self._create()
+                self._cpu_ns_seen = 0
                 return self.sandbox, True
             except MemoryExhausted:
                 raise
@@ -217,8 +220,11 @@ class Instance:
                     async with deps.import_cache.zygote(frozenset(), meta.network) as zygote:
                         sb = await deps.pool.create(zygote, True, code_dir, None, meta)
                 except SandboxError as exc:
-                    log.warning("%s: forking from a zygote failed (%s); starting fresh",
-                                self.name, exc.message)
+                    log.warning(
+                        "%s: forking from a zygote failed (%s); starting fresh",
+                        self.name,
+                        exc.message,
+                    )
             if sb is None:
                 sb = await deps.pool.create(None, True, code_dir, None, meta)
         except BaseException:
@@ -230,4 +236,19 @@ class Instance:
     async def _drop_sandbox(self, reason: str) -> None:
         sb, self.sandbox = self.sandbox, None
         if sb is not None:
+            self._account(sb)
             await sb.destroy(reason)
+
+    def _account(self, sb: Sandbox) -> None:
+        """Add the sandbox's CPU time since the last look, and its peak memory, to
+        the function's metrics (read when it pauses or is dropped, off the call path)."""
+        if sb.state is SandboxState.DEAD:
+            return
+        try:
+            usage = sb.usage()
+        except OlactorsError:
+            return
+        metrics = self.deps.metrics.function(self.name)
+        metrics.cpu_ms += max(0, usage.cpu_ns - self._cpu_ns_seen) / 1e6
+        self._cpu_ns_seen = usage.cpu_ns
+        metrics.memory_peak_mb = max(metrics.memory_peak_mb, usage.memory_peak_bytes >> 20)
