@@ -122,6 +122,8 @@ class SockPool:
             await self._prepare(sb)
             if parent is None:
                 await start_fresh(sb, self)
+                if self.closing:
+                    raise SandboxError("the sandbox pool is shutting down")
             else:
                 async with parent._lock:  # serialised with the zygote's other calls
                     parent.check_running("zygote")  # again, now that calls are serialised
@@ -129,8 +131,6 @@ class SockPool:
                     if self.closing:  # before child_added: the cleanup below cannot undo it
                         raise SandboxError("the sandbox pool is shutting down")
                     parent.child_added()
-            elif self.closing:
-                raise SandboxError("the sandbox pool is shutting down")
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 reason = await sb.diagnose(exc)
