@@ -5,8 +5,15 @@ a SOCK_SEQPACKET socket on which the runtime reports ``{"ready": true}`` once
 its own socket listens.  Children forked by a zygote report on the fork
 request's connection instead, so in both cases "ready" means "listening".
 
-Config keys: ``mode`` ("leaf" | "zygote"), ``entry`` ("module:attr" for
-leaves, default "f:f"), ``imports`` (modules a zygote pre-imports).
+Config keys: ``mode`` ("leaf" | "zygote"), ``entry`` (leaves: "" or missing
+for automatic selection, or "module:attr"; see ``load_entry``, and
+``_entry.py`` for the WSGI and ASGI details), ``imports`` (modules a zygote
+pre-imports).
+
+Responses the runtime generates itself (``handler_exception``, ``bad_result``,
+``handler_import_failed``, ``bad_json``, ``bad_request``) are JSON
+``{"error": code, ...}`` and carry the header ``x-olactors-error: <code>``; an
+app's own responses never do (``_entry`` strips it from what an app sets).
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ import os
 import signal
 import socket
 import sys
+import types
 
 RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
-HANDLER_DIR = "/handler"
 LEAF_SOCKET = "/host/ol.sock"
 ZYGOTE_SOCKET = "/host/zygote.sock"
 LEAF_SECCOMP = b""  # set in zygotes: the filter their leaf children install
@@ -30,6 +37,16 @@ HANDOVER_TIMEOUT_S = 1.0
 
 
 # ----------------------------------------------------------------- leaf mode
+# Entry selection and JSON handlers live here, compiled with this script, so a
+# JSON leaf imports nothing more.  The WSGI and ASGI adapters are in _entry.py,
+# imported only by leaves that serve such an app (and pre-imported by zygotes).
+HANDLER_DIR = "/handler"
+ERROR_HEADER = "x-olactors-error"
+_CO_VARARGS = 0x04
+_CO_COROUTINE = 0x80
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+
+
 class Request:
     __slots__ = ("method", "target", "headers", "body")
 
@@ -40,55 +57,228 @@ class Request:
         self.body = body
 
 
-def _json_response(status: int, obj: object) -> tuple:
-    body = json.dumps(obj).encode()
-    return status, [("content-type", "application/json")], body
+class EntryError(Exception):
+    """The entry cannot be used (served as ``handler_import_failed``)."""
 
 
-def load_entry(spec: str):
-    """Import the handler once; an import failure is served as a 500 on every call."""
-    if HANDLER_DIR not in sys.path:
-        sys.path.insert(0, HANDLER_DIR)
-    sys.path_importer_cache.pop(HANDLER_DIR, None)
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = __import__(module_name, fromlist=["_"])
-        func = getattr(module, attr or "f")
-    except BaseException as exc:  # noqa: BLE001 - reported to the caller
-        import traceback
+def _reason(status: int) -> str:
+    phrase = _REASONS.get(status)
+    if phrase is None:
+        from http import HTTPStatus
 
-        failure = {
-            "error": "handler_import_failed",
-            "message": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(),
-        }
-        return lambda request: _json_response(500, failure)
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Status"
+    return phrase
 
+
+def _json_response(status: int, obj: object, error: str | None = None) -> tuple:
+    """``(status, reason, headers, body)``; a None reason means the standard phrase."""
+    headers = [("content-type", "application/json")]
+    if error is not None:
+        headers.append((ERROR_HEADER, error))
+    return status, None, headers, json.dumps(obj).encode()
+
+
+def _error(status: int, code: str, **fields: object) -> tuple:
+    """A runtime-generated error: JSON ``{"error": code, ...}``, marked with ERROR_HEADER."""
+    return _json_response(status, {"error": code, **fields}, error=code)
+
+
+def _app_error(exc: BaseException) -> tuple:
+    """The 500 for an exception out of function code; call in the ``except`` block."""
+    entry = sys.modules.get("_entry")
+    if entry is not None and isinstance(exc, entry.BadResult):
+        return _error(500, "bad_result", message=str(exc))
+    import traceback
+
+    return _error(
+        500,
+        "handler_exception",
+        type=type(exc).__name__,
+        message=str(exc),
+        traceback=traceback.format_exc(),
+    )
+
+
+def _json_handler(func):
     def call(request: Request) -> tuple:
         if request.body:
             try:
                 event = json.loads(request.body)
             except ValueError as exc:
-                return _json_response(400, {"error": "bad_json", "message": str(exc)})
+                return _error(400, "bad_json", message=str(exc))
         else:
             event = None
         try:
             result = func(event)
-            return _json_response(200, result)
         except BaseException as exc:  # noqa: BLE001 - the sandbox survives handler errors
-            import traceback
-
-            return _json_response(
-                500,
-                {
-                    "error": "handler_exception",
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "traceback": traceback.format_exc(),
-                },
-            )
+            return _app_error(exc)
+        try:
+            return _json_response(200, result)
+        except (TypeError, ValueError, RecursionError) as exc:
+            kind = type(result).__name__
+            message = f"the result (a {kind}) is not JSON-serialisable: {exc}"
+            return _error(500, "bad_result", type=kind, message=message)
 
     return call
+
+
+def _wsgi_handler(app):
+    import _entry
+
+    def call(request: Request) -> tuple:
+        try:
+            return _entry.run_wsgi(app, request)
+        except BaseException as exc:  # noqa: BLE001 - the sandbox survives app errors
+            return _app_error(exc)
+
+    return call
+
+
+def _asgi_handler(app):
+    import _entry
+
+    runner = _entry.AsgiRunner(app)
+
+    def call(request: Request) -> tuple:
+        try:
+            return runner(request)
+        except BaseException as exc:  # noqa: BLE001 - the sandbox survives app errors
+            return _app_error(exc)
+
+    return call
+
+
+def _is_coroutine_function(obj) -> bool:
+    """``inspect.iscoroutinefunction(obj)``; plain functions and methods are
+    answered from their code objects without importing inspect (~10 ms)."""
+    func = obj.__func__ if type(obj) is types.MethodType else obj
+    if type(func) is types.FunctionType and not hasattr(func, "_is_coroutine_marker"):
+        return bool(func.__code__.co_flags & _CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(obj)
+
+
+def _is_asgi(obj) -> bool:
+    """A coroutine function, or an instance whose ``__call__`` is one (calling a
+    class constructs an instance, so a class's ``__call__`` does not count)."""
+    if _is_coroutine_function(obj):
+        return True
+    if isinstance(obj, (type, types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+        return False
+    call = getattr(obj, "__call__", None)  # noqa: B004 - the method itself is inspected
+    return call is not None and _is_coroutine_function(call)
+
+
+def _accepts(obj, n: int) -> bool | None:
+    """Whether ``obj`` can be called with ``n`` positional arguments; None if unknowable.
+
+    Plain functions and methods are answered from their code objects (as
+    ``inspect.signature(obj).bind(*n_args)`` would); anything else asks inspect.
+    """
+    func, bound = obj, 0
+    if type(obj) is types.MethodType:
+        func, bound = obj.__func__, 1
+    if (
+        type(func) is types.FunctionType
+        and not hasattr(func, "__wrapped__")
+        and not hasattr(func, "__signature__")
+    ):
+        code = func.__code__
+        kwonly = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+        if any(name not in (func.__kwdefaults__ or {}) for name in kwonly):
+            return False  # a keyword-only argument without a default
+        positional = code.co_argcount - bound
+        required = positional - len(func.__defaults__ or ())
+        return required <= n and (n <= positional or bool(code.co_flags & _CO_VARARGS))
+    import inspect
+
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*(None,) * n)
+    except TypeError:
+        return False
+    return True
+
+
+def _classify(obj, spec: str):
+    """The caller for an explicit ``module:attr`` entry; EntryError if it fits no kind."""
+    if _is_asgi(obj):
+        return _asgi_handler(obj)
+    if not callable(obj):
+        raise EntryError(f"entry {spec!r} is not callable (a {type(obj).__name__})")
+    one = _accepts(obj, 1)
+    if one:
+        return _json_handler(obj)
+    two = _accepts(obj, 2)
+    if two:
+        return _wsgi_handler(obj)
+    if one is None and two is None:
+        raise EntryError(f"entry {spec!r}: cannot read the signature of {obj!r}")
+    raise EntryError(
+        f"entry {spec!r} is neither an ASGI app (a coroutine function, or an object whose "
+        "__call__ is one), a JSON handler (one positional argument: event) nor a WSGI app "
+        "(two positional arguments: environ, start_response)"
+    )
+
+
+def _automatic(module, name: str):
+    if hasattr(module, "f"):
+        return _json_handler(module.f)
+    if hasattr(module, "app"):
+        app = module.app
+        return _asgi_handler(app) if _is_asgi(app) else _wsgi_handler(app)
+    raise EntryError(f"{name}.py defines neither f(event) nor app")
+
+
+def load_entry(spec: str):
+    """Import the function's code once and pick how to call it.
+
+    Returns ``call(request) -> (status, reason, headers, body)``.  ``spec``:
+
+    * ``""`` (automatic): module ``f`` from /handler; its ``f`` is a JSON
+      handler, else its ``app`` is an ASGI app when it is a coroutine function
+      (or its ``__call__`` is one) and a WSGI app otherwise;
+    * ``"module"`` or ``"module:"``: the same rule applied to ``module``;
+    * ``"module:attr"`` (both may be dotted): the object is an ASGI app when it
+      is a coroutine function or its ``__call__`` is one; else a JSON handler
+      when it can be called with one positional argument; else a WSGI app when
+      it can be called with two (environ, start_response).
+
+    A JSON handler gets the body parsed as JSON (None when empty) and its result
+    is served as JSON with status 200.  Failing to import or classify the entry
+    is served as a 500 ``handler_import_failed`` on every call.
+    """
+    if HANDLER_DIR not in sys.path:
+        sys.path.insert(0, HANDLER_DIR)
+    sys.path_importer_cache.pop(HANDLER_DIR, None)
+    module_name, _, attr = (spec or "f").partition(":")
+    try:
+        module = __import__(module_name, fromlist=["_"])
+        if not attr:
+            return _automatic(module, module_name.replace(".", "/"))
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return _classify(obj, spec)
+    except EntryError as exc:
+        failure = _error(500, "handler_import_failed", message=str(exc), traceback="")
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller
+        import traceback
+
+        failure = _error(
+            500,
+            "handler_import_failed",
+            message=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+    return lambda request: failure
 
 
 def parse_request(buf: bytearray) -> Request | None:
@@ -111,6 +301,8 @@ def parse_request(buf: bytearray) -> Request | None:
         value = value.strip()
         if name == "content-length":
             length = int(value)
+            if length < 0:
+                raise ValueError("negative content-length")
         elif name == "transfer-encoding":
             raise ValueError("chunked requests are not supported")
         headers.append((name, value))
@@ -121,15 +313,19 @@ def parse_request(buf: bytearray) -> Request | None:
     return Request(method, target, headers, body)
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}
-
-
-def _write_response(conn: socket.socket, status: int, headers: list, body: bytes) -> None:
-    out = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"]
+def _write_response(
+    conn: socket.socket, status: int, reason: str | None, headers: list, body: bytes
+) -> None:
+    out = [f"HTTP/1.1 {status} {reason or _reason(status)}\r\n"]
     for name, value in headers:
         out.append(f"{name}: {value}\r\n")
     out.append(f"content-length: {len(body)}\r\n\r\n")
-    conn.sendall("".join(out).encode("latin-1") + body)
+    head = "".join(out).encode("latin-1")
+    if len(body) < 65536:
+        conn.sendall(head + body)
+    else:  # no copy of a large body
+        conn.sendall(head)
+        conn.sendall(body)
 
 
 def _serve_buffered(conn: socket.socket, buf: bytearray, app) -> bool:
@@ -138,16 +334,14 @@ def _serve_buffered(conn: socket.socket, buf: bytearray, app) -> bool:
         try:
             request = parse_request(buf)
         except (ValueError, UnicodeError) as exc:
-            _write_response(
-                conn, *_json_response(400, {"error": "bad_request", "message": str(exc)})
-            )
+            _write_response(conn, *_error(400, "bad_request", message=str(exc)))
             return False
         if request is None:
             return True
-        status, headers, body = app(request)
+        response = app(request)
         sys.stdout.flush()
         sys.stderr.flush()
-        _write_response(conn, status, headers, body)
+        _write_response(conn, *response)
 
 
 def serve_leaf(listener: socket.socket, app) -> None:
@@ -365,7 +559,7 @@ def run(config: dict, ready: socket.socket) -> None:
     sys.stderr.reconfigure(line_buffering=True)
     sys.dont_write_bytecode = True
     if config["mode"] == "leaf":
-        app = load_entry(config.get("entry") or "f:f")
+        app = load_entry(config.get("entry") or "")
         listener = _listen(LEAF_SOCKET, socket.SOCK_STREAM)
         ready.send(b'{"ready": true}')
         ready.close()
@@ -376,6 +570,7 @@ def run(config: dict, ready: socket.socket) -> None:
         import gc
         import traceback  # noqa: F401
 
+        import _entry  # noqa: F401
         import _linux  # noqa: F401
         import _proc  # noqa: F401
 
