@@ -1,35 +1,53 @@
-"""`olactors` command line: init, cleanup, bench.
+"""`olactors` command line: serve, status, install, run, init, cleanup, bench.
 
-Errors a user can cause (bad config, bad path) print one clear line to stderr
-and exit with status 2; they never show a traceback.
+Errors a user can cause (bad config, bad path, no worker running) print one
+clear line to stderr and exit with status 2; they never show a traceback.
+When a running worker answers a request with an error (``install`` of a bad
+archive, ``run`` of a failing function), its JSON error goes to stderr and
+the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._errors import OlactorsError
 from .worker_dir import DEFAULT_PATH
 
+if TYPE_CHECKING:
+    import httpx
 
-def _add_path(p: argparse.ArgumentParser) -> None:
+CONNECT_TIMEOUT_S = 5.0
+
+
+class WorkerNotRunning(OlactorsError):
+    code = "not_running"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no worker running at {path} (start it with `olactors serve`)")
+
+
+def _add_path(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
     p.add_argument(
         "--path",
         type=Path,
         default=DEFAULT_PATH,
         help=f"worker directory (default: ./{DEFAULT_PATH})",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one worker.yaml key",
-    )
+    if overrides:
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one worker.yaml key",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create a worker directory with documented defaults")
     _add_path(p)
 
+    p = sub.add_parser(
+        "serve",
+        help="run the worker in the foreground (initialises the worker dir if needed)",
+    )
+    _add_path(p)
+
+    p = sub.add_parser("status", help="show a running worker's status and stats")
+    _add_path(p, overrides=False)
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    p = sub.add_parser("install", help="upload a function dir to a running worker's registry")
+    p.add_argument("dir", type=Path, help="function directory (holding f.py)")
+    p.add_argument("--name", help="function name (default: the directory's name)")
+    _add_path(p, overrides=False)
+
+    p = sub.add_parser("run", help="invoke a function on a running worker and print its answer")
+    p.add_argument("name")
+    p.add_argument("json", nargs="?", help="JSON event to send (default: no body)")
+    p.add_argument("--method", default="POST", help="HTTP method (default: POST)")
+    _add_path(p, overrides=False)
+
     p = sub.add_parser("cleanup", help="remove what a dead worker left behind (safe to repeat)")
     _add_path(p)
 
@@ -48,15 +87,172 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("sandbox", help="sandbox create/fork/pause/unpause/destroy latencies")
     b.add_argument("--samples", type=int, default=60)
     b.add_argument("--json", action="store_true", help="print figures as JSON")
+    b = bench.add_parser("http", help="HTTP throughput and latency vs. a bare quart-trio app")
+    b.add_argument("--seconds", type=float, default=5.0, help="length of each timed run")
+    b.add_argument("--json", action="store_true", help="print figures as JSON")
     return parser
 
 
+# ------------------------------------------------------------------ commands
 def _cmd_init(args: argparse.Namespace) -> int:
     from .worker_dir import init_worker_dir
 
     init_worker_dir(args.path, args.overrides)
     print(f"initialised worker dir {args.path.resolve()}")
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .sock import prepare_worker_process
+
+    # Enter the worker's private mount namespace before anything can start a thread.
+    prepare_worker_process()
+
+    from functools import partial
+
+    import trio
+
+    from ._config import load_worker_config
+    from .examples import install_examples
+    from .serve import serve
+    from .worker_dir import init_worker_dir
+
+    path: Path = args.path
+    log = logging.getLogger("olactors.cli")
+    if not (path / "worker.yaml").is_file():
+        init_worker_dir(path, args.overrides)
+        log.info("initialised worker dir %s", path.resolve())
+    config = load_worker_config(path, args.overrides)
+    registry = path / "registry"
+    if not config.registry.location and _is_empty_dir(registry):
+        names = install_examples(registry)
+        log.info("installed example functions into %s: %s", registry, ", ".join(names))
+    trio.run(partial(serve, config, path, handle_signals=True))
+    return 0
+
+
+def _is_empty_dir(path: Path) -> bool:
+    if not path.exists():
+        return True
+    return not any(not entry.name.startswith(".") for entry in path.iterdir())
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _admin_client(args.path) as client:
+        status = _admin_call(client, args.path, "GET", "/status", ok_statuses=(200, 503))
+        stats = _admin_call(client, args.path, "GET", "/stats")
+    if args.json:
+        print(json.dumps({"status": status, "stats": stats}, indent=2))
+        return 0
+    from .serve import read_endpoints
+
+    for line in format_status(args.path.resolve(), status, stats, read_endpoints(args.path)):
+        print(line)
+    return 0
+
+
+FUNCTION_COLUMNS = (
+    ("calls", "invocations"),
+    ("errors", "errors"),
+    ("429s", "rejected_429"),
+    ("cold", "cold_starts"),
+    ("warm", "warm_starts"),
+    ("inst", "instances"),
+    ("queue", "queue_depth"),
+)
+
+
+def format_status(
+    path: Path, status: dict[str, Any], stats: dict[str, Any], endpoints: dict[str, Any] | None
+) -> list[str]:
+    """A short readable summary of ``GET /status`` and ``GET /stats`` (missing fields skipped)."""
+    where = f" (pid {endpoints.get('pid')}, {endpoints.get('public')})" if endpoints else ""
+    lines = [f"worker {path}: {status.get('status')}{where}"]
+    states = stats.get("sandboxes") or {}
+    detail = ", ".join(f"{k} {v}" for k, v in states.items()) if isinstance(states, dict) else ""
+    lines.append(
+        f"functions: {status.get('functions')}, sandboxes: {status.get('sandboxes')}"
+        + (f" ({detail})" if detail else "")
+        + f", in flight: {stats.get('in_flight', 0)}"
+    )
+    memory = stats.get("memory") or {}
+    if "used_mb" in memory:
+        evictions = (stats.get("evictions") or {}).get("count", 0)
+        lines.append(
+            f"memory: {memory['used_mb']} of {memory.get('total_mb')} MB reserved, "
+            f"evictions: {evictions}"
+        )
+    latency = stats.get("latency") or {}
+    if latency.get("p50_ms") is not None and latency.get("p99_ms") is not None:
+        lines.append(f"latency: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms")
+    functions = stats.get("functions") or {}
+    if isinstance(functions, dict) and functions:
+        width = max(8, *(len(name) for name in functions))
+        header = f"{'function':{width}} " + " ".join(f"{c:>6}" for c, _ in FUNCTION_COLUMNS)
+        lines.append(header + f" {'p50 ms':>8} {'p99 ms':>8}")
+        for name, f in functions.items():
+            cells = " ".join(f"{f.get(key, '-')!s:>6}" for _, key in FUNCTION_COLUMNS)
+            lat = f.get("latency") or {}
+            p50, p99 = lat.get("p50_ms"), lat.get("p99_ms")
+            times = f"{p50:8.1f} {p99:8.1f}" if p50 is not None and p99 is not None else ""
+            lines.append(f"{name:{width}} {cells} {times}".rstrip())
+    return lines
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from ._config import load_worker_config
+    from ._names import validate_function_name
+    from .registry import pack_function_dir
+
+    source: Path = args.dir
+    if not source.is_dir():
+        raise OlactorsError(f"{source} is not a directory")
+    name = args.name or source.resolve().name
+    validate_function_name(name)
+    data = pack_function_dir(source, load_worker_config(args.path).registry.max_code_mb << 20)
+    with _admin_client(args.path) as client:
+        response = _admin_request(client, args.path, "POST", f"/registry/{name}", content=data)
+    if response.is_success:
+        print(f"installed {name} ({len(data)} bytes packed)")
+        return 0
+    _print_error(response)
+    return 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import httpx
+
+    from ._names import validate_function_name
+    from .serve import read_endpoints
+
+    validate_function_name(args.name)
+    method = args.method.upper()
+    headers = {}
+    body = b""
+    if args.json is not None:
+        try:
+            json.loads(args.json)
+        except ValueError as exc:
+            raise OlactorsError(f"the event is not valid JSON: {exc}") from None
+        body = args.json.encode()
+        headers["content-type"] = "application/json"
+    endpoints = read_endpoints(args.path)
+    if endpoints is None or "public" not in endpoints:
+        raise WorkerNotRunning(args.path)
+    url = f"{endpoints['public']}/run/{args.name}"
+    try:
+        with httpx.Client(timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)) as client:
+            response = client.request(method, url, content=body, headers=headers)
+    except httpx.ConnectError:
+        raise WorkerNotRunning(args.path) from None
+    except httpx.HTTPError as exc:
+        raise OlactorsError(f"request to {url} failed: {exc}") from None
+    if response.is_success:
+        text = response.text
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        return 0
+    _print_error(response)
+    return 1
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
@@ -75,6 +271,12 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "http":
+        if args.seconds <= 0:
+            raise OlactorsError("--seconds must be > 0")
+        from .bench import http
+
+        return http.run(args.seconds, args.json)
     if args.samples < 1:
         raise OlactorsError("--samples must be >= 1")
     from .bench import sandbox
@@ -82,13 +284,82 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return sandbox.run(args.samples, args.json, None)
 
 
-COMMANDS = {"init": _cmd_init, "cleanup": _cmd_cleanup, "bench": _cmd_bench}
+# ------------------------------------------------------- admin socket client
+def _admin_client(worker_dir: Path) -> httpx.Client:
+    import httpx
+
+    from .serve import ADMIN_SOCKET
+
+    socket_path = worker_dir / ADMIN_SOCKET
+    if not socket_path.exists():
+        raise WorkerNotRunning(worker_dir)
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(socket_path)),
+        base_url="http://olactors-admin",
+        timeout=httpx.Timeout(60.0, connect=CONNECT_TIMEOUT_S),
+    )
+
+
+def _admin_request(
+    client: httpx.Client, worker_dir: Path, method: str, path: str, **kwargs: Any
+) -> httpx.Response:
+    import httpx
+
+    try:
+        return client.request(method, path, **kwargs)
+    except httpx.ConnectError as exc:
+        if _caused_by(exc, PermissionError):
+            raise OlactorsError(
+                f"permission denied on {worker_dir}/admin.sock (run as the worker's user)"
+            ) from None
+        raise WorkerNotRunning(worker_dir) from None
+    except httpx.HTTPError as exc:
+        raise OlactorsError(f"admin request {method} {path} failed: {exc}") from None
+
+
+def _admin_call(
+    client: httpx.Client,
+    worker_dir: Path,
+    method: str,
+    path: str,
+    ok_statuses: tuple[int, ...] = (200,),
+) -> Any:
+    response = _admin_request(client, worker_dir, method, path)
+    if response.status_code not in ok_statuses:
+        raise OlactorsError(f"{method} {path}: {response.status_code} {response.text.strip()}")
+    return response.json()
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _print_error(response: httpx.Response) -> None:
+    text = response.text.strip()
+    print(text or f"HTTP {response.status_code}", file=sys.stderr)
+
+
+COMMANDS = {
+    "init": _cmd_init,
+    "serve": _cmd_serve,
+    "status": _cmd_status,
+    "install": _cmd_install,
+    "run": _cmd_run,
+    "cleanup": _cmd_cleanup,
+    "bench": _cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    default_level = logging.INFO if args.command == "serve" else logging.WARNING
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.verbose else default_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

@@ -1,0 +1,5 @@
+"""Echo: returns the JSON event it was called with (``null`` for an empty body)."""
+
+
+def f(event):
+    return event

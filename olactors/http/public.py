@@ -1,0 +1,115 @@
+"""The public HTTP app (TCP): ``ANY /run/<name>[/<path>][?query]`` and ``GET /status``.
+
+Nothing else is served here: every other path answers ``404 not_found``
+(the admin API lives on the worker's UNIX socket only).
+
+``/run/<name>``: the name is the raw path segment after ``/run/`` up to the
+next ``/``, checked without percent-decoding (see :func:`parse_name`); the
+remainder, percent-decoded, is the path the function sees (``/`` if empty).
+The body is capped at ``limits.max_body_bytes`` (413 ``body_too_large``).
+The function's response is relayed as is (status, headers minus hop-by-hop
+ones, body), except when the runtime marks it with ``x-olactors-error``
+(handler exception, import failure, bad JSON, bad result): that becomes the
+worker's JSON error format with the runtime's status, and the marker header
+is not sent to the client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from quart import Response
+from quart_trio import QuartTrio
+from quart_trio.wrappers import TrioRequest
+
+from ..sock import Invocation, InvocationResult
+from ._common import (
+    INTERNAL_PREFIX,
+    NotFound,
+    RawRoutedApp,
+    RequestInfo,
+    error_body,
+    forwarded_headers,
+    header_value,
+    json_response,
+    parse_name,
+    read_body,
+    require_method,
+    status_code_for,
+    without_hop_by_hop,
+)
+
+if TYPE_CHECKING:
+    from ..worker import Worker
+
+RUN_PREFIX = b"/run/"
+ERROR_HEADER = INTERNAL_PREFIX + "error"
+#: Fields of a runtime error body passed on to the client besides ``message``.
+ERROR_DETAILS = ("type", "traceback")
+
+
+def split_run_path(raw_path: bytes) -> tuple[str, str]:
+    """``/run/<name>[/<rest>]`` (raw) -> (name, percent-decoded ``/<rest>`` or ``/``).
+
+    The rest is decoded as UTF-8; bytes that are not valid UTF-8 become lone
+    surrogates (``surrogateescape``), so re-quoting with the same error
+    handler gives back exactly the bytes the client sent.
+    """
+    name_raw, slash, rest = raw_path[len(RUN_PREFIX) :].partition(b"/")
+    name = parse_name(name_raw)
+    if not slash:
+        return name, "/"
+    text = rest.decode("utf-8", "surrogateescape")
+    return name, "/" + unquote(text, errors="surrogateescape")
+
+
+def result_response(result: InvocationResult, request_id: str) -> Response:
+    """The client's view of a sandbox's answer (see the module docstring)."""
+    code = header_value(result.headers, ERROR_HEADER)
+    if code is None:
+        response = Response(result.body, status=result.status)
+        response.headers.pop("Content-Type", None)  # quart's default; only the function's counts
+        for name, value in without_hop_by_hop(result.headers):
+            response.headers.add(name, value)
+        return response
+    details: dict[str, Any] = {}
+    try:
+        parsed = json.loads(result.body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        message = str(parsed.get("message", ""))
+        details = {key: parsed[key] for key in ERROR_DETAILS if key in parsed}
+    else:
+        message = result.body[:1000].decode("utf-8", "replace")
+    return json_response(error_body(code, message, request_id, **details), result.status)
+
+
+def create_public_app(worker: Worker) -> QuartTrio:
+    """The public app over ``worker`` (see the module docstring)."""
+    limit = worker.config.limits.max_body_bytes
+
+    async def route(request: TrioRequest, info: RequestInfo) -> Response:
+        raw_path: bytes = request.scope.get("raw_path") or request.path.encode()
+        if raw_path == b"/status":
+            require_method(request.method, ("GET", "HEAD"))
+            status = worker.status()
+            return json_response(status, status_code_for(status))
+        if not raw_path.startswith(RUN_PREFIX):
+            raise NotFound(f"no endpoint at {raw_path.decode('latin-1')}")
+        name, path = split_run_path(raw_path)
+        info.target = name
+        body = await read_body(request, limit)
+        invocation = Invocation(
+            method=request.method,
+            path=path,
+            query=request.scope.get("query_string", b"").decode("latin-1"),
+            headers=forwarded_headers(request.scope["headers"]),
+            body=body,
+        )
+        result = await worker.invoke(name, invocation, info.request_id)
+        return result_response(result, info.request_id)
+
+    return RawRoutedApp(__name__, route, surface="public", max_body_bytes=limit)
