@@ -118,7 +118,7 @@ class Metrics:
         m.invocations += 1
         if status == 429:
             m.rejected += 1
-        elif status >= 500:
+        elif status >= 500:  # 499 (caller gone) is not the function's error
             m.errors += 1
         m.latency.add(ms)
         self.latency.add(ms)

@@ -36,6 +36,7 @@ from .sock import Invocation, InvocationResult, SandboxPool, open_sock_pool
 
 log = logging.getLogger("olactors.worker")
 EVENT_BUFFER = 65536
+CLIENT_GONE = 499  # recorded for a call whose caller was cancelled (e.g. disconnected)
 
 
 class Worker:
@@ -83,6 +84,9 @@ class Worker:
             return result
         except OlactorsError as exc:
             status = exc.status
+            raise
+        except trio.Cancelled:
+            status = CLIENT_GONE  # the caller left; the call itself runs on
             raise
         finally:
             self.in_flight -= 1

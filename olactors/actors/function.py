@@ -172,7 +172,10 @@ class FunctionActor:
             self._close_queue()
             with trio.CancelScope(shield=True):
                 await self._stop_instances()
-                await self.deps.puller.forget(self.name)
+                try:
+                    await self.deps.puller.forget(self.name)
+                except OlactorsError:
+                    pass  # the puller stopped first (shutdown): it removes every snapshot
 
     async def _next_request(self) -> CallRequest | None:
         """The next request, or None when the function should stop (idle or shut down).

@@ -7,12 +7,15 @@ the runtime serves: Content-Length bodies, no chunking, keep-alive.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 import trio
 
 from ._api import Invocation, InvocationResult
 
 MAX_RESPONSE_HEADER = 65536
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
+QUERY_SAFE = PATH_SAFE + "?%"
 
 
 class ProtocolError(Exception):
@@ -29,7 +32,12 @@ class LeafClient:
         if self._stream is None:
             self._stream = await self._connect()
             self._buf.clear()
-        target = inv.path + (f"?{inv.query}" if inv.query else "")
+        # The path arrives decoded; the runtime decodes the target again, so
+        # quote it back (its own bytes via surrogateescape): a "%20", "%2F",
+        # non-ASCII or CR/LF in a client's path can never change the request.
+        path = quote(inv.path or "/", safe=PATH_SAFE, errors="surrogateescape")
+        query = quote(inv.query, safe=QUERY_SAFE, errors="surrogateescape")
+        target = path + (f"?{query}" if query else "")
         head = [f"{inv.method} {target} HTTP/1.1\r\nhost: sandbox\r\n"]
         for name, value in inv.headers:
             if name.lower() not in ("content-length", "transfer-encoding", "connection", "host"):
