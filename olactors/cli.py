@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("http", help="HTTP throughput and latency vs. a bare quart-trio app")
     b.add_argument("--seconds", type=float, default=5.0, help="length of each timed run")
     b.add_argument("--json", action="store_true", help="print figures as JSON")
+    b = bench.add_parser("idle", help="memory kept per function after it idled out")
+    b.add_argument("--functions", type=int, default=1000)
+    b.add_argument("--json", action="store_true", help="print figures as JSON")
     return parser
 
 
@@ -277,6 +280,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench import http
 
         return http.run(args.seconds, args.json)
+    if args.bench == "idle":
+        from .bench import idle
+
+        return idle.run(args.functions, args.json)
     if args.samples < 1:
         raise OlactorsError("--samples must be >= 1")
     from .bench import sandbox

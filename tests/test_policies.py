@@ -1,4 +1,4 @@
-"""The pure policies: scaling, restart intensity, memory-pool order, eviction choice, zygote tree."""
+"""The pure policies: scaling, restart intensity, memory order, eviction, zygote tree."""
 
 from __future__ import annotations
 
