@@ -106,6 +106,7 @@ class Metrics:
         self.evictions = 0
         self.evicted_mb = 0
         self.escalations = 0
+        self.not_found = 0
 
     def function(self, name: str) -> FunctionMetrics:
         m = self.functions.get(name)
@@ -113,7 +114,13 @@ class Metrics:
             m = self.functions[name] = FunctionMetrics()
         return m
 
-    def record_call(self, name: str, status: int, ms: float) -> None:
+    def record_call(self, name: str | None, status: int, ms: float) -> None:
+        """Count one answered call; ``name`` None (an unknown function) counts
+        only worker-wide, so random names cannot grow the per-function table."""
+        self.latency.add(ms)
+        if name is None:
+            self.not_found += 1
+            return
         m = self.function(name)
         m.invocations += 1
         if status == 429:
@@ -121,4 +128,3 @@ class Metrics:
         elif status >= 500:  # 499 (caller gone) is not the function's error
             m.errors += 1
         m.latency.add(ms)
-        self.latency.add(ms)

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from ._config import Config
-from ._errors import OlactorsError, ShuttingDown
+from ._errors import FunctionNotFound, OlactorsError, ShuttingDown
 from ._metrics import Metrics
 from ._names import validate_function_name
 from ._zygote_tree import load_zygote_tree
@@ -77,6 +77,7 @@ class Worker:
         inv = Invocation(inv.method.upper(), inv.path or "/", inv.query, headers, inv.body)
         start = trio.current_time()
         status = 500
+        known = True  # an unknown name must not leave a metrics record behind
         self.in_flight += 1
         try:
             result = await self.manager.invoke(name, inv, request_id)
@@ -84,13 +85,15 @@ class Worker:
             return result
         except OlactorsError as exc:
             status = exc.status
+            known = not isinstance(exc, FunctionNotFound)
             raise
         except trio.Cancelled:
             status = CLIENT_GONE  # the caller left; the call itself runs on
             raise
         finally:
             self.in_flight -= 1
-            self.metrics.record_call(name, status, (trio.current_time() - start) * 1000)
+            ms = (trio.current_time() - start) * 1000
+            self.metrics.record_call(name if known else None, status, ms)
 
     def begin_shutdown(self) -> None:
         self.closing = True
@@ -163,6 +166,7 @@ class Worker:
                 "rounds": self.evictor.rounds,
             },
             "escalations": self.metrics.escalations,
+            "not_found": self.metrics.not_found,
             "latency": self.metrics.latency.summary(),
             "import_cache": self.import_cache.describe() if self.import_cache else [],
         }

@@ -199,6 +199,7 @@ async def test_unknown_function_is_404_and_leaves_no_actor(worker_dir, clock):
             await call(worker, "nope")
         await trio.sleep(0.1)
         assert await worker.functions() == []
+        assert "nope" not in worker.metrics.functions and worker.metrics.not_found == 1
 
 
 async def test_method_filter(worker_dir, clock):
