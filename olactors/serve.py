@@ -37,6 +37,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._config import Config
 from ._errors import OlactorsError
+from ._groups import lone_errors_unwrapped
 from .http import create_admin_app, create_public_app
 from .worker import open_worker
 
@@ -104,21 +105,10 @@ async def serve(
     admin_path = worker_dir / ADMIN_SOCKET
     refuse_if_running(admin_path)
     control = _Shutdown()
-    try:
+    with lone_errors_unwrapped():
         await _serve_until_stopped(
             config, worker_dir, admin_path, control, handle_signals, shutdown, pool, task_status
         )
-    except BaseExceptionGroup as group:
-        raise single_exception(group) from None
-
-
-def single_exception(group: BaseExceptionGroup) -> BaseException:
-    """The one error inside nested single-member groups, else ``group`` itself
-    (so callers such as the CLI see a plain OSError or OlactorsError)."""
-    inner: BaseException = group
-    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-        inner = inner.exceptions[0]
-    return inner
 
 
 async def _serve_until_stopped(

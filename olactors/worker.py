@@ -22,6 +22,7 @@ import trio
 
 from ._config import Config
 from ._errors import FunctionNotFound, OlactorsError, ShuttingDown
+from ._groups import lone_errors_unwrapped
 from ._metrics import Metrics
 from ._names import validate_function_name
 from ._zygote_tree import load_zygote_tree
@@ -187,7 +188,7 @@ async def open_worker(
         if pool is None:
             pool = await stack.enter_async_context(open_sock_pool(config, worker_dir))
         metrics = Metrics()
-        try:
+        with lone_errors_unwrapped():
             async with trio.open_nursery() as nursery:
                 mem = config.memory
                 mempool = await nursery.start(
@@ -220,7 +221,3 @@ async def open_worker(
                         with trio.move_on_after(config.server.shutdown_timeout_s):
                             await manager.drain()
                     nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise

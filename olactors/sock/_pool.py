@@ -20,6 +20,7 @@ import trio
 from .. import native
 from .._config import Config
 from .._errors import ConfigError, SandboxDead, SandboxError, SandboxStateError
+from .._groups import lone_errors_unwrapped
 from . import seccomp
 from ._api import (
     Sandbox,
@@ -38,7 +39,7 @@ from ._rootfs import (
     python_executable,
     remove_tree_safely,
 )
-from ._safe import SafeSandbox
+from ._safe import SafeSandbox, check_create
 from ._sock import SockSandbox, fork_from, remove_sandbox_dir, start_fresh
 from .cgroups import (
     CgroupAnomalies,
@@ -103,19 +104,7 @@ class SockPool:
         """
         if self.closing:
             raise SandboxError("the sandbox pool is shutting down")
-        if parent is not None:
-            if not isinstance(parent, SafeSandbox) or parent.id not in self._live:
-                raise SandboxError("parent is not a sandbox of this pool")
-            if parent.is_leaf:
-                raise SandboxError(f"cannot fork from leaf {parent.id}")
-            parent.check_running("zygote")  # fail fast, before making anything
-            if parent.raw.network != meta.network:
-                raise SandboxError(
-                    f"cannot fork a network={meta.network} sandbox from zygote {parent.id} "
-                    f"(network={parent.raw.network})"
-                )
-        if meta.network not in ("none", "host"):
-            raise SandboxError(f"unknown network mode {meta.network!r}")
+        parent = check_create(self._live, parent, meta)
         if code_dir is not None and not os.path.isdir(code_dir):
             raise SandboxError(f"code dir {code_dir} does not exist")
         sb = self._new_raw(is_leaf, code_dir, scratch_dir, meta)
@@ -292,7 +281,7 @@ async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[Sock
         await cgroups.start()
         base = BaseRoot.mount(base_path, assembled=assembled)
         netns_fd = native.new_network_namespace()
-        try:
+        with lone_errors_unwrapped():  # the watchers never raise
             async with trio.open_nursery() as nursery:
                 pool = SockPool(config, worker_dir, nursery, cgroups, anomalies, base, netns_fd)
                 try:
@@ -301,12 +290,6 @@ async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[Sock
                     with trio.CancelScope(shield=True):
                         await pool.aclose()
                     nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The watchers never raise, so a group holds the caller's own error:
-            # give it back as it was raised.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
     finally:
         with trio.CancelScope(shield=True):
             if base is not None:

@@ -12,6 +12,7 @@ descendants are gone) and lifecycle events.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 import trio
@@ -22,6 +23,7 @@ from ._api import (
     InvocationResult,
     SandboxChildExited,
     SandboxDestroyed,
+    SandboxMeta,
     SandboxPaused,
     SandboxState,
     SandboxUnpaused,
@@ -47,6 +49,33 @@ class RawSandbox(Protocol):
     def usage(self) -> SandboxUsage: ...
 
     async def diagnose(self, error: BaseException | None) -> str: ...
+
+
+def check_create(
+    live: Mapping[str, SafeSandbox], parent: object, meta: SandboxMeta
+) -> SafeSandbox | None:
+    """The checks every pool's ``create`` makes before it builds anything.
+
+    Returns the zygote to fork from (None for a fresh sandbox).  ``parent``
+    must be a live sandbox of this pool (``live``), not a leaf, running, and
+    on the network asked for; the network must be known.
+    """
+    zygote = None
+    if parent is not None:
+        if not isinstance(parent, SafeSandbox) or live.get(parent.id) is not parent:
+            raise SandboxError("parent is not a sandbox of this pool")
+        zygote = parent
+        if zygote.is_leaf:
+            raise SandboxError(f"cannot fork from leaf {zygote.id}")
+        zygote.check_running("zygote")  # fail fast, before making anything
+        if zygote.raw.network != meta.network:
+            raise SandboxError(
+                f"cannot fork a network={meta.network} sandbox from zygote {zygote.id} "
+                f"(network={zygote.raw.network})"
+            )
+    if meta.network not in ("none", "host"):
+        raise SandboxError(f"unknown network mode {meta.network!r}")
+    return zygote
 
 
 class SafeSandbox:

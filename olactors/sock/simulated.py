@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .._errors import SandboxError, SandboxStateError
+from .._groups import lone_errors_unwrapped
 from ._api import (
     Invocation,
     InvocationResult,
@@ -56,7 +57,7 @@ from ._api import (
     SandboxUsage,
 )
 from ._events import EventHub
-from ._safe import SafeSandbox
+from ._safe import SafeSandbox, check_create
 
 __all__ = [
     "CrashDuringCall",
@@ -376,21 +377,7 @@ class SimulatedPool:
         """
         if self.closing:
             raise SandboxError("the sandbox pool is shutting down")
-        zygote: SafeSandbox | None = None
-        if parent is not None:
-            if not isinstance(parent, SafeSandbox) or self._live.get(parent.id) is not parent:
-                raise SandboxError("parent is not a sandbox of this pool")
-            zygote = parent
-            if zygote.is_leaf:
-                raise SandboxError(f"cannot fork from leaf {zygote.id}")
-            zygote.check_running("zygote")
-            if zygote.raw.network != meta.network:
-                raise SandboxError(
-                    f"cannot fork a network={meta.network} sandbox from zygote {zygote.id} "
-                    f"(network={zygote.raw.network})"
-                )
-        if meta.network not in ("none", "host"):
-            raise SandboxError(f"unknown network mode {meta.network!r}")
+        zygote = check_create(self._live, parent, meta)
         raw = SimulatedSandbox(
             id=f"sim-{next(self._ids)}",
             is_leaf=is_leaf,
@@ -603,7 +590,7 @@ class SimulatedPool:
 @asynccontextmanager
 async def open_simulated_pool(behaviour: SimulatedBehaviour) -> AsyncIterator[SimulatedPool]:
     """A :class:`SimulatedPool` with its own nursery; every sandbox is destroyed on exit."""
-    try:
+    with lone_errors_unwrapped():  # the pool's own tasks never raise
         async with trio.open_nursery() as nursery:
             pool = SimulatedPool(behaviour, nursery)
             try:
@@ -612,9 +599,3 @@ async def open_simulated_pool(behaviour: SimulatedBehaviour) -> AsyncIterator[Si
                 with trio.CancelScope(shield=True):
                     await pool.aclose()
                 nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The pool's own tasks never raise, so a group holds the caller's
-        # error: give it back as it was raised.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
