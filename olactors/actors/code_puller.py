@@ -62,6 +62,7 @@ from ..registry import (
     snapshot_dir,
     validate_function_dir,
 )
+from ._calls import ActorGone, Reply, ask
 
 log = logging.getLogger("olactors.code")
 
@@ -83,26 +84,26 @@ class FunctionCode:
 
 
 # ------------------------------------------------------------------ messages
-Reply = trio.MemorySendChannel[Any]
+NOT_RUNNING = "code puller is not running"
 
 
 @dataclass(frozen=True, slots=True)
 class PullCode:
     name: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 @dataclass(frozen=True, slots=True)
 class ForgetFunction:
     name: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseVersion:
     name: str
     version: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 CodePullerMessage = PullCode | ForgetFunction | ReleaseVersion
@@ -122,35 +123,29 @@ class CodePullerRef:
     async def pull(self, name: str) -> FunctionCode:
         """The current code of ``name`` (see the module docstring for errors)."""
         validate_function_name(name)
-        return await self._call(lambda reply: PullCode(name, reply))
+        return await self._call(PullCode(name, Reply()))
 
     async def forget(self, name: str) -> None:
         """The function stopped: drop all state for ``name`` and delete its
         snapshots. Pulls issued earlier still get their answer first."""
         validate_function_name(name)
-        await self._call(lambda reply: ForgetFunction(name, reply))
+        await self._call(ForgetFunction(name, Reply()))
 
     async def release(self, name: str, version: str) -> None:
         """No instance uses ``version`` any more: delete its snapshot (a no-op
         for the current version or an unknown one)."""
         validate_function_name(name)
-        await self._call(lambda reply: ReleaseVersion(name, version, reply))
+        await self._call(ReleaseVersion(name, version, Reply()))
 
     def cached_names(self) -> int:
         """How many names have a current version cached."""
         return self._puller.cached_names()
 
-    async def _call(self, make: Callable[[Reply], CodePullerMessage]) -> Any:
-        send, receive = trio.open_memory_channel[Any](1)
-        with receive:
-            try:
-                await self._inbox.send(make(send))
-                result = await receive.receive()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
-                raise OlactorsError("code puller is not running") from None
-        if isinstance(result, BaseException):
-            raise result.with_traceback(None)
-        return result
+    async def _call(self, message: CodePullerMessage) -> Any:
+        try:
+            return await ask(self._inbox, message)
+        except ActorGone:
+            raise ActorGone(NOT_RUNNING) from None
 
 
 # ------------------------------------------------------------------ state
@@ -182,12 +177,12 @@ class _Check:
 @dataclass(slots=True)
 class _Release:
     version: str
-    reply: Reply
+    reply: Reply[Any]
 
 
 @dataclass(slots=True)
 class _Forget:
-    reply: Reply
+    reply: Reply[Any]
 
 
 @dataclass(slots=True)
@@ -281,7 +276,7 @@ class _CodePuller:
         for entry in self._entries.values():
             for job in entry.jobs:
                 for reply in job.waiters if isinstance(job, _Check) else [job.reply]:
-                    reply.close()
+                    reply.close(NOT_RUNNING)
         self._entries.clear()
 
     def _enqueue(self, name: str, entry: _Entry, job: _Check | _Release | _Forget) -> None:
@@ -382,13 +377,13 @@ class _CodePuller:
         _reply(job.reply, None)
 
 
-def _reply(reply: Reply, value: Any) -> None:
-    """Answer a one-shot reply channel; a caller that gave up is ignored."""
-    try:
-        reply.send_nowait(value)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
-        pass
-    reply.close()
+def _reply(reply: Reply[Any], value: Any) -> None:
+    """Answer with ``value``, or raise it at the caller if it is an error (a
+    cached error is raised afresh each time: no traceback carried over)."""
+    if isinstance(value, BaseException):
+        reply.fail(value.with_traceback(None))
+    else:
+        reply.send(value)
 
 
 def _reset_dir(path: Path) -> None:
