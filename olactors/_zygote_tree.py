@@ -74,8 +74,9 @@ def _names(value: object, where: str, key: str) -> tuple[str, ...]:
 
 
 def _parse_node(
-    raw: object, origin: str, parent: ZygoteNode | None, seen: set[str], inherited: frozenset[str]
+    raw: object, origin: str, parent: str | None, seen: set[str], inherited: frozenset[str]
 ) -> ZygoteNode:
+    """Parse one node and its subtree; ``parent`` is the parent node's name."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: every node must be a mapping")
     name = raw.get("name")
@@ -98,9 +99,8 @@ def _parse_node(
     if not isinstance(children_raw, list):
         raise ConfigError(f"{where}: children must be a list of nodes")
     all_packages = inherited | frozenset(p.lower() for p in packages)
-    node = ZygoteNode(name, packages, imports, (), parent.name if parent else None, all_packages)
-    children = tuple(_parse_node(c, origin, node, seen, all_packages) for c in children_raw)
-    return ZygoteNode(name, packages, imports, children, node.parent_name, all_packages)
+    children = tuple(_parse_node(c, origin, name, seen, all_packages) for c in children_raw)
+    return ZygoteNode(name, packages, imports, children, parent, all_packages)
 
 
 def parse_zygote_tree(text: str, origin: str = "zygotes.yaml") -> ZygoteTree:

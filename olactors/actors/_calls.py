@@ -76,12 +76,3 @@ async def ask(inbox: trio.MemorySendChannel[Any], message: Any) -> Any:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise ActorGone(f"{type(message).__name__}: the actor has stopped") from None
     return await message.reply.receive()
-
-
-def tell(inbox: trio.MemorySendChannel[Any], message: Any) -> bool:
-    """Send without waiting; False if the actor has stopped (or its inbox is full)."""
-    try:
-        inbox.send_nowait(message)
-        return True
-    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-        return False

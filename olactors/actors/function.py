@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -118,7 +118,6 @@ class FunctionStatus:
     busy: int
     failing_until: float | None
     failing_reason: str | None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class FunctionActor:

@@ -78,7 +78,6 @@ class Manager:
         self.inbox = inbox
         self.functions: dict[str, tuple[FunctionRef, FunctionActor]] = {}
         self.draining: list[Reply[None]] = []
-        self.spawned = 0
 
     def function_stopped(self, ref: FunctionRef) -> None:
         try:
@@ -106,7 +105,6 @@ class Manager:
                     run_function, msg.name, self.deps, self.function_stopped
                 )
                 self.functions[msg.name] = entry
-                self.spawned += 1
             msg.reply.send(entry[0])
         elif isinstance(msg, FunctionGone):
             self.forget(msg.ref)
