@@ -22,6 +22,7 @@ DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "config" / "worker.yaml
 CHOICES: dict[str, tuple[str, ...]] = {
     "sandbox.network": ("none", "host"),
     "sandbox.cgroup_version": ("auto", "v1", "v2"),
+    "memory.eviction_policy": ("openlambda", "lru", "gdsf"),
 }
 # Keys whose value must be >= the given minimum.
 MINIMUMS: dict[str, float] = {

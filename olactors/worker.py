@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from ._config import Config
+from ._eviction import make_policy
 from ._errors import FunctionNotFound, OlactorsError, ShuttingDown
 from ._groups import lone_errors_unwrapped
 from ._metrics import Metrics
@@ -202,6 +203,7 @@ async def open_worker(
                         free_goal_mb=mem.free_goal_mb,
                         interval_s=mem.eviction_interval_s,
                         max_concurrent=mem.max_concurrent_evictions,
+                        policy=make_policy(mem.eviction_policy),
                         task_status=task_status,
                     )
                 )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from olactors._errors import ConfigError
-from olactors._eviction import Candidate, choose_victims
+from olactors._eviction import (
+    POLICY_NAMES,
+    Candidate,
+    GDSFPolicy,
+    choose_victims,
+    make_policy,
+)
 from olactors._memory_ledger import MemoryLedger
 from olactors._metrics import Histogram, Metrics
 from olactors._restart import RestartIntensity
@@ -108,33 +114,108 @@ def test_ledger_never_starves_a_large_request():
 
 
 # --------------------------------------------------------------- eviction
-def cand(key, paused=True, children=0, mem=100, used=0.0):
-    return Candidate(key, paused, children, mem, used)
+def cand(
+    key, paused=True, children=0, mem=100, used=0.0, since=None, uses=1, startup=0.01, order=0
+):
+    return Candidate(
+        key, paused, children, mem, used, used if since is None else since, uses, startup, order
+    )
 
 
-def test_eviction_takes_paused_lru_first_and_spares_parents():
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_spares_parents_and_takes_paused_first(name):
     cands = [
         cand("old", used=1.0),
         cand("zygote", used=0.0, children=2),  # oldest, but has children
         cand("new", used=5.0),
         cand("running", paused=False, used=0.5),
     ]
-    victims = choose_victims(cands, 150, critical=True, limit=10)
-    assert [v.key for v in victims] == ["old", "new"]
+    victims = choose_victims(make_policy(name), cands, 150, critical=True, limit=10)
+    assert sorted(v.key for v in victims) == ["new", "old"]
 
 
-def test_eviction_running_only_when_critical_and_paused_insufficient():
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_takes_running_only_when_critical_and_paused_insufficient(name):
     cands = [cand("p", used=3.0), cand("r1", paused=False, used=1.0), cand("r2", False, used=2.0)]
-    assert [v.key for v in choose_victims(cands, 250, critical=False, limit=10)] == ["p"]
-    assert [v.key for v in choose_victims(cands, 250, critical=True, limit=10)] == ["p", "r1", "r2"]
-    assert [v.key for v in choose_victims(cands, 50, critical=True, limit=10)] == ["p"]
+    assert [
+        v.key for v in choose_victims(make_policy(name), cands, 250, critical=False, limit=10)
+    ] == ["p"]
+    both = choose_victims(make_policy(name), cands, 250, critical=True, limit=10)
+    assert [v.key for v in both][0] == "p" and sorted(v.key for v in both) == ["p", "r1", "r2"]
+    assert [
+        v.key for v in choose_victims(make_policy(name), cands, 50, critical=True, limit=10)
+    ] == ["p"]
 
 
-def test_eviction_respects_limit_and_need():
-    cands = [cand(str(i), used=float(i)) for i in range(10)]
-    assert len(choose_victims(cands, 1000, critical=True, limit=3)) == 3
-    assert choose_victims(cands, 0, critical=True, limit=3) == []
-    assert choose_victims([cand("x", children=1)], 10, critical=True, limit=3) == []
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_respects_limit_and_need(name):
+    cands = [cand(str(i), used=float(i), order=i) for i in range(10)]
+    assert len(choose_victims(make_policy(name), cands, 1000, critical=True, limit=3)) == 3
+    assert choose_victims(make_policy(name), cands, 0, critical=True, limit=3) == []
+    lone = [cand("x", children=1)]
+    assert choose_victims(make_policy(name), lone, 10, critical=True, limit=3) == []
+
+
+def test_openlambda_orders_by_state_change_and_lru_by_last_use():
+    # "busy" was paused long ago but used since (a warm call moves it in LRU only).
+    cands = [cand("busy", used=9.0, since=1.0), cand("quiet", used=5.0, since=5.0)]
+    ol = choose_victims(make_policy("openlambda"), cands, 100, critical=False, limit=1)
+    lru = choose_victims(make_policy("lru"), cands, 100, critical=False, limit=1)
+    assert [v.key for v in ol] == ["busy"]
+    assert [v.key for v in lru] == ["quiet"]
+
+
+def test_ties_break_on_creation_order_not_identity():
+    cands = [cand("b", used=1.0, order=2), cand("a", used=1.0, order=1)]
+    for name in POLICY_NAMES:
+        assert [
+            v.key for v in choose_victims(make_policy(name), cands, 100, critical=False, limit=1)
+        ] == ["a"]
+
+
+def test_gdsf_keeps_frequent_costly_small_sandboxes():
+    policy = GDSFPolicy()
+    cands = [
+        cand("hot", uses=50, startup=0.005, mem=128),
+        cand("cold", uses=1, startup=0.005, mem=128),
+        cand("zygote", uses=10, startup=0.5, mem=64),  # costly to rebuild
+        cand("big", uses=50, startup=0.005, mem=2048),  # frequent but large
+    ]
+    order = [c.key for c in policy.rank(cands)]
+    assert order == ["cold", "big", "hot", "zygote"]
+
+
+def test_gdsf_clock_ages_out_sandboxes_not_used_since():
+    policy = GDSFPolicy()
+    stale = cand("stale", uses=20, startup=0.01, mem=100, order=1)  # H = 0 + 20*0.01/100 = 0.002
+    policy.rank([stale])
+    for i in range(30):  # many one-use sandboxes come and go: the clock rises
+        fresh = cand(f"f{i}", uses=1, startup=0.01, mem=10, order=10 + i)  # H = clock + 0.001
+        victims = choose_victims(policy, [stale, fresh], 10, critical=False, limit=1)
+        if victims[0].key == "stale":
+            break
+    else:
+        raise AssertionError("a sandbox not used for a long time never aged out")
+    assert i > 0  # fresh, cheap sandboxes went first while the clock was low
+    assert policy.clock == pytest.approx(0.002)  # risen to the stale one's priority
+
+
+def test_gdsf_rebases_a_sandbox_used_again():
+    policy = GDSFPolicy()
+    policy.clock = 5.0
+    c1 = cand("s", uses=1, startup=0.01, mem=10)
+    policy.rank([c1])
+    assert policy.priority(c1) == pytest.approx(5.001)
+    policy.clock = 7.0
+    assert policy.priority(c1) == pytest.approx(5.001)  # not used since: keeps its old base
+    c2 = cand("s", uses=2, startup=0.01, mem=10)
+    policy.rank([c2])
+    assert policy.priority(c2) == pytest.approx(7.002)
+
+
+def test_make_policy_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown eviction policy 'fifo'"):
+        make_policy("fifo")
 
 
 # ---------------------------------------------------------------- metrics

@@ -1,30 +1,40 @@
 """Evictor: keeps the memory pool's free-memory goal by destroying idle sandboxes.
 
-It follows the sandbox pool's events (to know every live sandbox and when it
-was last used) and wakes on them, on memory-pool pressure (someone started
-waiting) and on a timer.  Each round it asks the memory pool how much is
-free and waiting, lets the pure policy (:func:`olactors._eviction.choose_victims`)
-pick victims, and destroys them in tasks of its own, at most
+It follows the sandbox pool's events (to know every live sandbox and when
+its state last changed) and wakes on them, on memory-pool pressure (someone
+started waiting) and on a timer.  Each round it asks the memory pool how
+much is free and waiting, lets the pure rules and the configured policy
+(:func:`olactors._eviction.choose_victims`, ``memory.eviction_policy``) pick
+victims, and destroys them in tasks of its own, at most
 ``memory.max_concurrent_evictions`` at a time.  A paused victim is destroyed
 with ``destroy_if_paused`` (if it was unpaused meanwhile it is spared); a
-running one only in a critical round (someone waits for memory and nothing
-paused can cover it).  A sandbox with live children is never chosen.
+running one, only in a critical round (someone waits for memory and nothing
+paused can cover it), with ``destroy_if_childless``.  Both re-check under the
+sandbox's lock that it has no live children, so a zygote that forked since
+the round is spared.
+
+``Evictor.audit``, when set, is called with every round's
+:class:`EvictionRound` (simulations check the rules with it).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
-from .._eviction import Candidate, choose_victims
+from .._eviction import Candidate, EvictionPolicy, OpenLambdaPolicy, choose_victims
 from .._metrics import Metrics
 from ..sock import (
     Sandbox,
+    SandboxChildExited,
     SandboxCreated,
     SandboxDestroyed,
     SandboxEvent,
+    SandboxForked,
     SandboxPaused,
     SandboxState,
     SandboxUnpaused,
@@ -37,7 +47,20 @@ log = logging.getLogger("olactors.evictor")
 @dataclass(slots=True)
 class Tracked:
     sandbox: Sandbox
-    last_used: float
+    state_since: float  # its last state change: OpenLambda's queue position
+    order: int  # creation sequence: the deterministic tie-break
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionRound:
+    """One decision: what was needed, what could go, what was chosen."""
+
+    at: float
+    need_mb: int
+    critical: bool
+    limit: int
+    candidates: tuple[Candidate, ...]
+    victims: tuple[Candidate, ...]
 
 
 class Evictor:
@@ -48,30 +71,39 @@ class Evictor:
         free_goal_mb: int,
         interval_s: float,
         max_concurrent: int,
+        policy: EvictionPolicy | None = None,
     ) -> None:
         self.mempool = mempool
         self.metrics = metrics
         self.free_goal_mb = free_goal_mb
         self.interval_s = interval_s
         self.max_concurrent = max_concurrent
+        self.policy = policy if policy is not None else OpenLambdaPolicy()
         self.tracked: dict[str, Tracked] = {}
         self.evicting: dict[str, int] = {}  # sandbox id -> MB being freed
         self.rounds = 0
+        self.audit: Callable[[EvictionRound], None] | None = None
+        self._order = itertools.count()
         self._wake_send, self._wake = trio.open_memory_channel[None](1)
 
     # ------------------------------------------------------------- inputs
     def observe(self, event: SandboxEvent) -> None:
         now = trio.current_time()
         if isinstance(event, SandboxCreated):
-            self.tracked[event.sandbox.id] = Tracked(event.sandbox, now)
-        elif isinstance(event, (SandboxPaused, SandboxUnpaused)):
-            tracked = self.tracked.get(event.sandbox.id)
-            if tracked is not None:
-                tracked.last_used = now
-            if isinstance(event, SandboxPaused):
-                self.wake()  # a new candidate
-        elif isinstance(event, SandboxDestroyed):
+            self.tracked[event.sandbox.id] = Tracked(event.sandbox, now, next(self._order))
+            return
+        if isinstance(event, SandboxDestroyed):
             self.tracked.pop(event.sandbox.id, None)
+            return
+        if isinstance(event, (SandboxForked, SandboxChildExited)):
+            changed = event.parent  # a zygote's children changed
+        else:
+            changed = event.sandbox
+        tracked = self.tracked.get(changed.id)
+        if tracked is not None:
+            tracked.state_since = now
+        if isinstance(event, (SandboxPaused, SandboxChildExited)):
+            self.wake()  # maybe a new candidate
 
     def wake(self) -> None:
         try:
@@ -101,10 +133,18 @@ class Evictor:
                     paused=sb.state is SandboxState.PAUSED,
                     children=sb.live_children,
                     mem_mb=snap.bound.get(sid, 0),
-                    last_used=tracked.last_used,
+                    last_used=sb.last_used,
+                    state_since=tracked.state_since,
+                    uses=sb.uses,
+                    startup_s=sb.startup_s,
+                    order=tracked.order,
                 )
             )
-        victims = choose_victims(candidates, need, critical=snap.waiters > 0, limit=slots)
+        critical = snap.waiters > 0
+        victims = choose_victims(self.policy, candidates, need, critical=critical, limit=slots)
+        if self.audit is not None:
+            now = trio.current_time()
+            self.audit(EvictionRound(now, need, critical, slots, tuple(candidates), tuple(victims)))
         for victim in victims:
             self.evicting[victim.key] = victim.mem_mb
             nursery.start_soon(self._evict, self.tracked[victim.key].sandbox, victim, need)
@@ -116,8 +156,7 @@ class Evictor:
                 done = await sandbox.destroy_if_paused(reason)
             else:
                 log.warning("evicting running sandbox %s: nothing paused frees enough", sandbox.id)
-                await sandbox.destroy(reason)
-                done = True
+                done = await sandbox.destroy_if_childless(reason)
             if done:
                 self.metrics.evictions += 1
                 self.metrics.evicted_mb += victim.mem_mb
@@ -136,10 +175,12 @@ async def run_evictor(
     free_goal_mb: int,
     interval_s: float,
     max_concurrent: int,
+    policy: EvictionPolicy | None = None,
     task_status: trio.TaskStatus[Evictor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled.  ``events`` is a subscription to the sandbox pool."""
-    evictor = Evictor(mempool, metrics, free_goal_mb, interval_s, max_concurrent)
+    """Run until cancelled.  ``events`` is a subscription to the sandbox pool;
+    ``policy`` orders the candidates (default: OpenLambda's)."""
+    evictor = Evictor(mempool, metrics, free_goal_mb, interval_s, max_concurrent, policy)
 
     async def follow_events() -> None:
         async for event in events:

@@ -108,6 +108,7 @@ class SockPool:
         if code_dir is not None and not os.path.isdir(code_dir):
             raise SandboxError(f"code dir {code_dir} does not exist")
         sb = self._new_raw(is_leaf, code_dir, scratch_dir, meta)
+        started = trio.current_time()
         try:
             await self._prepare(sb)
             if parent is None:
@@ -130,7 +131,7 @@ class SockPool:
                 raise  # cancellation, or the parent's state changed: not this sandbox's failure
             detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
             raise SandboxError(f"creating sandbox {sb.id} failed: {reason}{detail}") from exc
-        safe = SafeSandbox(sb, self._hub, parent)
+        safe = SafeSandbox(sb, self._hub, parent, trio.current_time() - started)
         self._live[sb.id] = safe
         sb.watching = True
         self._nursery.start_soon(sb.watch, safe.died)

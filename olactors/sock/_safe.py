@@ -81,7 +81,13 @@ def check_create(
 class SafeSandbox:
     """Implements :class:`olactors.sock.Sandbox` around a :class:`RawSandbox`."""
 
-    def __init__(self, raw: RawSandbox, hub: EventHub, parent: SafeSandbox | None) -> None:
+    def __init__(
+        self,
+        raw: RawSandbox,
+        hub: EventHub,
+        parent: SafeSandbox | None,
+        startup_s: float = 0.0,
+    ) -> None:
         self.raw = raw
         self.parent = parent
         self._hub = hub
@@ -90,7 +96,12 @@ class SafeSandbox:
         self._reason: str | None = None
         self._children = 0
         self._released = False
+        #: When it was last used: created, a call started, unpaused, or (a zygote) forked.
         self.last_used = trio.current_time()
+        #: How often it was used: calls started, plus forks for a zygote.
+        self.uses = 0
+        #: How long its creation took (what evicting it costs the next cold start).
+        self.startup_s = startup_s
 
     # ---------------------------------------------------------------- views
     @property
@@ -152,6 +163,7 @@ class SafeSandbox:
         async with self._lock:
             self.check_running()
             self.last_used = trio.current_time()
+            self.uses += 1
             try:
                 return await self.raw.invoke(request)
             except trio.Cancelled:
@@ -193,9 +205,21 @@ class SafeSandbox:
                 await self._destroy_locked(reason)
 
     async def destroy_if_paused(self, reason: str) -> bool:
+        """Destroy only if it is paused and has no live children (checked
+        under the call lock, so nothing can slip in between); True if destroyed."""
         with trio.CancelScope(shield=True):
             async with self._lock:
-                if self._state is not SandboxState.PAUSED:
+                if self._state is not SandboxState.PAUSED or self._children:
+                    return False
+                await self._destroy_locked(reason)
+                return True
+
+    async def destroy_if_childless(self, reason: str) -> bool:
+        """Destroy, paused or running, only if it has no live children (checked
+        under the call lock: a fork in progress finishes first); True if destroyed."""
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if self._state is SandboxState.DEAD or self._children:
                     return False
                 await self._destroy_locked(reason)
                 return True
@@ -209,7 +233,10 @@ class SafeSandbox:
 
     # -------------------------------------------------- zygote reference counts
     def child_added(self) -> None:
+        """The pool forked a child from this zygote (a use of the zygote)."""
         self._children += 1
+        self.uses += 1
+        self.last_used = trio.current_time()
 
     async def child_gone(self, child: SafeSandbox) -> None:
         self._children -= 1

@@ -387,6 +387,7 @@ class SimulatedPool:
             parent=None if zygote is None else zygote.raw,
             pool=self,
         )
+        started = trio.current_time()
         if zygote is None:
             await self._start(raw, self.behaviour.create_s)
         else:
@@ -398,7 +399,7 @@ class SimulatedPool:
                         f"creating sandbox {raw.id} failed: zygote {zygote.id} died during the fork"
                     )
                 zygote.child_added()
-        safe = SafeSandbox(raw, self._hub, zygote)
+        safe = SafeSandbox(raw, self._hub, zygote, trio.current_time() - started)
         raw.safe = safe
         self._live[raw.id] = safe
         self.counters["created"] += 1
