@@ -27,7 +27,8 @@ creation sequence number), never on hashing or identity.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+import heapq
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,42 +51,44 @@ class Candidate:
 class EvictionPolicy(Protocol):
     name: str
 
-    def rank(self, candidates: Sequence[Candidate]) -> list[Candidate]:
-        """``candidates`` in eviction order: the first goes first."""
+    def key(self, c: Candidate) -> float:
+        """``c``'s eviction priority now: the lowest goes first.  Computed when
+        a sandbox pauses (nothing about it changes while paused) and kept."""
         ...
 
-    def evicted(self, victim: Candidate) -> None:
-        """``victim`` was chosen (policies with state, like GDSF's clock, update it)."""
+    def evicted(self, victim: Candidate, key: float) -> None:
+        """``victim`` (with priority ``key``) was chosen; stateful policies
+        (GDSF's clock) update here."""
         ...
 
 
 class OpenLambdaPolicy:
     name = "openlambda"
 
-    def rank(self, candidates: Sequence[Candidate]) -> list[Candidate]:
-        return sorted(candidates, key=lambda c: (c.state_since, c.order))
+    def key(self, c: Candidate) -> float:
+        return c.state_since
 
-    def evicted(self, victim: Candidate) -> None:
+    def evicted(self, victim: Candidate, key: float) -> None:
         pass
 
 
 class LRUPolicy:
     name = "lru"
 
-    def rank(self, candidates: Sequence[Candidate]) -> list[Candidate]:
-        return sorted(candidates, key=lambda c: (c.last_used, c.order))
+    def key(self, c: Candidate) -> float:
+        return c.last_used
 
-    def evicted(self, victim: Candidate) -> None:
+    def evicted(self, victim: Candidate, key: float) -> None:
         pass
 
 
 class GDSFPolicy:
-    """Greedy-Dual-Size-Frequency: ``H = L + uses x max(startup_s, floor) / mem_mb``.
+    """Greedy-Dual-Size-Frequency: ``H = clock + uses x max(startup_s, floor_s) / mem_mb``.
 
-    ``L`` is the clock when the sandbox was last seen used (a candidate whose
-    ``uses`` grew since the previous ranking is re-based at the current clock).
-    The clock rises to the priority of each victim.  ``floor_s`` keeps a
-    sandbox whose startup was measured as ~0 from having no value at all.
+    A sandbox's ``H`` is fixed when it is computed (when it pauses: the
+    clock then stands for its last use); the clock rises to the ``H`` of
+    each victim, so a sandbox not used for long ends up below newer ones.
+    ``floor_s`` keeps a sandbox whose startup measured ~0 from having no value.
     """
 
     name = "gdsf"
@@ -93,24 +96,12 @@ class GDSFPolicy:
     def __init__(self, floor_s: float = 0.001) -> None:
         self.clock = 0.0
         self.floor_s = floor_s
-        self._base: dict[Hashable, tuple[int, float]] = {}  # key -> (uses seen, clock then)
 
-    def priority(self, c: Candidate) -> float:
-        seen = self._base.get(c.key)
-        base = self.clock if seen is None or seen[0] != c.uses else seen[1]
-        return base + max(1, c.uses) * max(c.startup_s, self.floor_s) / max(1, c.mem_mb)
+    def key(self, c: Candidate) -> float:
+        return self.clock + max(1, c.uses) * max(c.startup_s, self.floor_s) / max(1, c.mem_mb)
 
-    def rank(self, candidates: Sequence[Candidate]) -> list[Candidate]:
-        base: dict[Hashable, tuple[int, float]] = {}
-        for c in candidates:
-            seen = self._base.get(c.key)
-            base[c.key] = seen if seen is not None and seen[0] == c.uses else (c.uses, self.clock)
-        self._base = base  # forgets sandboxes that are gone
-        return sorted(candidates, key=lambda c: (self.priority(c), c.order))
-
-    def evicted(self, victim: Candidate) -> None:
-        self.clock = max(self.clock, self.priority(victim))
-        self._base.pop(victim.key, None)
+    def evicted(self, victim: Candidate, key: float) -> None:
+        self.clock = max(self.clock, key)
 
 
 def make_policy(name: str) -> EvictionPolicy:
@@ -132,23 +123,76 @@ def choose_victims(
     critical: bool,
     limit: int,
 ) -> list[Candidate]:
-    """Up to ``limit`` victims that together free at least ``need_mb`` if possible."""
+    """Up to ``limit`` victims that together free at least ``need_mb`` if possible.
+
+    The reference statement of the rules: keys are computed now.  The
+    evictor gets the same order incrementally (:class:`PausedQueue`) with
+    keys computed when each sandbox paused.
+    """
     if need_mb <= 0 or limit <= 0:
         return []
     free = [c for c in candidates if c.children == 0 and c.mem_mb > 0]
-    ranked = policy.rank(free)
-    victims: list[Candidate] = []
+    keyed = sorted(((policy.key(c), c.order, c) for c in free), key=lambda e: e[:2])
+    victims: list[tuple[float, Candidate]] = []
     freed = 0
     for group in (True, False):  # paused first; running only when critical
         if group is False and (freed >= need_mb or not critical):
             break
-        for c in ranked:
+        for key, _, c in keyed:
             if c.paused is not group:
                 continue
             if freed >= need_mb or len(victims) >= limit:
                 break
-            victims.append(c)
+            victims.append((key, c))
             freed += c.mem_mb
-    for victim in victims:
-        policy.evicted(victim)
-    return victims
+    for key, victim in victims:
+        policy.evicted(victim, key)
+    return [victim for _, victim in victims]
+
+
+class PausedQueue:
+    """Paused sandboxes in eviction order, kept incrementally (a heap with lazy deletion).
+
+    ``add`` when a sandbox pauses (its key computed then), ``discard`` when
+    it unpauses or is destroyed.  ``take`` pops candidates in key order,
+    skipping any the caller rejects (``eligible`` false: say, it has live
+    children now), which stay queued.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._keys: dict[Hashable, tuple[float, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._keys
+
+    def add(self, item: Hashable, key: float, order: int) -> None:
+        self._keys[item] = (key, order)
+        heapq.heappush(self._heap, (key, order, item))
+        if len(self._heap) > 2 * len(self._keys) + 64:  # too many stale entries
+            self._heap = [(k, o, i) for i, (k, o) in self._keys.items()]
+            heapq.heapify(self._heap)
+
+    def discard(self, item: Hashable) -> None:
+        self._keys.pop(item, None)
+
+    def take(self, wanted: Callable[[Hashable, float], bool]) -> Iterator[tuple[Hashable, float]]:
+        """Items in order (each removed from the queue) while ``wanted(item, key)``
+        says so; an item for which it returns False is kept and skipped."""
+        kept: list[tuple[float, int, Hashable]] = []
+        try:
+            while self._heap:
+                key, order, item = heapq.heappop(self._heap)
+                if self._keys.get(item) != (key, order):
+                    continue  # stale
+                if not wanted(item, key):
+                    kept.append((key, order, item))
+                    continue
+                del self._keys[item]
+                yield item, key
+        finally:
+            for entry in kept:
+                heapq.heappush(self._heap, entry)

@@ -17,11 +17,12 @@ from collections.abc import Hashable
 
 
 class MemoryLedger:
-    __slots__ = ("total_mb", "used_mb", "_waiting")
+    __slots__ = ("total_mb", "used_mb", "peak_used_mb", "_waiting")
 
     def __init__(self, total_mb: int) -> None:
         self.total_mb = total_mb
         self.used_mb = 0
+        self.peak_used_mb = 0  # the most ever reserved at once (never above total_mb)
         self._waiting: OrderedDict[Hashable, int] = OrderedDict()
 
     @property
@@ -47,7 +48,7 @@ class MemoryLedger:
         if mb > self.total_mb:
             raise ValueError(f"{mb} MB exceeds the whole memory pool ({self.total_mb} MB)")
         if not self._waiting and mb <= self.free_mb:
-            self.used_mb += mb
+            self._take(mb)
             return True
         self._waiting[token] = mb
         return False
@@ -70,6 +71,12 @@ class MemoryLedger:
             if mb > self.free_mb:
                 break
             del self._waiting[token]
-            self.used_mb += mb
+            self._take(mb)
             granted.append(token)
         return granted
+
+    def _take(self, mb: int) -> None:
+        self.used_mb += mb
+        if self.used_mb > self.total_mb:  # unreachable by construction; checked all the same
+            raise AssertionError(f"memory pool over-committed: {self.used_mb} > {self.total_mb} MB")
+        self.peak_used_mb = max(self.peak_used_mb, self.used_mb)

@@ -15,20 +15,21 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from ._config import Config
-from ._eviction import make_policy
 from ._errors import FunctionNotFound, OlactorsError, ShuttingDown
+from ._eviction import make_policy
 from ._groups import lone_errors_unwrapped
 from ._metrics import Metrics
 from ._names import validate_function_name
 from ._zygote_tree import load_zygote_tree
 from .actors._deps import Deps
-from .actors.code_puller import run_code_puller
+from .actors.code_puller import CodePullerRef, CodeSource, run_code_puller
 from .actors.evictor import Evictor, run_evictor
 from .actors.import_cache import ImportCache, run_import_cache
 from .actors.manager import ManagerRef, run_manager
@@ -51,6 +52,7 @@ class Worker:
         mempool: MemPoolRef,
         evictor: Evictor,
         import_cache: ImportCache | None,
+        puller: CodePullerRef,
         metrics: Metrics,
     ) -> None:
         self.config = config
@@ -60,6 +62,7 @@ class Worker:
         self.mempool = mempool
         self.evictor = evictor
         self.import_cache = import_cache
+        self.puller = puller
         self.metrics = metrics
         self.closing = False
         self.in_flight = 0
@@ -180,9 +183,17 @@ class Worker:
 
 @asynccontextmanager
 async def open_worker(
-    config: Config, worker_dir: Path, *, pool: SandboxPool | None = None
+    config: Config,
+    worker_dir: Path,
+    *,
+    pool: SandboxPool | None = None,
+    code_source: CodeSource | None = None,
 ) -> AsyncIterator[Worker]:
-    """Start every actor; on exit drain calls, stop the actors, destroy every sandbox."""
+    """Start every actor; on exit drain calls, stop the actors, destroy every sandbox.
+
+    ``pool`` (default: the SOCK pool) and ``code_source`` (default: the
+    registry of ``registry.location``) are the seams simulations replace.
+    """
     worker_dir = worker_dir.resolve()
     tree = load_zygote_tree(config.import_cache.tree)
     async with AsyncExitStack() as stack:
@@ -192,9 +203,7 @@ async def open_worker(
         with lone_errors_unwrapped():
             async with trio.open_nursery() as nursery:
                 mem = config.memory
-                mempool = await nursery.start(
-                    run_mempool, mem.pool_mb, mem.reserve_timeout_s, pool.subscribe(EVENT_BUFFER)
-                )
+                mempool = await nursery.start(run_mempool, mem.pool_mb, mem.reserve_timeout_s, pool)
                 evictor = await nursery.start(
                     lambda task_status: run_evictor(
                         mempool,
@@ -211,10 +220,14 @@ async def open_worker(
                 if config.import_cache.enabled:
                     cache = ImportCache(tree, pool, mempool, config)
                     cache_ref = await nursery.start(run_import_cache, cache)
-                puller = await nursery.start(run_code_puller, config, worker_dir)
+                puller = await nursery.start(
+                    partial(run_code_puller, config, worker_dir, source=code_source)
+                )
                 deps = Deps(config, pool, mempool, cache_ref, puller, metrics)
                 manager = await nursery.start(run_manager, deps)
-                worker = Worker(config, worker_dir, pool, manager, mempool, evictor, cache, metrics)
+                worker = Worker(
+                    config, worker_dir, pool, manager, mempool, evictor, cache, puller, metrics
+                )
                 try:
                     yield worker
                 finally:

@@ -38,7 +38,7 @@ import secrets
 import shutil
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -122,8 +122,17 @@ class CodePullerRef:
 
     async def pull(self, name: str) -> FunctionCode:
         """The current code of ``name`` (see the module docstring for errors)."""
+        code, _ = await self.pull_until(name)
+        return code
+
+    async def pull_until(self, name: str) -> tuple[FunctionCode, float]:
+        """Like :meth:`pull`, with the trio time until which this answer stands:
+        the registry is not checked again before it (``registry.cache_s``
+        after the check behind the answer), so a caller may reuse the code
+        until then without asking."""
         validate_function_name(name)
-        return await self._call(PullCode(name, Reply()))
+        code, until = await self._call(PullCode(name, Reply()))
+        return code, until
 
     async def forget(self, name: str) -> None:
         """The function stopped: drop all state for ``name`` and delete its
@@ -150,7 +159,7 @@ class CodePullerRef:
 
 # ------------------------------------------------------------------ state
 @dataclass(frozen=True, slots=True)
-class _Result:
+class CheckResult:
     """One observed state of a function in the registry."""
 
     token: tuple  # what identifies that state at the source (compared, not interpreted)
@@ -160,11 +169,11 @@ class _Result:
 
 
 @dataclass(frozen=True, slots=True)
-class _Known:
+class Known:
     """What a check may rely on (a copy: checks run outside the actor's loop)."""
 
     current: FunctionCode | None
-    seen: _Result | None
+    seen: CheckResult | None
     versions: frozenset[str]
 
 
@@ -188,7 +197,7 @@ class _Forget:
 @dataclass(slots=True)
 class _Entry:
     current: FunctionCode | None = None  # newest good version (its snapshot is kept)
-    seen: _Result | None = None  # last registry state observed
+    seen: CheckResult | None = None  # last registry state observed
     versions: set[str] = field(default_factory=set)  # snapshots on disk
     outcome: FunctionCode | OlactorsError | None = None  # what pulls get in the window
     checked_at: float = 0.0
@@ -201,25 +210,37 @@ class _Entry:
         return not self.jobs and self.current is None and not self.versions
 
 
-class _Source(Protocol):
-    async def check(self, name: str, known: _Known) -> _Result: ...
+class CodeSource(Protocol):
+    """Where code comes from: the registry (a directory or HTTP) or, in
+    simulations, an in-memory stand-in.  ``check`` may raise
+    FunctionNotFound or RegistryUnavailable; ``discard`` deletes a snapshot
+    (``version`` None: every snapshot of ``name``)."""
+
+    async def check(self, name: str, known: Known) -> CheckResult: ...
+
+    async def discard(self, name: str, version: str | None) -> None: ...
 
 
 # ------------------------------------------------------------------ actor
 async def run_code_puller(
-    config: Config, worker_dir: Path, *, task_status=trio.TASK_STATUS_IGNORED
+    config: Config,
+    worker_dir: Path,
+    *,
+    source: CodeSource | None = None,
+    task_status=trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the code puller until cancelled; ``nursery.start`` returns its
-    :class:`CodePullerRef`. ``<worker_dir>/run/code`` is emptied at start and
-    removed on exit; callers still waiting then get an error."""
+    :class:`CodePullerRef`. With the registry as source (``source`` None),
+    ``<worker_dir>/run/code`` is emptied at start and removed on exit;
+    callers still waiting then get an error."""
     code_root = worker_dir / "run" / "code"
-    await trio.to_thread.run_sync(_reset_dir, code_root)
     send, receive = trio.open_memory_channel[CodePullerMessage](0)
     puller: _CodePuller | None = None
+    opened = nullcontext(source) if source is not None else _open_source(config, worker_dir)
     try:
-        async with _open_source(config, worker_dir, code_root) as source:
+        async with opened as code_source:
             async with trio.open_nursery() as nursery:
-                puller = _CodePuller(config, code_root, source, nursery)
+                puller = _CodePuller(config, code_root, code_source, nursery)
                 with receive:
                     task_status.started(CodePullerRef(send, puller))
                     async for message in receive:
@@ -228,8 +249,6 @@ async def run_code_puller(
     finally:
         if puller is not None:
             puller.close()
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(shutil.rmtree, code_root, True)
 
 
 class _CodePuller:
@@ -237,7 +256,7 @@ class _CodePuller:
     per-name work runs in ``_work`` tasks in the actor's nursery."""
 
     def __init__(
-        self, config: Config, code_root: Path, source: _Source, nursery: trio.Nursery
+        self, config: Config, code_root: Path, source: CodeSource, nursery: trio.Nursery
     ) -> None:
         self._cache_s = config.registry.cache_s
         self._code_root = code_root
@@ -256,8 +275,9 @@ class _CodePuller:
             entry = self._entries[message.name] = _Entry()
         if isinstance(message, PullCode):
             now = trio.current_time()
-            if entry.outcome is not None and now < entry.checked_at + self._cache_s:
-                _reply(message.reply, entry.outcome)
+            until = entry.checked_at + self._cache_s
+            if entry.outcome is not None and now < until:
+                _reply(message.reply, entry.outcome, until)
                 return
             if entry.joinable is None:
                 entry.joinable = _Check(entry.epoch)
@@ -313,8 +333,8 @@ class _CodePuller:
             del self._entries[name]
 
     async def _check(self, name: str, entry: _Entry, job: _Check) -> None:
-        known = _Known(entry.current, entry.seen, frozenset(entry.versions))
-        result: _Result | None = None
+        known = Known(entry.current, entry.seen, frozenset(entry.versions))
+        result: CheckResult | None = None
         try:
             result = await self._source.check(name, known)
             # A check finishing while the actor stops must not hand out a snapshot
@@ -331,17 +351,19 @@ class _CodePuller:
             outcome = entry.current
         else:
             outcome = failure
+        now = trio.current_time()
         if not stale:
             entry.outcome = outcome
-            entry.checked_at = trio.current_time()
+            entry.checked_at = now
+        until = now + self._cache_s if not stale else now
         if entry.joinable is job:
             entry.joinable = None
         for reply in job.waiters:
-            _reply(reply, outcome)
+            _reply(reply, outcome, until)
         job.waiters.clear()
 
     def _accept(
-        self, name: str, entry: _Entry, result: _Result, stale: bool
+        self, name: str, entry: _Entry, result: CheckResult, stale: bool
     ) -> FunctionCode | BadFunction:
         if not stale:
             entry.seen = result
@@ -364,26 +386,26 @@ class _CodePuller:
         current = entry.current
         keep = current is not None and current.version == job.version
         if job.version in entry.versions and not keep:
-            path = self._code_root / name / job.version
-            await trio.to_thread.run_sync(shutil.rmtree, path, True)
+            await self._source.discard(name, job.version)
             entry.versions.discard(job.version)
         _reply(job.reply, None)
 
     async def _forget(self, name: str, entry: _Entry, job: _Forget) -> None:
-        await trio.to_thread.run_sync(shutil.rmtree, self._code_root / name, True)
+        await self._source.discard(name, None)
         entry.current = None
         entry.seen = None
         entry.versions.clear()
         _reply(job.reply, None)
 
 
-def _reply(reply: Reply[Any], value: Any) -> None:
-    """Answer with ``value``, or raise it at the caller if it is an error (a
-    cached error is raised afresh each time: no traceback carried over)."""
+def _reply(reply: Reply[Any], value: Any, until: float | None = None) -> None:
+    """Answer with ``value`` (a pull: with ``until``), or raise it at the
+    caller if it is an error (a cached error is raised afresh each time: no
+    traceback carried over)."""
     if isinstance(value, BaseException):
         reply.fail(value.with_traceback(None))
     else:
-        reply.send(value)
+        reply.send(value if until is None else (value, until))
 
 
 def _reset_dir(path: Path) -> None:
@@ -394,26 +416,46 @@ def _reset_dir(path: Path) -> None:
 
 # ------------------------------------------------------------------ sources
 @asynccontextmanager
-async def _open_source(config: Config, worker_dir: Path, code_root: Path) -> AsyncIterator[_Source]:
-    location = config.registry.location
-    max_bytes = config.registry.max_code_mb << 20
-    if location.startswith(("http://", "https://")):
-        async with httpx.AsyncClient(timeout=config.registry.timeout_s) as client:
-            yield _HttpSource(client, location.rstrip("/"), code_root, max_bytes)
-        return
-    path = worker_dir / (Path(location).expanduser() if location else Path("registry"))
-    yield _LocalSource(LocalRegistry(path, max_bytes), code_root)
+async def _open_source(config: Config, worker_dir: Path) -> AsyncIterator[CodeSource]:
+    """The registry as a source; snapshots live in ``<worker_dir>/run/code``,
+    emptied now and removed on exit."""
+    code_root = worker_dir / "run" / "code"
+    await trio.to_thread.run_sync(_reset_dir, code_root)
+    try:
+        location = config.registry.location
+        max_bytes = config.registry.max_code_mb << 20
+        if location.startswith(("http://", "https://")):
+            async with httpx.AsyncClient(timeout=config.registry.timeout_s) as client:
+                yield _HttpSource(client, location.rstrip("/"), code_root, max_bytes)
+        else:
+            path = worker_dir / (Path(location).expanduser() if location else Path("registry"))
+            yield _LocalSource(LocalRegistry(path, max_bytes), code_root)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(shutil.rmtree, code_root, True)
 
 
-class _LocalSource:
+class _Snapshots:
+    """Deleting snapshots under ``code_root`` (in a thread)."""
+
+    _code_root: Path
+
+    async def discard(self, name: str, version: str | None) -> None:
+        path = self._code_root / name
+        await trio.to_thread.run_sync(
+            shutil.rmtree, path if version is None else path / version, True
+        )
+
+
+class _LocalSource(_Snapshots):
     def __init__(self, registry: LocalRegistry, code_root: Path) -> None:
         self._registry = registry
         self._code_root = code_root
 
-    async def check(self, name: str, known: _Known) -> _Result:
+    async def check(self, name: str, known: Known) -> CheckResult:
         return await trio.to_thread.run_sync(self._check_sync, name, known)
 
-    def _check_sync(self, name: str, known: _Known) -> _Result:
+    def _check_sync(self, name: str, known: Known) -> CheckResult:
         registry = self._registry
         try:
             found = registry.find(name)
@@ -451,7 +493,7 @@ class _LocalSource:
             ) from None
 
 
-class _HttpSource:
+class _HttpSource(_Snapshots):
     def __init__(
         self, client: httpx.AsyncClient, base: str, code_root: Path, max_bytes: int
     ) -> None:
@@ -461,7 +503,7 @@ class _HttpSource:
         self._max_bytes = max_bytes
         self._max_body = _HTTP_BODY_FACTOR * max_bytes + _HTTP_BODY_SLACK
 
-    async def check(self, name: str, known: _Known) -> _Result:
+    async def check(self, name: str, known: Known) -> CheckResult:
         url = f"{self._base}/{name}.tar.gz"
         seen = known.seen
         headers = {}
@@ -527,20 +569,20 @@ def _materialize(
     name: str,
     token: tuple,
     version: str,
-    known: _Known,
+    known: Known,
     make: Callable[[Path], None],
-) -> _Result:
+) -> CheckResult:
     """The result for ``version``: reuse what is known, else snapshot it with
     ``make`` into a hidden directory, validate, rename into place (runs in a
     thread). A broken version gives a result carrying its error."""
     current, seen = known.current, known.seen
     if current is not None and version == current.version:
-        return _Result(token, version, current.config)
+        return CheckResult(token, version, current.config)
     if seen is not None and seen.error is not None and version == seen.version:
-        return _Result(token, version, error=seen.error)
+        return CheckResult(token, version, error=seen.error)
     target = code_root / name / version
     if version in known.versions:
-        return _Result(token, version, validate_function_dir(target))
+        return CheckResult(token, version, validate_function_dir(target))
     temp = code_root / name / f".tmp-{version}-{secrets.token_hex(4)}"
     try:
         temp.mkdir(parents=True)
@@ -553,9 +595,9 @@ def _materialize(
         os.rename(temp, target)
     except BadFunction as exc:
         error = BadFunction(f"function {name!r} in the registry is broken: {exc.message}")
-        return _Result(token, version, error=error)
+        return CheckResult(token, version, error=error)
     except OSError as exc:
         raise OlactorsError(f"cannot make a snapshot of function {name!r}: {exc}") from None
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return _Result(token, version, config)
+    return CheckResult(token, version, config)

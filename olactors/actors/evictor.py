@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import trio
 
-from .._eviction import Candidate, EvictionPolicy, OpenLambdaPolicy, choose_victims
+from .._eviction import (
+    Candidate,
+    EvictionPolicy,
+    OpenLambdaPolicy,
+    PausedQueue,
+    choose_victims,
+)
 from .._metrics import Metrics
 from ..sock import (
     Sandbox,
@@ -53,13 +59,12 @@ class Tracked:
 
 @dataclass(frozen=True, slots=True)
 class EvictionRound:
-    """One decision: what was needed, what could go, what was chosen."""
+    """One decision: what was needed and what was chosen (as seen then)."""
 
     at: float
     need_mb: int
     critical: bool
     limit: int
-    candidates: tuple[Candidate, ...]
     victims: tuple[Candidate, ...]
 
 
@@ -80,8 +85,10 @@ class Evictor:
         self.max_concurrent = max_concurrent
         self.policy = policy if policy is not None else OpenLambdaPolicy()
         self.tracked: dict[str, Tracked] = {}
+        self.paused = PausedQueue()  # paused sandboxes in the policy's order
         self.evicting: dict[str, int] = {}  # sandbox id -> MB being freed
         self.rounds = 0
+        self.starved = False  # the last round could not free all it needed
         self.audit: Callable[[EvictionRound], None] | None = None
         self._order = itertools.count()
         self._wake_send, self._wake = trio.open_memory_channel[None](1)
@@ -94,16 +101,23 @@ class Evictor:
             return
         if isinstance(event, SandboxDestroyed):
             self.tracked.pop(event.sandbox.id, None)
+            self.paused.discard(event.sandbox.id)
             return
         if isinstance(event, (SandboxForked, SandboxChildExited)):
             changed = event.parent  # a zygote's children changed
         else:
             changed = event.sandbox
         tracked = self.tracked.get(changed.id)
-        if tracked is not None:
-            tracked.state_since = now
-        if isinstance(event, (SandboxPaused, SandboxChildExited)):
-            self.wake()  # maybe a new candidate
+        if tracked is None:
+            return
+        tracked.state_since = now
+        if isinstance(event, SandboxPaused):
+            candidate = self._candidate(tracked)
+            self.paused.add(changed.id, self.policy.key(candidate), tracked.order)
+        elif isinstance(event, SandboxUnpaused):
+            self.paused.discard(changed.id)
+        if self.starved and isinstance(event, (SandboxPaused, SandboxChildExited)):
+            self.wake()  # maybe the candidate the last round lacked
 
     def wake(self) -> None:
         try:
@@ -112,42 +126,80 @@ class Evictor:
             pass  # a wake-up is already pending
 
     # ------------------------------------------------------------ decisions
+    def _candidate(self, tracked: Tracked) -> Candidate:
+        sb = tracked.sandbox
+        return Candidate(
+            key=sb.id,
+            paused=sb.state is SandboxState.PAUSED,
+            children=sb.live_children,
+            mem_mb=self.mempool.reserved_mb(sb.id),
+            last_used=sb.last_used,
+            state_since=tracked.state_since,
+            uses=sb.uses,
+            startup_s=sb.startup_s,
+            order=tracked.order,
+        )
+
     async def round(self, nursery: trio.Nursery) -> None:
+        """Choose and start evictions, if memory is needed.  Synchronous at
+        heart (it reads the memory pool's ledger), so nothing changes between
+        looking and choosing."""
         self.rounds += 1
         slots = self.max_concurrent - len(self.evicting)
         if slots <= 0:
             return
-        snap = await self.mempool.snapshot(with_bound=True)
+        ledger = self.mempool.ledger
         in_flight = sum(self.evicting.values())
-        need = max(self.free_goal_mb - snap.free_mb, snap.head_need_mb) - in_flight
+        need = max(self.free_goal_mb - ledger.free_mb, ledger.head_need_mb()) - in_flight
+        self.starved = False
         if need <= 0:
             return
-        candidates = []
-        for sid, tracked in self.tracked.items():
-            sb = tracked.sandbox
-            if sid in self.evicting or sb.state is SandboxState.DEAD:
+        critical = ledger.waiters > 0
+        victims: list[tuple[Candidate, float]] = []
+        freed = 0
+
+        def evictable(sid: Hashable, key: float) -> bool:
+            tracked = self.tracked.get(sid)  # type: ignore[call-overload]
+            if tracked is None or tracked.sandbox.state is not SandboxState.PAUSED:
+                return True  # stale: taken out of the queue, skipped below
+            return not tracked.sandbox.live_children and self.mempool.reserved_mb(sid) > 0
+
+        for sid, key in self.paused.take(evictable):
+            if freed >= need or len(victims) >= slots:
+                self._requeue(sid, key)
+                break
+            tracked = self.tracked.get(sid)  # type: ignore[call-overload]
+            if tracked is None or tracked.sandbox.state is not SandboxState.PAUSED:
                 continue
-            candidates.append(
-                Candidate(
-                    key=sid,
-                    paused=sb.state is SandboxState.PAUSED,
-                    children=sb.live_children,
-                    mem_mb=snap.bound.get(sid, 0),
-                    last_used=sb.last_used,
-                    state_since=tracked.state_since,
-                    uses=sb.uses,
-                    startup_s=sb.startup_s,
-                    order=tracked.order,
-                )
-            )
-        critical = snap.waiters > 0
-        victims = choose_victims(self.policy, candidates, need, critical=critical, limit=slots)
+            victim = self._candidate(tracked)
+            victims.append((victim, key))
+            freed += victim.mem_mb
+        if freed < need and critical and len(victims) < slots:
+            running = [
+                self._candidate(t)
+                for sid, t in self.tracked.items()
+                if sid not in self.evicting and t.sandbox.state is SandboxState.RUNNING
+            ]
+            for victim in choose_victims(
+                self.policy, running, need - freed, critical=True, limit=slots - len(victims)
+            ):
+                victims.append((victim, 0.0))
+                freed += victim.mem_mb
+        for victim, key in victims:
+            if victim.paused:
+                self.policy.evicted(victim, key)
+        self.starved = freed < need
         if self.audit is not None:
-            now = trio.current_time()
-            self.audit(EvictionRound(now, need, critical, slots, tuple(candidates), tuple(victims)))
-        for victim in victims:
+            chosen = tuple(v for v, _ in victims)
+            self.audit(EvictionRound(trio.current_time(), need, critical, slots, chosen))
+        for victim, _ in victims:
             self.evicting[victim.key] = victim.mem_mb
             nursery.start_soon(self._evict, self.tracked[victim.key].sandbox, victim, need)
+
+    def _requeue(self, sid: Hashable, key: float) -> None:
+        tracked = self.tracked.get(sid)  # type: ignore[call-overload]
+        if tracked is not None:
+            self.paused.add(sid, key, tracked.order)
 
     async def _evict(self, sandbox: Sandbox, victim: Candidate, need: int) -> None:
         reason = f"evicted: the memory pool needed {need} MB"

@@ -3,11 +3,11 @@
 Requests arrive on a bounded channel of ``queue.max_depth``; a full queue
 answers 429 at once (:meth:`FunctionRef.submit`).  The actor takes one
 request at a time, makes sure the function's code is current (through the
-code puller, which checks the registry at most once per ``registry.cache_s``),
-applies the ol.yaml method filter, and hands the request to an idle
-instance, waiting for one if all are busy.  While waiting it scales with
-:class:`olactors._scaling.Scaler` (OpenLambda's rule, one step per
-``functions.scale_interval_s``).
+code puller, which checks the registry at most once per ``registry.cache_s``;
+its answer is reused until it expires), applies the ol.yaml method filter,
+and hands the request to an idle instance, waiting for one if all are
+busy.  While waiting it scales with :class:`olactors._scaling.Scaler`
+(OpenLambda's rule, one step per ``functions.scale_interval_s``).
 
 Each instance runs under a supervisor (:func:`olactors.supervisors.supervise`,
 transient, ``functions.restart_intensity`` within ``restart_period_s``).  An
@@ -81,10 +81,12 @@ class FunctionRef:
         try:
             self._queue.send_nowait(req)
         except trio.WouldBlock:
+            queued = self.queue_depth()
             raise QueueFull(
-                f"function {self.name!r} has {self.queue_depth()} requests queued "
-                "(queue.max_depth); retry later",
+                f"function {self.name!r} has {queued} requests queued (queue.max_depth); "
+                "retry later",
                 self.retry_after_s,
+                queued,
             ) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise FunctionStopped(self.name) from None
@@ -129,6 +131,7 @@ class FunctionActor:
         self.queue: trio.MemoryReceiveChannel[CallRequest] = queue
         self.nursery: trio.Nursery = nursery
         self.code: FunctionCode | None = None
+        self.code_until = -float("inf")  # the puller's answer stands until then
         self.limits: ResolvedLimits | None = None
         self.slots: dict[int, Slot] = {}
         self.idle: list[int] = []  # most recently used last
@@ -202,14 +205,17 @@ class FunctionActor:
         if req.reply.abandoned:
             return
         self._check_failing()
-        try:
-            code = await self.deps.puller.pull(self.name)
-        except FunctionNotFound:
-            if self.code is None:
-                self.stop_now = True  # never existed: keep no state for it
-            raise
-        if self.code is None or code.version != self.code.version:
-            self._switch(code)
+        code = self.code
+        if code is None or trio.current_time() >= self.code_until:
+            try:
+                code, until = await self.deps.puller.pull_until(self.name)
+            except FunctionNotFound:
+                if self.code is None:
+                    self.stop_now = True  # never existed: keep no state for it
+                raise
+            if self.code is None or code.version != self.code.version:
+                self._switch(code)  # BadFunction (bad limits): asked again next time
+            self.code_until = until
         methods = code.config.methods
         method = req.invocation.method.upper()
         if methods and method not in methods and not (method == "HEAD" and "GET" in methods):

@@ -3,8 +3,10 @@
 A function actor is spawned on first use and removed when it stops (idle or
 never found), so the manager's table only holds functions in use.  Callers
 use :meth:`ManagerRef.invoke`; the request goes straight into the function's
-bounded queue (429 when full).  :meth:`ManagerRef.drain` closes every queue:
-functions serve what was queued and stop, and new requests get 503.
+bounded queue (429 when full) — without a message to the manager when the
+function is already running (its table is shared read-only with the ref).
+:meth:`ManagerRef.drain` closes every queue: functions serve what was queued
+and stop, and new requests get 503.
 """
 
 from __future__ import annotations
@@ -49,18 +51,28 @@ ManagerMessage = GetFunction | FunctionGone | Drain | ListFunctions
 
 
 class ManagerRef:
-    def __init__(self, inbox: trio.MemorySendChannel[ManagerMessage]) -> None:
+    def __init__(
+        self, inbox: trio.MemorySendChannel[ManagerMessage], running: dict[str, FunctionRef]
+    ) -> None:
         self._inbox = inbox
+        self._running = running  # the manager's table of live functions (read here only)
 
     async def invoke(self, name: str, inv: Invocation, request_id: str) -> InvocationResult:
-        """Run one call of ``name``; raises the OlactorsError that answers it."""
+        """Run one call of ``name``; raises the OlactorsError that answers it.
+
+        A running function gets the request straight into its queue; only
+        a function not running (or stopping) is asked of the manager.
+        """
+        ref = self._running.get(name)
         for _attempt in range(3):
-            ref = await ask(self._inbox, GetFunction(name, Reply()))
+            if ref is None or ref.stopped:
+                ref = await ask(self._inbox, GetFunction(name, Reply()))
             req = CallRequest(name, inv, request_id, Reply(), trio.current_time())
             try:
                 ref.submit(req)
             except FunctionStopped:
-                continue  # it idled out just now: the manager starts a new one
+                ref = None  # it idled out (or shuts down) just now: ask the manager
+                continue
             return await req.reply.receive()
         raise ShuttingDown(f"function {name!r} keeps stopping; the worker is shutting down")
 
@@ -77,6 +89,7 @@ class Manager:
         self.deps = deps
         self.inbox = inbox
         self.functions: dict[str, tuple[FunctionRef, FunctionActor]] = {}
+        self.running: dict[str, FunctionRef] = {}  # shared with ManagerRef, read-only there
         self.draining: list[Reply[None]] = []
 
     def function_stopped(self, ref: FunctionRef) -> None:
@@ -89,6 +102,7 @@ class Manager:
         entry = self.functions.get(ref.name)
         if entry is not None and entry[0] is ref:
             del self.functions[ref.name]
+            del self.running[ref.name]
         if not self.functions:
             for reply in self.draining:
                 if not reply.answered:
@@ -105,6 +119,7 @@ class Manager:
                     run_function, msg.name, self.deps, self.function_stopped
                 )
                 self.functions[msg.name] = entry
+                self.running[msg.name] = entry[0]
             msg.reply.send(entry[0])
         elif isinstance(msg, FunctionGone):
             self.forget(msg.ref)
@@ -124,6 +139,6 @@ async def run_manager(
     send, inbox = trio.open_memory_channel[ManagerMessage](65536)
     manager = Manager(deps, send)
     async with trio.open_nursery() as nursery:
-        task_status.started(ManagerRef(send))
+        task_status.started(ManagerRef(send, manager.running))
         async for msg in inbox:
             await manager.handle(msg, nursery)

@@ -3,7 +3,7 @@
 Every sandbox reserves its memory limit before it is created
 (:meth:`MemPoolRef.reserve`) and binds the reservation to the sandbox once it
 exists (:meth:`MemPoolRef.bind`).  The pool listens to the sandbox pool's
-events and releases a bound reservation when its sandbox is *released*
+events (synchronously) and releases a bound reservation when its sandbox is *released*
 (``SandboxDestroyed``: for a zygote that is after its last child), whoever
 destroyed it — its instance, the evictor, a crash or shutdown.  Waiters are
 served in the strict FIFO order of :mod:`olactors._memory_ledger`; a waiter
@@ -20,7 +20,7 @@ import trio
 
 from .._errors import MemoryExhausted
 from .._memory_ledger import MemoryLedger
-from ..sock import Sandbox, SandboxDestroyed, SandboxEvent, SandboxState
+from ..sock import Sandbox, SandboxDestroyed, SandboxEvent, SandboxPool, SandboxState
 from ._calls import ActorGone, Reply, ask
 
 log = logging.getLogger("olactors.mempool")
@@ -88,9 +88,17 @@ MemPoolMessage = Reserve | Withdraw | Bind | Release | Snapshot
 
 class MemPoolRef:
     def __init__(
-        self, inbox: trio.MemorySendChannel[MemPoolMessage], total_mb: int, timeout_s: float
+        self,
+        inbox: trio.MemorySendChannel[MemPoolMessage],
+        total_mb: int,
+        timeout_s: float,
+        ledger: MemoryLedger,
     ) -> None:
         self._inbox = inbox
+        #: The actor's book-keeping, read-only outside the actor (the evictor
+        #: and simulations look at it without a message round trip).
+        self.ledger = ledger
+        self._bound: dict[str, Reservation] = {}
         self._ids = itertools.count(1)
         self.total_mb = total_mb
         self.timeout_s = timeout_s
@@ -134,6 +142,11 @@ class MemPoolRef:
     async def release(self, res: Reservation) -> None:
         """Give back an unbound reservation (e.g. the sandbox creation failed)."""
         await self._send(Release(res))
+
+    def reserved_mb(self, sandbox_id: str) -> int:
+        """MB reserved for the live sandbox ``sandbox_id`` (0 if none); a read-only view."""
+        res = self._bound.get(sandbox_id)
+        return 0 if res is None else res.mb
 
     async def snapshot(self, with_bound: bool = False) -> MemSnapshot:
         return await ask(self._inbox, Snapshot(with_bound, Reply()))
@@ -229,26 +242,32 @@ class MemPool:
 async def run_mempool(
     total_mb: int,
     timeout_s: float,
-    events: trio.MemoryReceiveChannel[SandboxEvent],
+    pool: SandboxPool,
     *,
     task_status: trio.TaskStatus[MemPoolRef] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the memory pool until cancelled; ``events`` is a subscription to the sandbox pool."""
+    """Run the memory pool until cancelled, releasing the reservations of ``pool``'s sandboxes.
+
+    Releases happen in a listener of the pool, synchronously as each sandbox
+    is released, so memory is free (and waiters granted) by the time the
+    ``destroy`` that released it returns: the evictor never sees memory it
+    already freed as still missing.
+    """
     send, inbox = trio.open_memory_channel[MemPoolMessage](65536)
-    ref = MemPoolRef(send, total_mb, timeout_s)
     state = MemPool(total_mb)
+    ref = MemPoolRef(send, total_mb, timeout_s, state.ledger)
+    ref._bound = state.bound
 
-    async def follow_events() -> None:
-        async for event in events:
-            if isinstance(event, SandboxDestroyed):
-                state.sandbox_released(event.sandbox.id)
+    def released(event: SandboxEvent) -> None:
+        if isinstance(event, SandboxDestroyed):
+            state.sandbox_released(event.sandbox.id)
 
+    unlisten = pool.listen(released)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow_events)
-            task_status.started(ref)
-            async for msg in inbox:
-                state.handle(msg, ref.pressure_send)
+        task_status.started(ref)
+        async for msg in inbox:
+            state.handle(msg, ref.pressure_send)
     finally:
+        unlisten()
         state.fail_waiters()
         inbox.close()

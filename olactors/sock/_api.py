@@ -15,7 +15,7 @@ Contract shared by every implementation (the "safe sandbox" rules):
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -160,8 +160,6 @@ class Sandbox(Protocol):
 
     async def destroy_if_childless(self, reason: str) -> bool: ...
 
-    async def destroy_if_childless(self, reason: str) -> bool: ...
-
     def usage(self) -> SandboxUsage: ...
 
 
@@ -177,6 +175,16 @@ class SandboxPool(Protocol):
         meta: SandboxMeta,
     ) -> Sandbox: ...
 
-    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]: ...
+    def subscribe(
+        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
+    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
+        """Every event (or those of ``kinds``) over a bounded channel; a
+        subscriber that falls behind has its channel closed."""
+        ...
+
+    def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` synchronously on every event (it must not
+        block); returns the function that stops it."""
+        ...
 
     def sandboxes(self) -> list[Sandbox]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -18,30 +19,61 @@ class EventHub:
     A subscriber whose buffer is full has fallen behind and can no longer
     know the true state, so its channel is closed (it sees EndOfChannel) and
     the loss is logged; a subscriber that closed its receive end is dropped.
+    A subscriber may ask for some event types only (``kinds``).
+
+    Listeners (:meth:`listen`) are plain callbacks run synchronously inside
+    ``emit``, for observers that only record (metrics, simulation traces):
+    they cost no task switch.  A listener must not block; one that raises is
+    logged and removed.
     """
 
     def __init__(self) -> None:
-        self._subscribers: list[trio.MemorySendChannel[SandboxEvent]] = []
+        self._subscribers: list[
+            tuple[trio.MemorySendChannel[SandboxEvent], tuple[type, ...] | None]
+        ] = []
+        self._listeners: list[Callable[[SandboxEvent], None]] = []
         self.dropped_subscribers = 0
 
-    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
+    def subscribe(
+        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
+    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
         send, receive = trio.open_memory_channel[SandboxEvent](buffer)
-        self._subscribers.append(send)
+        self._subscribers.append((send, kinds))
         return receive
 
+    def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
+        """Add ``listener``; returns the function that removes it."""
+        self._listeners.append(listener)
+
+        def unlisten() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unlisten
+
     def emit(self, event: SandboxEvent) -> None:
-        for send in list(self._subscribers):
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("sandbox event listener failed; removing it")
+                self._listeners.remove(listener)
+        for entry in list(self._subscribers):
+            send, kinds = entry
+            if kinds is not None and not isinstance(event, kinds):
+                continue
             try:
                 send.send_nowait(event)
             except trio.WouldBlock:
                 log.error("sandbox event subscriber fell behind; closing its channel")
                 self.dropped_subscribers += 1
                 send.close()
-                self._subscribers.remove(send)
+                self._subscribers.remove(entry)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.remove(send)
+                self._subscribers.remove(entry)
 
     def close(self) -> None:
-        for send in self._subscribers:
+        for send, _ in self._subscribers:
             send.close()
         self._subscribers.clear()
+        self._listeners.clear()

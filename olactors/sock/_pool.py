@@ -11,7 +11,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -82,8 +82,13 @@ class SockPool:
         self.closing = False
 
     # ------------------------------------------------------------- interface
-    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
-        return self._hub.subscribe(buffer)
+    def subscribe(
+        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
+    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
+        return self._hub.subscribe(buffer, kinds)
+
+    def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
+        return self._hub.listen(listener)
 
     def sandboxes(self) -> list[Sandbox]:
         return list(self._live.values())

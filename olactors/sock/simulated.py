@@ -351,8 +351,13 @@ class SimulatedPool:
         self._timer_running = False
 
     # ------------------------------------------------------------- interface
-    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
-        return self._hub.subscribe(buffer)
+    def subscribe(
+        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
+    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
+        return self._hub.subscribe(buffer, kinds)
+
+    def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
+        return self._hub.listen(listener)
 
     def sandboxes(self) -> list[Sandbox]:
         return list(self._live.values())

@@ -16,11 +16,17 @@ and its restart intensity.  :func:`supervise` runs it:
 Cancellation of the surrounding nursery cancels the child at once; a crash is
 an ``Exception`` — ``trio.Cancelled`` and other ``BaseException``s are never
 treated as crashes.
+
+Every restart and escalation is logged on ``olactors.supervisor`` with the
+record attributes ``supervision`` ("restarted" / "escalated"), ``child``
+(the spec's name) and ``serial`` (the handle's), for whoever wants to follow
+them (simulations do).
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,9 +55,15 @@ class ChildSpec:
     request_stop: Callable[[], None] = lambda: None
 
 
+_serials = itertools.count(1)
+
+
 @dataclass(eq=False)
 class ChildHandle:
     spec: ChildSpec
+    #: Unique per supervised child in this process (names repeat: ``fn/1`` again
+    #: after the function restarted).
+    serial: int = field(default_factory=lambda: next(_serials))
     restarts: int = 0
     escalated: BaseException | None = None
     done: trio.Event = field(default_factory=trio.Event)
@@ -102,10 +114,21 @@ async def supervise(
                         spec.max_restarts,
                         spec.period_s,
                         cause,
+                        extra={
+                            "supervision": "escalated",
+                            "child": spec.name,
+                            "serial": handle.serial,
+                        },
                     )
                     on_escalate(spec.name, cause)
                     return
                 handle.restarts += 1
-                log.info("%s restarted (%d) after: %r", spec.name, handle.restarts, crashed)
+                log.info(
+                    "%s restarted (%d) after: %r",
+                    spec.name,
+                    handle.restarts,
+                    crashed,
+                    extra={"supervision": "restarted", "child": spec.name, "serial": handle.serial},
+                )
     finally:
         handle.done.set()
