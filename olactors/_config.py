@@ -58,6 +58,10 @@ MINIMUMS: dict[str, float] = {
     "memory.eviction_interval_s": 0.01,
     "memory.max_concurrent_evictions": 1,
     "import_cache.pause_after_s": 0,
+    "packages.resolve_timeout_s": 1,
+    "packages.install_timeout_s": 1,
+    "packages.install_mem_mb": 64,
+    "packages.max_disk_mb": 16,
 }
 
 
@@ -105,6 +109,8 @@ def _type_ok(default: Any, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, int):
         return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, list):
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
     return isinstance(value, type(default))
 
 
@@ -131,7 +137,8 @@ def _set(base: dict[str, dict[str, Any]], dotted: str, value: Any, origin: str) 
         raise ConfigError(f"{origin}: unknown key {dotted!r}")
     default = base[section][key]
     if not _type_ok(default, value):
-        raise ConfigError(f"{origin}: {dotted} must be {type(default).__name__}, got {value!r}")
+        kind = "a list of strings" if isinstance(default, list) else type(default).__name__
+        raise ConfigError(f"{origin}: {dotted} must be {kind}, got {value!r}")
     if dotted in CHOICES and value not in CHOICES[dotted]:
         raise ConfigError(
             f"{origin}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}"

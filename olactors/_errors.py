@@ -94,9 +94,10 @@ class QueueFull(OlactorsError):
     code = "queue_full"
     status = 429
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+    def __init__(self, message: str, retry_after_s: float = 1.0, queued: int = 0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.queued = queued  # requests in the queue when this one was refused
 
 
 class BadFunction(OlactorsError):
@@ -110,6 +111,23 @@ class BadFunction(OlactorsError):
     def __init__(self, message: str, status: int = 500) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PackageResolutionFailed(OlactorsError):
+    """pip could not resolve a function's requirements (a conflict, no matching
+    version, an unreachable index, a timeout). The message names the
+    requirements and ends with the tail of pip's output; ``requirements`` and
+    ``pip_tail`` hold them apart."""
+
+    code = "package_resolution_failed"
+    status = 424
+
+    def __init__(
+        self, message: str, requirements: tuple[str, ...] = (), pip_tail: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.requirements = requirements
+        self.pip_tail = pip_tail
 
 
 class RegistryUnavailable(OlactorsError):

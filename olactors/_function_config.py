@@ -15,6 +15,14 @@ Schema (every key optional; any other key is rejected, naming its path)::
       runtime_s: 5.0
     network: none                 # none | host (default: the worker's sandbox.network)
     entry: "pkg.mod:handler"      # default: f.py's f
+    packages:                     # requirements from the worker's package index
+      - "requests>=2,<3"          # pip syntax: name, [extras], range, ; marker
+      - 'numpy; python_version >= "3.11"'
+
+``packages`` holds the requirement strings as written (stripped); each is
+validated with :func:`olactors.packages.parse_requirement` (no pip options,
+URLs or paths). A function declares packages in ol.yaml, requirements.txt or
+f.py's ``# ol-install:``, never two of them (see :mod:`olactors.packages`).
 
 A mapping section left empty (``limits:``) counts as absent. Every error is a
 :class:`BadFunction` whose message starts with the ``origin`` (``ol.yaml``) and
@@ -39,7 +47,15 @@ if TYPE_CHECKING:  # imported when resolving: the sock package is heavy for a pu
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 NETWORKS = ("none", "host")
-_TOP_KEYS = ("triggers", "environment", "reuse_sandbox", "limits", "network", "entry")
+_TOP_KEYS = (
+    "triggers",
+    "environment",
+    "reuse_sandbox",
+    "limits",
+    "network",
+    "entry",
+    "packages",
+)
 _TRIGGER_KINDS = ("http",)
 _TRIGGER_KEYS = ("method",)
 _INT_LIMITS = ("mem_mb", "procs", "cpu_percent")
@@ -54,6 +70,7 @@ class FunctionConfig:
     ``methods`` is upper-cased, without duplicates; ``()`` accepts any method.
     Limits left ``None`` take the worker defaults (see :func:`resolve_limits`).
     ``entry`` is ``"module:attr"`` or ``None`` for ``f.py``'s ``f``.
+    ``packages`` are the requirement strings of ``packages:`` as written.
     """
 
     methods: tuple[str, ...] = ()
@@ -65,6 +82,7 @@ class FunctionConfig:
     runtime_s: float | None = None
     network: str | None = None
     entry: str | None = None
+    packages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +129,7 @@ def parse_function_config(text: str | None, origin: str = "ol.yaml") -> Function
         fields["network"] = value
     if "entry" in data:
         fields["entry"] = _parse_entry(data["entry"], origin)
+    fields["packages"] = _parse_packages(data.get("packages"), origin)
     return FunctionConfig(**fields)
 
 
@@ -242,6 +261,26 @@ def _parse_entry(value: Any, origin: str) -> str:
             "(a dotted module name, a colon, an identifier)"
         )
     return value
+
+
+def _parse_packages(value: Any, origin: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadFunction(
+            f"{origin}: packages must be a list of requirement strings, got {_kind(value)}"
+        )
+    # Imported here: olactors.packages reads ol.yaml with this module.
+    from .packages._requirement import parse_requirement
+
+    texts = []
+    for index, item in enumerate(value):
+        where = f"{origin}: packages[{index}]"
+        if not isinstance(item, str):
+            raise BadFunction(f"{where} must be a string like 'name>=1.0', got {item!r}")
+        parse_requirement(item, where)
+        texts.append(item.strip())
+    return tuple(texts)
 
 
 # ------------------------------------------------------------------ helpers

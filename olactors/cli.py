@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="POST", help="HTTP method (default: POST)")
     _add_path(p, overrides=False)
 
+    p = sub.add_parser(
+        "lock", help="resolve a function dir's packages and write its ol.lock (exact versions)"
+    )
+    p.add_argument("dir", type=Path, help="function directory")
+    _add_path(p)
+
     p = sub.add_parser("cleanup", help="remove what a dead worker left behind (safe to repeat)")
     _add_path(p)
 
@@ -258,6 +264,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from ._config import load_worker_config
+    from .packages import IndexOptions, lock_function_dir
+
+    source: Path = args.dir
+    if not source.is_dir():
+        raise OlactorsError(f"{source} is not a directory")
+    config = load_worker_config(args.path, args.overrides)
+    index = IndexOptions.from_config(config, base_dir=args.path)
+    result = lock_function_dir(source, index, config.packages.resolve_timeout_s)
+    for pin in result.lock.pins:
+        print(f"{pin.name}=={pin.version}")
+    declared = result.declaration.source or "no declaration"
+    print(f"wrote {result.path} ({len(result.lock.pins)} pinned, from {declared})")
+    return 0
+
+
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     import trio
 
@@ -357,6 +380,7 @@ COMMANDS = {
     "status": _cmd_status,
     "install": _cmd_install,
     "run": _cmd_run,
+    "lock": _cmd_lock,
     "cleanup": _cmd_cleanup,
     "bench": _cmd_bench,
 }

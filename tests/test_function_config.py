@@ -124,6 +124,40 @@ def test_rejected(text, message):
     assert info.value.code == "bad_function"
 
 
+def test_packages():
+    fc = parse_function_config(
+        "packages:\n  - ' alpha>=1,<2 '\n  - beta[fast]\n  - 'delta; python_version >= \"3\"'\n"
+    )
+    assert fc.packages == ("alpha>=1,<2", "beta[fast]", 'delta; python_version >= "3"')
+    assert parse_function_config("packages:\n").packages == ()
+    assert parse_function_config("packages: []\n").packages == ()
+    assert FunctionConfig().packages == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("packages: alpha\n", "ol.yaml: packages must be a list of requirement strings, got a "),
+        ("packages: {alpha: 1}\n", "ol.yaml: packages must be a list of requirement strings"),
+        ("packages: [alpha, 2]\n", "ol.yaml: packages[1] must be a string like 'name>=1.0', got 2"),
+        ("packages: [null]\n", "ol.yaml: packages[0] must be a string like 'name>=1.0', got None"),
+        ("packages: ['']\n", "ol.yaml: packages[0]: empty requirement"),
+        ("packages: ['alpha >> 1']\n", "ol.yaml: packages[0]: 'alpha >> 1' is not a valid"),
+        ("packages: ['-r req.txt']\n", "ol.yaml: packages[0]: pip option '-r' is not supported"),
+        (
+            "packages: ['alpha @ https://example.org/a.whl']\n",
+            "ol.yaml: packages[0]: 'alpha @ https://example.org/a.whl' is a URL or a path",
+        ),
+        ("packages: ['./alpha']\n", "ol.yaml: packages[0]: './alpha' is a URL or a path"),
+    ],
+)
+def test_packages_rejected(text, message):
+    with pytest.raises(BadFunction) as info:
+        parse_function_config(text)
+    assert info.value.message.startswith(message), info.value.message
+    assert info.value.status == 500
+
+
 def test_origin_names_the_file():
     with pytest.raises(BadFunction, match=r"^fn/ol\.yaml: unknown key 'limits\.x'"):
         parse_function_config("limits:\n  x: 1\n", origin="fn/ol.yaml")

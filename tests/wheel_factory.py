@@ -1,0 +1,156 @@
+"""Small pure-Python wheels built directly with :mod:`zipfile`, for offline package tests.
+
+A wheel here is complete enough for pip: ``<module>/__init__.py``, and a
+``<dist>-<version>.dist-info`` with ``METADATA`` (name, version,
+``Requires-Dist``, ``Provides-Extra``), ``WHEEL``, ``top_level.txt`` and a
+``RECORD`` holding each file's sha256. Archives are byte-for-byte
+reproducible (fixed timestamps and modes, sorted members), so a lock file of
+them is identical across runs. A directory of them is a pip index with
+``--no-index --find-links DIR``.
+
+:func:`build_standard_wheels` builds the set the package tests share (see
+:data:`STANDARD_SET`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_DATE = (1980, 1, 1, 0, 0, 0)
+
+# Real work at import: a small table, a digest over it, and a function that uses them.
+_MODULE = '''\
+"""{name} {version}: a generated test package."""
+
+import hashlib
+
+NAME = "{name}"
+VERSION = "{version}"
+TABLE = [(i * i + {seed}) % 9973 for i in range(2000)]
+DIGEST = hashlib.sha256(repr(TABLE).encode()).hexdigest()
+{extra}
+
+def describe():
+    """This package's name, version and the digest computed at import."""
+    return {{"name": NAME, "version": VERSION, "digest": DIGEST[:12]}}
+'''
+
+
+@dataclass(frozen=True)
+class WheelSpec:
+    """One distribution to build: ``requires`` are ``Requires-Dist`` lines,
+    ``extras`` maps an extra's name to the requirements it adds, ``extra_code``
+    is appended to the generated module."""
+
+    name: str
+    version: str
+    requires: tuple[str, ...] = ()
+    extras: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    extra_code: str = ""
+
+    @property
+    def module(self) -> str:
+        return self.name.replace("-", "_")
+
+    @property
+    def filename(self) -> str:
+        return f"{self.module}-{self.version}-py3-none-any.whl"
+
+
+STANDARD_SET: tuple[WheelSpec, ...] = (
+    WheelSpec("alpha", "1.0"),
+    WheelSpec("alpha", "2.0"),
+    WheelSpec(
+        "beta",
+        "1.0",
+        extras={"fast": ("gamma>=1.0",)},
+        extra_code=(
+            "try:\n    import gamma as _gamma\nexcept ImportError:\n    _gamma = None\n"
+            "FAST = _gamma is not None\n"
+        ),
+    ),
+    WheelSpec("gamma", "1.0"),
+    WheelSpec(
+        "delta",
+        "1.0",
+        requires=('alpha<2; python_version >= "3"',),
+        extra_code="import alpha as _alpha\nALPHA_VERSION = _alpha.VERSION\n",
+    ),
+    WheelSpec("epsilon", "1.0", requires=('zeta; sys_platform == "win32"',)),
+    WheelSpec("zeta", "1.0"),
+    WheelSpec("conflict-a", "1.0", requires=("alpha>=2",)),
+    WheelSpec("conflict-b", "1.0", requires=("alpha<2",)),
+)
+"""alpha 1.0 and 2.0 side by side; beta with an extra ``fast`` pulling gamma;
+delta needing ``alpha<2`` under a marker true here; epsilon needing zeta under
+a marker false here (win32); conflict-a and conflict-b, which cannot be
+installed together."""
+
+
+def build_standard_wheels(dest: Path) -> Path:
+    """Build :data:`STANDARD_SET` into ``dest`` (created if missing) and return ``dest``."""
+    for spec in STANDARD_SET:
+        build_wheel(spec, dest)
+    return dest
+
+
+def build_wheel(spec: WheelSpec, dest: Path) -> Path:
+    """Write ``spec``'s wheel into ``dest`` and return its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    seed = int(hashlib.sha256(f"{spec.name}{spec.version}".encode()).hexdigest()[:6], 16)
+    module = _MODULE.format(
+        name=spec.name, version=spec.version, seed=seed, extra=spec.extra_code
+    ).encode()
+    info = f"{spec.module}-{spec.version}.dist-info"
+    files: dict[str, bytes] = {
+        f"{spec.module}/__init__.py": module,
+        f"{info}/METADATA": _metadata(spec).encode(),
+        f"{info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: olactors-tests\n"
+            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+        f"{info}/top_level.txt": f"{spec.module}\n".encode(),
+    }
+    record = f"{info}/RECORD"
+    files[record] = _record(files, record).encode()
+    path = dest / spec.filename
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            entry = zipfile.ZipInfo(name, date_time=_DATE)
+            entry.external_attr = 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, files[name])
+    return path
+
+
+def _metadata(spec: WheelSpec) -> str:
+    lines = ["Metadata-Version: 2.1", f"Name: {spec.name}", f"Version: {spec.version}"]
+    lines.append(f"Summary: generated test package {spec.name}")
+    lines += [f"Requires-Dist: {req}" for req in spec.requires]
+    for extra, reqs in spec.extras.items():
+        lines.append(f"Provides-Extra: {extra}")
+        lines += [_with_extra(req, extra) for req in reqs]
+    return "\n".join(lines) + "\n"
+
+
+def _with_extra(requirement: str, extra: str) -> str:
+    base, sep, marker = requirement.partition(";")
+    condition = f'extra == "{extra}"'
+    if sep:
+        condition = f"({marker.strip()}) and {condition}"
+    return f"Requires-Dist: {base.strip()}; {condition}"
+
+
+def _record(files: Mapping[str, bytes], record: str) -> str:
+    rows = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in sorted(files.items())]
+    return "\n".join([*rows, f"{record},,"]) + "\n"
+
+
+def _digest(data: bytes) -> str:
+    raw = hashlib.sha256(data).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
