@@ -1,4 +1,4 @@
-"""`olactors` command line: serve, status, install, run, init, cleanup, bench.
+"""`olactors` command line: serve, status, install, run, lock, init, cleanup, bench, simulate.
 
 Errors a user can cause (bad config, bad path, no worker running) print one
 clear line to stderr and exit with status 2; they never show a traceback.
@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("idle", help="memory kept per function after it idled out")
     b.add_argument("--functions", type=int, default=1000)
     b.add_argument("--json", action="store_true", help="print figures as JSON")
+
+    p = sub.add_parser(
+        "simulate",
+        help="run a deterministic simulation scenario (real actors, simulated sandboxes)",
+    )
+    p.add_argument("scenario", help="a scenario name, policy-study, or list")
+    p.add_argument("--seed", type=int, default=1, help="the seed that reproduces the run")
+    p.add_argument("--scale", type=float, default=1.0, help="size factor (functions, duration)")
+    p.add_argument("--out", type=Path, help="write CSV, JSON, summary (and PNG) here")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return parser
 
 
@@ -315,6 +325,57 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------- admin socket client
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations import SCENARIOS
+
+    from .simulation import run_scenario
+    from .simulation._report import format_summary, write_outputs
+
+    if args.scale <= 0:
+        raise OlactorsError(f"--scale must be positive, got {args.scale}")
+    if args.scenario == "list":
+        for name, make in SCENARIOS.items():
+            print(f"{name:16} {make().description.strip().splitlines()[0]}")
+        print(f"{'policy-study':16} every eviction policy at several pool sizes")
+        return 0
+    if args.scenario == "policy-study":
+        return _simulate_policy_study(args)
+    if args.scenario not in SCENARIOS:
+        known = ", ".join([*SCENARIOS, "policy-study"])
+        raise OlactorsError(f"unknown scenario {args.scenario!r} (known: {known})")
+    print(f"simulating {args.scenario} with seed {args.seed} ...", flush=True)
+    result = run_scenario(SCENARIOS[args.scenario](args.scale), args.seed, settings=args.set)
+    print(format_summary(result))
+    if args.out is not None:
+        for path in write_outputs(result, args.out):
+            print(f"wrote {path}")
+    return 0 if result.ok else 1
+
+
+def _simulate_policy_study(args: argparse.Namespace) -> int:
+    from simulations.policy_study import format_study, run_study
+
+    def progress(row) -> None:
+        s = row.result.summary
+        print(
+            f"  pool {row.pool_mb:>6} MB  {row.policy:<10}  cold share {s['cold_start_share']:.4f}"
+            f"  evictions {s['evictions']:>5}  ({s['real_s']:.1f} s real,"
+            f" digest {row.result.digest})",
+            flush=True,
+        )
+
+    print(f"policy study with seed {args.seed}, scale {args.scale} ...", flush=True)
+    rows = run_study(args.seed, args.scale, progress=progress)
+    table = format_study(rows)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"policy-study-{args.seed}.md"
+        path.write_text(table + "\n")
+        print(f"wrote {path}")
+    return 0 if all(r.result.ok for r in rows) else 1
+
+
 def _admin_client(worker_dir: Path) -> httpx.Client:
     import httpx
 
@@ -383,6 +444,7 @@ COMMANDS = {
     "lock": _cmd_lock,
     "cleanup": _cmd_cleanup,
     "bench": _cmd_bench,
+    "simulate": _cmd_simulate,
 }
 
 
