@@ -3,14 +3,20 @@
 Every run here is a plain synchronous call: :func:`run_scenario` runs its own
 ``trio.run`` under an autojumping ``MockClock`` with trio's scheduler seeded,
 so a few minutes of virtual time take well under a second or two.
+
+Runs go through :func:`simulate`, which bounds the virtual time requests may
+stay unanswered: a request the worker never answers would otherwise keep the
+run going forever (virtual time flies, so the test would spin, not fail).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +24,7 @@ from olactors._config import build_config
 from olactors._eviction import Candidate
 from olactors.actors.evictor import EvictionRound
 from olactors.simulation import (
+    BASE_SETTINGS,
     Call,
     Checker,
     Kill,
@@ -28,7 +35,7 @@ from olactors.simulation import (
     function_name,
     run_scenario,
 )
-from olactors.sock.simulated import CrashDuringCall, CrashWhileIdle
+from olactors.sock.simulated import CrashDuringCall, CrashWhileIdle, Hang
 from simulations import SCENARIOS
 
 #: Scales small enough for a run to take about a second (``steady`` has the
@@ -44,19 +51,71 @@ SMALL = {
 #: Summary fields that measure the host, not the run.
 REAL_TIME_FIELDS = ("real_s", "events_per_s")
 
+#: Virtual seconds after the end of the workload by which every request must
+#: have been answered (far beyond any timeout a call can legitimately wait).
+HANG_LIMIT_S = 600.0
 
-def assert_clean(result: SimResult) -> None:
-    """No invariant broken; otherwise say how to reproduce the run."""
-    if result.violations:
-        shown = "\n  ".join(result.violations[:5])
-        more = len(result.violations) - 5
-        raise AssertionError(
-            f"scenario {result.scenario!r} seed {result.seed}: "
-            f"{len(result.violations)} violation(s)\n  {shown}"
-            + (f"\n  ... and {more} more" if more > 0 else "")
-            + f"\nreproduce: olactors simulate {result.scenario} --seed {result.seed}"
-            + f"\nsettings: {' '.join(result.settings)}"
+
+def with_hang_limit(scenario: Scenario) -> Scenario:
+    """``scenario`` whose unanswered requests are cancelled ``HANG_LIMIT_S``
+    after its end, so that a lost request shows as the harness's
+    ``exactly_once: ... never answered`` violation instead of a run that
+    never ends.
+
+    The harness iterates the workload inside the nursery that runs the
+    calls (the current task's innermost one), so the workload sets that
+    nursery's deadline when it starts.  A deadline far in the future
+    changes nothing else: same scheduling, same trace, same digest (see
+    :func:`test_hang_limit_does_not_change_the_run`).
+    """
+    inner = scenario.workload
+
+    def workload(seed: int):
+        calls = trio.lowlevel.current_task().child_nurseries[-1]
+        assert not calls.child_tasks, "not the harness's calls nursery"
+        calls.cancel_scope.deadline = scenario.duration_s + HANG_LIMIT_S
+        yield from inner(seed)
+
+    return dataclasses.replace(scenario, workload=workload)
+
+
+def simulate(scenario: Scenario, seed: int, **kwargs) -> SimResult:
+    return run_scenario(with_hang_limit(scenario), seed, **kwargs)
+
+
+def reproduction(result: SimResult, scale: float | None) -> str:
+    """The command that replays ``result`` (for a scenario of ``simulations``)."""
+    name = result.scenario
+    if name not in SCENARIOS:
+        return (
+            f"rerun this test: scenario {name!r} is defined here, not in simulations.SCENARIOS "
+            f"(seed {result.seed}, settings {' '.join(result.settings)})"
         )
+    own = len(BASE_SETTINGS) + len(SCENARIOS[name](scale or 1.0).settings)
+    command = f"olactors simulate {name} --seed {result.seed}"
+    if scale is not None and scale != 1.0:
+        command += f" --scale {scale:g}"
+    command += "".join(f" --set {setting}" for setting in result.settings[own:])
+    return command
+
+
+def assert_clean(result: SimResult, scale: float | None = None) -> None:
+    """No invariant broken; otherwise show the first violations and say how to
+    reproduce the run (``scale``: the scenario's, when made by ``SCENARIOS``)."""
+    if not result.violations:
+        return
+    shown = "\n  ".join(result.violations[:5])
+    more = len(result.violations) - 5
+    message = (
+        f"scenario {result.scenario!r} seed {result.seed}: "
+        f"{len(result.violations)} violation(s)\n  {shown}"
+    )
+    if more > 0:
+        message += f"\n  ... and {more} more"
+    message += f"\nreproduce: {reproduction(result, scale)}"
+    if any("never answered" in v for v in result.violations):
+        message += f"\n(without this test's limit of {HANG_LIMIT_S:g} s that run never ends)"
+    raise AssertionError(message)
 
 
 def small(name: str) -> Scenario:
@@ -82,10 +141,10 @@ def test_small_scales_cover_every_scenario():
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_same_seed_replays_the_same_run(name):
     scenario = small(name)
-    first = run_scenario(scenario, 7, keep_trace=True)
-    second = run_scenario(scenario, 7, keep_trace=True)
-    assert_clean(first)
-    assert_clean(second)
+    first = simulate(scenario, 7, keep_trace=True)
+    second = simulate(scenario, 7, keep_trace=True)
+    assert_clean(first, SMALL[name])
+    assert_clean(second, SMALL[name])
     assert first.summary["requests"] > 0
     assert first.events > 0 and first.trace
     assert first.digest == second.digest
@@ -98,31 +157,57 @@ def test_same_seed_replays_the_same_run(name):
     assert len(first.trace) == first.events == first.summary["events"]
 
 
+def test_hang_limit_does_not_change_the_run():
+    scenario = small("crash-storm")
+    plain = run_scenario(scenario, 5, keep_trace=True)
+    limited = simulate(scenario, 5, keep_trace=True)
+    assert_clean(limited, SMALL["crash-storm"])
+    assert plain.digest == limited.digest
+    assert plain.trace == limited.trace
+    assert comparable(plain.summary) == comparable(limited.summary)
+
+
+def test_hang_limit_turns_a_lost_request_into_a_violation():
+    scenario = Scenario(
+        name="lost",
+        description="",
+        duration_s=1.0,
+        functions=1,
+        workload=lambda seed: [Call(0.5, function_name(0))],
+        # The one call hangs until its runtime limit, far beyond the hang limit.
+        settings=("limits.max_runtime_s=5000", "limits.runtime_s=5000"),
+        faults=lambda: [Hang()],
+    )
+    result = simulate(scenario, 1)
+    assert any("exactly_once: 1 requests never answered" in v for v in result.violations)
+
+
 @pytest.mark.parametrize("name", ["burst", "crash-storm", "code-updates"])
 def test_different_seeds_give_different_runs(name):
     scenario = small(name)
-    one = run_scenario(scenario, 1)
-    two = run_scenario(scenario, 2)
-    assert_clean(one)
-    assert_clean(two)
+    one = simulate(scenario, 1)
+    two = simulate(scenario, 2)
+    assert_clean(one, SMALL[name])
+    assert_clean(two, SMALL[name])
     assert one.trace is None  # not kept unless asked
     assert one.digest != two.digest
 
 
 def test_keeping_the_trace_does_not_change_the_run():
     scenario = small("crash-storm")
-    bare = run_scenario(scenario, 3)
-    kept = run_scenario(scenario, 3, keep_trace=True)
-    assert_clean(bare)
+    bare = simulate(scenario, 3)
+    kept = simulate(scenario, 3, keep_trace=True)
+    assert_clean(bare, SMALL["crash-storm"])
     assert bare.digest == kept.digest
     assert comparable(bare.summary) == comparable(kept.summary)
 
 
 def test_assert_clean_says_how_to_reproduce():
+    burst = SCENARIOS["burst"](0.05)
     result = SimResult(
         scenario="burst",
         seed=42,
-        settings=("queue.max_depth=4",),
+        settings=(*BASE_SETTINGS, *burst.settings, "queue.max_depth=4"),
         digest="0" * 16,
         events=0,
         real_s=0.0,
@@ -131,15 +216,29 @@ def test_assert_clean_says_how_to_reproduce():
         intervals=[],
         violations=[f"[{i}.000000] memory: broken {i}" for i in range(7)],
     )
+    assert_clean(dataclasses.replace(result, violations=[]))
     with pytest.raises(AssertionError) as info:
-        assert_clean(result)
+        assert_clean(result, 0.05)
     message = str(info.value)
-    assert "olactors simulate burst --seed 42" in message
-    assert "'burst'" in message and "seed 42" in message
+    assert "scenario 'burst' seed 42: 7 violation(s)" in message
+    assert "olactors simulate burst --seed 42 --scale 0.05 --set queue.max_depth=4\n" in (
+        message + "\n"
+    )
     assert "memory: broken 0" in message and "memory: broken 4" in message
     assert "memory: broken 5" not in message
     assert "2 more" in message
-    assert_clean(SimResult(**{**vars(result), "violations": []}))
+
+    lost = dataclasses.replace(
+        result,
+        scenario="hypothesis",
+        violations=["[700.000000] exactly_once: 1 requests never answered, e.g. 3"],
+    )
+    with pytest.raises(AssertionError) as info:
+        assert_clean(lost)
+    message = str(info.value)
+    assert "seed 42" in message and "rerun this test" in message
+    assert "queue.max_depth=4" in message
+    assert "never ends" in message
 
 
 # ------------------------------------------------- the checker itself bites
@@ -323,8 +422,8 @@ def test_checker_memory_over_commit():
 # -------------------------------------------------------------- scenarios
 def test_burst_with_a_small_queue_rejects_only_during_bursts():
     scenario = SCENARIOS["burst"](0.05)
-    result = run_scenario(scenario, 1, settings=("queue.max_depth=4", "functions.max_instances=2"))
-    assert_clean(result)
+    result = simulate(scenario, 1, settings=("queue.max_depth=4", "functions.max_instances=2"))
+    assert_clean(result, 0.05)
     s = result.summary
     assert s["rejected_429"] > 0
     assert s["errors"] == 0
@@ -342,16 +441,16 @@ def test_burst_with_a_small_queue_rejects_only_during_bursts():
 
 
 def test_burst_with_its_own_queue_rejects_nothing():
-    result = run_scenario(SCENARIOS["burst"](0.05), 1)
-    assert_clean(result)
+    result = simulate(SCENARIOS["burst"](0.05), 1)
+    assert_clean(result, 0.05)
     s = result.summary
     assert s["rejected_429"] == 0 and s["errors"] == 0
     assert s["ok"] == s["requests"] > 0
 
 
 def test_memory_pressure_evicts_within_a_small_pool():
-    result = run_scenario(SCENARIOS["memory-pressure"](0.03), 1, settings=("memory.pool_mb=2048",))
-    assert_clean(result)
+    result = simulate(SCENARIOS["memory-pressure"](0.03), 1, settings=("memory.pool_mb=2048",))
+    assert_clean(result, 0.03)
     s = result.summary
     assert s["pool_mb"] == 2048
     assert s["evictions"] > 0
@@ -365,15 +464,15 @@ def test_memory_pressure_evicts_within_a_small_pool():
 
 
 def test_memory_pressure_with_a_large_pool_does_not_evict():
-    result = run_scenario(SCENARIOS["memory-pressure"](0.03), 1)
-    assert_clean(result)
+    result = simulate(SCENARIOS["memory-pressure"](0.03), 1)
+    assert_clean(result, 0.03)
     assert result.summary["evictions"] == 0
     assert result.summary["peak_memory_mb"] <= result.summary["pool_mb"]
 
 
 def test_crash_storm_restarts_and_recovers():
-    result = run_scenario(small("crash-storm"), 1)
-    assert_clean(result)
+    result = simulate(small("crash-storm"), 1)
+    assert_clean(result, SMALL["crash-storm"])
     s = result.summary
     assert s["restarts"] > 0
     assert s["errors"] > 0
@@ -389,8 +488,8 @@ _DONE = re.compile(r"^(\S+) done (\d+) (\S+)$")
 
 def test_code_updates_serve_fresh_code():
     scenario = small("code-updates")
-    result = run_scenario(scenario, 1, keep_trace=True)
-    assert_clean(result)
+    result = simulate(scenario, 1, keep_trace=True)
+    assert_clean(result, SMALL["code-updates"])
     s = result.summary
     assert s["errors"] == 0 and s["ok"] == s["requests"] > 0
     assert result.trace is not None
@@ -419,6 +518,38 @@ def test_code_updates_serve_fresh_code():
     assert exercised
 
 
+# ------------------------------------------------------------- found bugs
+# A request handed to an instance between its CallDone and InstanceExited
+# notices (the instance was escalating) was never answered; fixed in
+# FunctionActor._fail_undelivered.
+@pytest.mark.parametrize("seed", [2, 4, 5])
+def test_request_dispatched_to_an_escalating_instance_is_answered(seed):
+    """Six simultaneous calls to one function whose sandboxes always crash
+    during a call: one 429, then four calls die with their sandbox (three
+    restarts, then an escalation); the last one queued must still get an
+    answer (503 function_failing, or any clear error)."""
+    scenario = Scenario(
+        name="lost-request",
+        description="",
+        duration_s=10.0,
+        functions=1,
+        workload=lambda seed: [Call(0.1, function_name(0))] * 6,
+        settings=(
+            "functions.max_instances=1",
+            "queue.max_depth=4",
+            "functions.idle_timeout_s=30",
+            "functions.restart_intensity=3",
+            "functions.restart_period_s=10",
+        ),
+        faults=lambda: [CrashDuringCall(p=1.0)],
+        interval_s=10.0,
+    )
+    result = simulate(scenario, seed)
+    assert result.summary["requests"] == 6
+    assert result.summary["escalations"] == 1
+    assert_clean(result)
+
+
 # ------------------------------------------------------------- hypothesis
 FUNCTIONS = 4
 POOL_MB = 1024
@@ -429,8 +560,8 @@ _function = st.integers(0, FUNCTIONS - 1).map(function_name)
 # so a few draws make bursts dense enough to fill queues and the memory pool.
 _call_groups = st.lists(
     st.tuples(_at, _function, st.integers(1, 40), st.integers(0, 1_000)),
-    min_size=1,
-    max_size=12,
+    min_size=3,
+    max_size=16,
 )
 _others = st.lists(
     st.one_of(
@@ -490,7 +621,7 @@ def test_random_workloads_keep_every_invariant(
         faults=faults,
         interval_s=10.0,
     )
-    result = run_scenario(scenario, seed)
+    result = simulate(scenario, seed)
     assert_clean(result)
     s = result.summary
     assert s["requests"] == sum(isinstance(a, Call) for a in actions)

@@ -38,6 +38,7 @@ from .._errors import (
     MethodNotAllowed,
     OlactorsError,
     QueueFull,
+    SandboxUnavailable,
 )
 from .._function_config import ResolvedLimits, resolve_limits
 from .._scaling import RecentDurations, Scaler
@@ -338,12 +339,34 @@ class FunctionActor:
             if slot is None:
                 return None
             slot.requests.close()
+            self._fail_undelivered(slot)
             self.versions[slot.version] -= 1
             if self.versions[slot.version] <= 0:
                 del self.versions[slot.version]
                 if self.code is None or slot.version != self.code.version:
                     return slot.version
         return None
+
+    def _fail_undelivered(self, slot: Slot) -> None:
+        """Answer a request handed to an instance that exited before taking it.
+
+        A crashed call's notices arrive one by one (call done, escalated,
+        exited); between the first and the last, the slot looked idle and
+        may have been given the next request.  Its handler never started,
+        so it gets the reason at once instead of waiting forever.
+        """
+        while True:
+            try:
+                req = slot.instance.requests.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            try:
+                self._check_failing()
+                raise SandboxUnavailable(
+                    f"the instance of {self.name!r} given this request stopped before taking it"
+                )
+            except OlactorsError as exc:
+                req.reply.fail(exc)
 
     # ------------------------------------------------------------- shutdown
     def _close_queue(self) -> None:
