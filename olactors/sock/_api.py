@@ -175,11 +175,9 @@ class SandboxPool(Protocol):
         meta: SandboxMeta,
     ) -> Sandbox: ...
 
-    def subscribe(
-        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
-    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
-        """Every event (or those of ``kinds``) over a bounded channel; a
-        subscriber that falls behind has its channel closed."""
+    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
+        """Every event over a bounded channel; a subscriber that falls behind
+        has its channel closed."""
         ...
 
     def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:

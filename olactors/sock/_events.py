@@ -19,7 +19,6 @@ class EventHub:
     A subscriber whose buffer is full has fallen behind and can no longer
     know the true state, so its channel is closed (it sees EndOfChannel) and
     the loss is logged; a subscriber that closed its receive end is dropped.
-    A subscriber may ask for some event types only (``kinds``).
 
     Listeners (:meth:`listen`) are plain callbacks run synchronously inside
     ``emit``, for observers that only record (metrics, simulation traces):
@@ -28,17 +27,13 @@ class EventHub:
     """
 
     def __init__(self) -> None:
-        self._subscribers: list[
-            tuple[trio.MemorySendChannel[SandboxEvent], tuple[type, ...] | None]
-        ] = []
+        self._subscribers: list[trio.MemorySendChannel[SandboxEvent]] = []
         self._listeners: list[Callable[[SandboxEvent], None]] = []
         self.dropped_subscribers = 0
 
-    def subscribe(
-        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
-    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
+    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
         send, receive = trio.open_memory_channel[SandboxEvent](buffer)
-        self._subscribers.append((send, kinds))
+        self._subscribers.append(send)
         return receive
 
     def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
@@ -58,22 +53,31 @@ class EventHub:
             except Exception:
                 log.exception("sandbox event listener failed; removing it")
                 self._listeners.remove(listener)
-        for entry in list(self._subscribers):
-            send, kinds = entry
-            if kinds is not None and not isinstance(event, kinds):
-                continue
+        for send in list(self._subscribers):
             try:
                 send.send_nowait(event)
             except trio.WouldBlock:
                 log.error("sandbox event subscriber fell behind; closing its channel")
                 self.dropped_subscribers += 1
                 send.close()
-                self._subscribers.remove(entry)
+                self._subscribers.remove(send)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.remove(entry)
+                self._subscribers.remove(send)
 
     def close(self) -> None:
-        for send, _ in self._subscribers:
+        for send in self._subscribers:
             send.close()
         self._subscribers.clear()
         self._listeners.clear()
+
+
+class PoolEvents:
+    """The events half of a sandbox pool, shared by the SOCK and simulated pools."""
+
+    _hub: EventHub
+
+    def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
+        return self._hub.subscribe(buffer)
+
+    def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
+        return self._hub.listen(listener)

@@ -11,7 +11,7 @@ import itertools
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,11 +25,10 @@ from . import seccomp
 from ._api import (
     Sandbox,
     SandboxCreated,
-    SandboxEvent,
     SandboxForked,
     SandboxMeta,
 )
-from ._events import EventHub
+from ._events import EventHub, PoolEvents
 from ._process import prepare_worker_process, worker_id
 from ._rootfs import (
     RUNTIME_SOURCE,
@@ -53,7 +52,7 @@ from .cgroups import (
 log = logging.getLogger("olactors.sock")
 
 
-class SockPool:
+class SockPool(PoolEvents):
     """Implements :class:`olactors.sock.SandboxPool` with real SOCK sandboxes."""
 
     def __init__(
@@ -82,14 +81,6 @@ class SockPool:
         self.closing = False
 
     # ------------------------------------------------------------- interface
-    def subscribe(
-        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
-    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
-        return self._hub.subscribe(buffer, kinds)
-
-    def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
-        return self._hub.listen(listener)
-
     def sandboxes(self) -> list[Sandbox]:
         return list(self._live.values())
 

@@ -51,12 +51,11 @@ from ._api import (
     InvocationResult,
     Sandbox,
     SandboxCreated,
-    SandboxEvent,
     SandboxForked,
     SandboxMeta,
     SandboxUsage,
 )
-from ._events import EventHub
+from ._events import EventHub, PoolEvents
 from ._safe import SafeSandbox, check_create
 
 __all__ = [
@@ -318,7 +317,7 @@ class SimulatedSandbox:
 
 
 # --------------------------------------------------------------------- pool
-class SimulatedPool:
+class SimulatedPool(PoolEvents):
     """Implements :class:`olactors.sock.SandboxPool` with simulated sandboxes.
 
     ``counters``: ``created`` (every sandbox handed out), ``forked`` (of
@@ -351,14 +350,6 @@ class SimulatedPool:
         self._timer_running = False
 
     # ------------------------------------------------------------- interface
-    def subscribe(
-        self, buffer: int = 256, kinds: tuple[type, ...] | None = None
-    ) -> trio.MemoryReceiveChannel[SandboxEvent]:
-        return self._hub.subscribe(buffer, kinds)
-
-    def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
-        return self._hub.listen(listener)
-
     def sandboxes(self) -> list[Sandbox]:
         return list(self._live.values())
 
