@@ -155,7 +155,7 @@ class Evictor:
         if need <= 0:
             return
         critical = ledger.waiters > 0
-        victims: list[tuple[Candidate, float]] = []
+        victims: list[Candidate] = []
         freed = 0
 
         def evictable(sid: Hashable, key: float) -> bool:
@@ -165,15 +165,15 @@ class Evictor:
             return not tracked.sandbox.live_children and self.mempool.reserved_mb(sid) > 0
 
         for sid, key in self.paused.take(evictable):
-            if freed >= need or len(victims) >= slots:
-                self._requeue(sid, key)
-                break
             tracked = self.tracked.get(sid)  # type: ignore[call-overload]
             if tracked is None or tracked.sandbox.state is not SandboxState.PAUSED:
                 continue
             victim = self._candidate(tracked)
-            victims.append((victim, key))
+            self.policy.evicted(victim, key)
+            victims.append(victim)
             freed += victim.mem_mb
+            if freed >= need or len(victims) >= slots:
+                break  # the rest stay queued
         if freed < need and critical and len(victims) < slots:
             running = [
                 self._candidate(t)
@@ -183,23 +183,14 @@ class Evictor:
             for victim in choose_victims(
                 self.policy, running, need - freed, critical=True, limit=slots - len(victims)
             ):
-                victims.append((victim, 0.0))
+                victims.append(victim)
                 freed += victim.mem_mb
-        for victim, key in victims:
-            if victim.paused:
-                self.policy.evicted(victim, key)
         self.starved = freed < need
         if self.audit is not None:
-            chosen = tuple(v for v, _ in victims)
-            self.audit(EvictionRound(trio.current_time(), need, critical, slots, chosen))
-        for victim, _ in victims:
+            self.audit(EvictionRound(trio.current_time(), need, critical, slots, tuple(victims)))
+        for victim in victims:
             self.evicting[victim.key] = victim.mem_mb
             nursery.start_soon(self._evict, self.tracked[victim.key].sandbox, victim, need)
-
-    def _requeue(self, sid: Hashable, key: float) -> None:
-        tracked = self.tracked.get(sid)  # type: ignore[call-overload]
-        if tracked is not None:
-            self.paused.add(sid, key, tracked.order)
 
     async def _evict(self, sandbox: Sandbox, victim: Candidate, need: int) -> None:
         reason = f"evicted: the memory pool needed {need} MB"

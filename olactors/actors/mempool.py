@@ -42,7 +42,6 @@ class MemSnapshot:
     free_mb: int
     waiting_mb: int
     waiters: int
-    head_need_mb: int
     bound: dict[str, int] = field(default_factory=dict)  # sandbox id -> MB reserved
 
     def as_dict(self) -> dict[str, int]:
@@ -92,13 +91,13 @@ class MemPoolRef:
         inbox: trio.MemorySendChannel[MemPoolMessage],
         total_mb: int,
         timeout_s: float,
-        ledger: MemoryLedger,
+        state: MemPool,
     ) -> None:
         self._inbox = inbox
         #: The actor's book-keeping, read-only outside the actor (the evictor
         #: and simulations look at it without a message round trip).
-        self.ledger = ledger
-        self._bound: dict[str, Reservation] = {}
+        self.ledger = state.ledger
+        self._bound = state.bound
         self._ids = itertools.count(1)
         self.total_mb = total_mb
         self.timeout_s = timeout_s
@@ -212,7 +211,6 @@ class MemPool:
             free_mb=led.free_mb,
             waiting_mb=led.waiting_mb,
             waiters=led.waiters,
-            head_need_mb=led.head_need_mb(),
             bound={sid: r.mb for sid, r in self.bound.items()} if with_bound else {},
         )
 
@@ -255,8 +253,7 @@ async def run_mempool(
     """
     send, inbox = trio.open_memory_channel[MemPoolMessage](65536)
     state = MemPool(total_mb)
-    ref = MemPoolRef(send, total_mb, timeout_s, state.ledger)
-    ref._bound = state.bound
+    ref = MemPoolRef(send, total_mb, timeout_s, state)
 
     def released(event: SandboxEvent) -> None:
         if isinstance(event, SandboxDestroyed):
