@@ -228,14 +228,21 @@ class FunctionActor:
         slot.requests.send_nowait(req)
 
     def _check_failing(self) -> None:
+        failing = self._failing()
+        if failing is not None:
+            raise failing
+
+    def _failing(self) -> FunctionFailing | None:
+        """The 503 for requests while the function is failing, else None."""
         remaining = self.failing_until - trio.current_time()
-        if remaining > 0:
-            raise FunctionFailing(
-                f"function {self.name!r} is failing: {self.failing_reason} "
-                f"(its sandboxes failed more than functions.restart_intensity times within "
-                f"functions.restart_period_s; retrying in {remaining:.1f} s)",
-                remaining,
-            )
+        if remaining <= 0:
+            return None
+        return FunctionFailing(
+            f"function {self.name!r} is failing: {self.failing_reason} "
+            f"(its sandboxes failed more than functions.restart_intensity times within "
+            f"functions.restart_period_s; retrying in {remaining:.1f} s)",
+            remaining,
+        )
 
     # ------------------------------------------------------------ instances
     def _switch(self, code: FunctionCode) -> None:
@@ -360,13 +367,12 @@ class FunctionActor:
                 req = slot.instance.requests.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return
-            try:
-                self._check_failing()
-                raise SandboxUnavailable(
+            req.reply.fail(
+                self._failing()
+                or SandboxUnavailable(
                     f"the instance of {self.name!r} given this request stopped before taking it"
                 )
-            except OlactorsError as exc:
-                req.reply.fail(exc)
+            )
 
     # ------------------------------------------------------------- shutdown
     def _close_queue(self) -> None:
