@@ -5,7 +5,7 @@ See :func:`run_scenario`; the scenarios themselves live in the top-level
 """
 
 from ._checks import Checker, Violation
-from ._determinism import TaskCounter, deterministic_scheduler
+from ._determinism import deterministic_scheduler
 from ._harness import BASE_SETTINGS, Scenario, SimResult, run_scenario
 from ._registry import SimulatedRegistry
 from ._workload import (
@@ -35,7 +35,6 @@ __all__ = [
     "SimResult",
     "SimulatedRegistry",
     "Squeeze",
-    "TaskCounter",
     "Update",
     "Violation",
     "Zipf",

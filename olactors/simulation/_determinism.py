@@ -1,4 +1,4 @@
-"""What makes a simulation reproducible: trio's scheduler seeded, tasks counted.
+"""What makes a simulation reproducible: trio's scheduler, seeded.
 
 trio shuffles each batch of runnable tasks with a module-level
 ``random.Random``; under Hypothesis it first sorts the batch by task
@@ -40,18 +40,3 @@ def deterministic_scheduler(seed: int) -> Iterator[None]:
     finally:
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved_flag  # type: ignore[misc]
         trio_run._r.setstate(saved_state)
-
-
-class TaskCounter(trio.abc.Instrument):
-    """Counts live tasks, to prove a run left none behind."""
-
-    def __init__(self) -> None:
-        self.live = 0
-        self.spawned = 0
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        self.live += 1
-        self.spawned += 1
-
-    def task_exited(self, task: trio.lowlevel.Task) -> None:
-        self.live -= 1

@@ -51,7 +51,7 @@ from ..sock.simulated import (
 )
 from ..worker import Worker, open_worker
 from ._checks import Checker
-from ._determinism import TaskCounter, deterministic_scheduler
+from ._determinism import deterministic_scheduler
 from ._record import Intervals, Trace, percentile
 from ._registry import SimulatedRegistry
 from ._workload import (
@@ -130,24 +130,20 @@ def run_scenario(
     """Run ``scenario`` with ``seed`` (and extra worker ``settings``) to the end."""
     all_settings = (*BASE_SETTINGS, *scenario.settings, *settings)
     config = build_config(None, all_settings, origin="simulation")
-    counter = TaskCounter()
-    run = _Run(scenario, config, seed, keep_trace, counter)
+    run = _Run(scenario, config, seed, keep_trace)
     clock = trio.testing.MockClock(autojump_threshold=0)
     started = time.perf_counter()
     with deterministic_scheduler(seed), _quiet_logs(run):
-        trio.run(run.main, clock=clock, instruments=[counter])
+        trio.run(run.main, clock=clock)
     real_s = time.perf_counter() - started
     return run.result(all_settings, real_s)
 
 
 class _Run:
-    def __init__(
-        self, scenario: Scenario, config: Config, seed: int, keep: bool, counter: TaskCounter
-    ) -> None:
+    def __init__(self, scenario: Scenario, config: Config, seed: int, keep: bool) -> None:
         self.scenario = scenario
         self.config = config
         self.seed = seed
-        self.counter = counter
         self.trace = Trace(keep)
         self.intervals = Intervals(scenario.interval_s)
         self.checker = Checker(config)
@@ -171,7 +167,7 @@ class _Run:
 
     # ----------------------------------------------------------- the run
     async def main(self) -> None:
-        baseline = self.counter.live
+        baseline = trio.lowlevel.current_statistics().tasks_living
         registry = SimulatedRegistry()
         for i in range(self.scenario.functions):
             registry.add(function_name(i))
@@ -199,10 +195,9 @@ class _Run:
                 observers.cancel_scope.cancel()
         self.virtual_s = trio.current_time()
         # Only this task (and trio's system tasks, counted in the baseline) is left.
-        if self.counter.live > baseline:
-            self.checker.fail(
-                trio.current_time(), "drain", f"{self.counter.live - baseline} tasks left behind"
-            )
+        left = trio.lowlevel.current_statistics().tasks_living - baseline
+        if left > 0:
+            self.checker.fail(trio.current_time(), "drain", f"{left} tasks left behind")
 
     async def play(
         self, worker: Worker, pool: SimulatedPool, registry: SimulatedRegistry, calls: trio.Nursery
@@ -431,7 +426,6 @@ class _Run:
             "real_s": round(real_s, 3),
             "events": self.trace.count,
             "events_per_s": round(self.trace.count / real_s) if real_s > 0 else None,
-            "tasks_spawned": self.counter.spawned,
         }
         return SimResult(
             scenario=self.scenario.name,
