@@ -13,25 +13,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from olactors._eviction import POLICY_NAMES
-from olactors.simulation import Scenario, SimResult, run_scenario, stream_rng, zipf_calls
+from olactors.simulation import Scenario, SimResult, run_scenario
+
+from .scenarios import zipf_scenario
 
 POOL_SIZES_MB = (4096, 8192, 16384, 32768)
 
 
 def study_scenario(scale: float = 1.0) -> Scenario:
     """1,000 functions (Zipf 0.9), 20 req/s for 10 minutes; handlers vary 20x in length."""
-    functions = max(20, round(1000 * scale))
-    duration = 600.0 * scale
-
-    def workload(seed: int):
-        return zipf_calls(stream_rng(seed, "calls"), functions, 0.9, 20.0, 0.0, duration)
-
-    return Scenario(
-        name="policy-study",
-        description="1,000 functions, Zipf 0.9, 20 req/s for 10 minutes (scale 1)",
-        duration_s=duration,
-        functions=functions,
-        workload=workload,
+    return zipf_scenario(
+        "policy-study",
+        "1,000 functions, Zipf 0.9, 20 req/s for 10 minutes (scale 1)",
+        functions=max(20, round(1000 * scale)),
+        zipf_s=0.9,
+        rate_per_s=20.0,
+        duration_s=600.0 * scale,
         settings=("limits.mem_mb=128", "memory.free_goal_mb=256"),
         service_sigma=1.5,
         interval_s=60.0 * max(scale, 0.1),

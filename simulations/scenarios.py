@@ -6,6 +6,8 @@ so ``scale=0.05`` is a quick version of the same shape for tests.
 
 from __future__ import annotations
 
+from typing import Any
+
 from olactors.simulation import (
     Scenario,
     bursts,
@@ -23,19 +25,42 @@ def _n(count: int, scale: float, least: int = 2) -> int:
     return max(least, round(count * scale))
 
 
-def steady(scale: float = 1.0) -> Scenario:
-    """10,000 functions of Zipf popularity, Poisson arrivals totalling 50 req/s, 1 hour."""
-    functions, duration = _n(10_000, scale), 3600.0 * scale
+def zipf_scenario(
+    name: str,
+    description: str,
+    *,
+    functions: int,
+    zipf_s: float,
+    rate_per_s: float,
+    duration_s: float,
+    **fields: Any,
+) -> Scenario:
+    """Poisson arrivals of ``rate_per_s`` over ``functions`` of Zipf(``zipf_s``)
+    popularity; ``fields`` are the other :class:`Scenario` fields."""
 
     def workload(seed: int):
-        return zipf_calls(stream_rng(seed, "calls"), functions, 1.0, 50.0, 0.0, duration)
+        rng = stream_rng(seed, "calls")
+        return zipf_calls(rng, functions, zipf_s, rate_per_s, 0.0, duration_s)
 
     return Scenario(
-        name="steady",
-        description="10,000 functions, Zipf popularity, Poisson arrivals of 50 req/s, 1 hour",
-        duration_s=duration,
+        name=name,
+        description=description,
+        duration_s=duration_s,
         functions=functions,
         workload=workload,
+        **fields,
+    )
+
+
+def steady(scale: float = 1.0) -> Scenario:
+    """10,000 functions of Zipf popularity, Poisson arrivals totalling 50 req/s, 1 hour."""
+    return zipf_scenario(
+        "steady",
+        "10,000 functions, Zipf popularity, Poisson arrivals of 50 req/s, 1 hour",
+        functions=_n(10_000, scale),
+        zipf_s=1.0,
+        rate_per_s=50.0,
+        duration_s=3600.0 * scale,
         settings=("limits.mem_mb=64", "memory.pool_mb=262144"),
         interval_s=60.0 * max(scale, 0.1),
     )
@@ -65,17 +90,13 @@ def burst(scale: float = 1.0) -> Scenario:
 
 def memory_pressure(scale: float = 1.0) -> Scenario:
     """2,000 functions at 30 req/s with a pool that holds 128 of their sandboxes."""
-    functions, duration = _n(2000, scale, 20), 900.0 * scale
-
-    def workload(seed: int):
-        return zipf_calls(stream_rng(seed, "calls"), functions, 0.9, 30.0, 0.0, duration)
-
-    return Scenario(
-        name="memory-pressure",
-        description="a pool that holds only a fraction of the working set",
-        duration_s=duration,
-        functions=functions,
-        workload=workload,
+    return zipf_scenario(
+        "memory-pressure",
+        "a pool that holds only a fraction of the working set",
+        functions=_n(2000, scale, 20),
+        zipf_s=0.9,
+        rate_per_s=30.0,
+        duration_s=900.0 * scale,
         settings=("memory.pool_mb=16640", "memory.free_goal_mb=512", "limits.mem_mb=128"),
         interval_s=60.0 * max(scale, 0.1),
     )
