@@ -140,6 +140,12 @@ class Evictor:
             order=tracked.order,
         )
 
+    def _still_paused(self, sid: Hashable) -> Tracked | None:
+        tracked = self.tracked.get(sid)  # type: ignore[call-overload]
+        if tracked is None or tracked.sandbox.state is not SandboxState.PAUSED:
+            return None
+        return tracked
+
     async def round(self, nursery: trio.Nursery) -> None:
         """Choose and start evictions, if memory is needed.  Synchronous at
         heart (it reads the memory pool's ledger), so nothing changes between
@@ -159,14 +165,14 @@ class Evictor:
         freed = 0
 
         def evictable(sid: Hashable, key: float) -> bool:
-            tracked = self.tracked.get(sid)  # type: ignore[call-overload]
-            if tracked is None or tracked.sandbox.state is not SandboxState.PAUSED:
+            tracked = self._still_paused(sid)
+            if tracked is None:
                 return True  # stale: taken out of the queue, skipped below
             return not tracked.sandbox.live_children and self.mempool.reserved_mb(sid) > 0
 
         for sid, key in self.paused.take(evictable):
-            tracked = self.tracked.get(sid)  # type: ignore[call-overload]
-            if tracked is None or tracked.sandbox.state is not SandboxState.PAUSED:
+            tracked = self._still_paused(sid)
+            if tracked is None:
                 continue
             victim = self._candidate(tracked)
             self.policy.evicted(victim, key)

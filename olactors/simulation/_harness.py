@@ -133,7 +133,7 @@ def run_scenario(
     run = _Run(scenario, config, seed, keep_trace)
     clock = trio.testing.MockClock(autojump_threshold=0)
     started = time.perf_counter()
-    with deterministic_scheduler(seed), _quiet_logs(run):
+    with deterministic_scheduler(seed), _QuietLogs(run):
         trio.run(run.main, clock=clock)
     real_s = time.perf_counter() - started
     return run.result(all_settings, real_s)
@@ -462,7 +462,7 @@ class _LogTap(logging.Handler):
             self.run.checker.fail(now, "no_crash", f"{record.name}: {record.getMessage()}")
 
 
-class _quiet_logs:
+class _QuietLogs:
     """During a run the worker's logs go only to the tap (not the console):
     supervision at INFO, everything else from WARNING."""
 
