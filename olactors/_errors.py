@@ -21,6 +21,10 @@ class OlactorsError(Exception):
         super().__init__(message)
         self.message = message
 
+    def details(self) -> dict[str, object]:
+        """Extra JSON fields of the error response (beside ``error`` and ``message``)."""
+        return {}
+
 
 class ConfigError(OlactorsError):
     """A worker.yaml, ol.yaml or ``--set`` override is malformed.
@@ -128,6 +132,44 @@ class PackageResolutionFailed(OlactorsError):
         super().__init__(message)
         self.requirements = requirements
         self.pip_tail = pip_tail
+
+    def details(self) -> dict[str, object]:
+        return {"requirements": list(self.requirements), "pip_tail": self.pip_tail}
+
+
+class PackageInstallFailed(OlactorsError):
+    """A pinned distribution could not be installed. 424 when pip refused it
+    (not found, hash mismatch, no wheel for this interpreter); 500 when the
+    installer itself failed (timed out, ran out of memory, crashed). The
+    message names the package and ends with the tail of pip's output."""
+
+    code = "package_install_failed"
+    status = 424
+
+    def __init__(
+        self, message: str, package: str, version: str, pip_tail: str = "", status: int = 424
+    ) -> None:
+        super().__init__(message)
+        self.package = package
+        self.version = version
+        self.pip_tail = pip_tail
+        self.status = status
+
+    def details(self) -> dict[str, object]:
+        return {"package": self.package, "version": self.version, "pip_tail": self.pip_tail}
+
+
+class ZygoteUnsuitable(SandboxError):
+    """A zygote's process became unfit to fork after importing ``package``
+    (a second thread, a file open for writing, a directory fd, a listening
+    socket, or the import failed); ``reason`` says which."""
+
+    code = "zygote_unsuitable"
+
+    def __init__(self, package: str, reason: str) -> None:
+        super().__init__(f"package {package!r} is unsuitable for a zygote: {reason}")
+        self.package = package
+        self.reason = reason
 
 
 class RegistryUnavailable(OlactorsError):

@@ -113,7 +113,9 @@ def error_response(exc: OlactorsError, request_id: str) -> Response:
         headers.append(("Retry-After", retry_after(exc.retry_after_s)))
     if isinstance(exc, MethodNotAllowed) and exc.allowed:
         headers.append(("Allow", ", ".join(exc.allowed)))
-    return json_response(error_body(exc.code, exc.message, request_id), exc.status, headers)
+    return json_response(
+        error_body(exc.code, exc.message, request_id, **exc.details()), exc.status, headers
+    )
 
 
 def parse_name(raw: bytes) -> str:

@@ -7,6 +7,8 @@ implementation, opened with :func:`open_sock_pool`.
 from ._api import (
     Invocation,
     InvocationResult,
+    PackageMount,
+    Preload,
     Sandbox,
     SandboxChildExited,
     SandboxCreated,
@@ -30,6 +32,8 @@ __all__ = [
     "EventHub",
     "Invocation",
     "InvocationResult",
+    "PackageMount",
+    "Preload",
     "RawSandbox",
     "SafeSandbox",
     "Sandbox",

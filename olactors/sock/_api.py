@@ -38,10 +38,34 @@ class SandboxLimits:
     tmp_mb: int = 64
 
 
+#: Where package dirs appear inside a sandbox.
+PACKAGES_MOUNT = "/packages"
+
+
+@dataclass(frozen=True, slots=True)
+class PackageMount:
+    """A host directory bound read-only at ``target`` (under ``/packages``)
+    inside the sandbox, and put on its ``sys.path``."""
+
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Preload:
+    """Modules of one package a zygote imports; the worker then checks the
+    process is still fit to fork (see :class:`ZygoteUnsuitable`)."""
+
+    package: str
+    modules: tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxMeta:
-    """What to create: limits, network (``none``/``host``), environment, and for
-    leaves the entry (``module:attr``), for zygotes the modules to pre-import."""
+    """What to create: limits, network (``none``/``host``), environment, the
+    package dirs it sees, and for leaves the entry (``module:attr``), for
+    zygotes the modules to pre-import: stdlib ``imports`` and then, package by
+    package, ``preload``."""
 
     limits: SandboxLimits = SandboxLimits()
     network: str = "none"
@@ -49,6 +73,8 @@ class SandboxMeta:
     entry: str = "f:f"
     imports: tuple[str, ...] = ()
     label: str = ""
+    packages: tuple[PackageMount, ...] = ()
+    preload: tuple[Preload, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +166,9 @@ class Sandbox(Protocol):
 
     @property
     def death_reason(self) -> str | None: ...
+
+    @property
+    def meta(self) -> SandboxMeta: ...
 
     #: When it was last used (created, a call started, unpaused, forked from), trio time.
     last_used: float

@@ -19,7 +19,13 @@ import trio
 
 from .. import native
 from .._config import Config
-from .._errors import ConfigError, SandboxDead, SandboxError, SandboxStateError
+from .._errors import (
+    ConfigError,
+    SandboxDead,
+    SandboxError,
+    SandboxStateError,
+    ZygoteUnsuitable,
+)
 from .._groups import lone_errors_unwrapped
 from . import seccomp
 from ._api import (
@@ -123,8 +129,10 @@ class SockPool(PoolEvents):
                 reason = await sb.diagnose(exc)
                 tail = sb.log_tail()
                 await self.release_resources(sb, reuse_cgroup=False)
-            if not isinstance(exc, Exception) or isinstance(exc, (SandboxDead, SandboxStateError)):
-                raise  # cancellation, or the parent's state changed: not this sandbox's failure
+            if not isinstance(exc, Exception) or isinstance(
+                exc, (SandboxDead, SandboxStateError, ZygoteUnsuitable)
+            ):
+                raise  # cancellation, the parent's state changed, or a verdict on a package
             detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
             raise SandboxError(f"creating sandbox {sb.id} failed: {reason}{detail}") from exc
         safe = SafeSandbox(sb, self._hub, parent, trio.current_time() - started)
@@ -173,7 +181,11 @@ class SockPool(PoolEvents):
             )
         )
         sb.root.mount(
-            self._base, code_dir=sb.code_dir, scratch=str(sb.scratch), tmp_bytes=limits.tmp_mb << 20
+            self._base,
+            code_dir=sb.code_dir,
+            scratch=str(sb.scratch),
+            tmp_bytes=limits.tmp_mb << 20,
+            packages=sb.meta.packages,
         )
 
     async def release_resources(self, sb: SockSandbox, *, reuse_cgroup: bool = True) -> None:

@@ -9,8 +9,10 @@ symlinks), the Python installation when it lives outside ``/usr``, a tmpfs
 empty read-only directory, so sandboxes never see host packages.
 
 A sandbox root is a recursive read-only bind of the base plus the function's
-code at ``/handler`` (read-only), its scratch dir at ``/host`` (writable) and a
-size-limited tmpfs at ``/tmp``.  Bind mounts + chroot; no mount namespace per
+code at ``/handler`` (read-only), its scratch dir at ``/host`` (writable), a
+size-limited tmpfs at ``/tmp``, and, when it uses packages, a small tmpfs at
+``/packages`` holding exactly its package dirs, each bound read-only (the
+tmpfs is then made read-only too).  Bind mounts + chroot; no mount namespace per
 sandbox.  All mounts live in the worker's private mount namespace.
 """
 
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import native
+from ._api import PACKAGES_MOUNT, PackageMount
 
 RUNTIME_SOURCE = Path(__file__).with_name("runtime")
-MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "dev")
+MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "dev", "packages")
+PACKAGES_TMPFS_BYTES = 1 << 20  # holds only the mount points of package dirs
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
 
@@ -140,7 +144,7 @@ class BaseRoot:
 
     def _mount_all(self) -> None:
         if not self.assembled:
-            for name in ("handler", "host", "tmp", "runtime", "dev"):
+            for name in MOUNT_POINTS:
                 (self.path / name).mkdir(exist_ok=True)
         else:
             self._bind("/usr", "/usr")
@@ -179,7 +183,15 @@ class SandboxRoot:
         self.path = path
         self.mounted = False
 
-    def mount(self, base: BaseRoot, *, code_dir: str | None, scratch: str, tmp_bytes: int) -> None:
+    def mount(
+        self,
+        base: BaseRoot,
+        *,
+        code_dir: str | None,
+        scratch: str,
+        tmp_bytes: int,
+        packages: tuple[PackageMount, ...] = (),
+    ) -> None:
         """Assemble the root; on failure undo what was done and raise NativeError."""
         root = str(self.path)
         self.path.mkdir(exist_ok=True)
@@ -190,6 +202,8 @@ class SandboxRoot:
                 native.bind(code_dir, root + "/handler", readonly=True)
             native.bind(scratch, root + "/host", readonly=False)
             native.mount_tmpfs(root + "/tmp", size_bytes=tmp_bytes)
+            if packages:
+                mount_packages(root, packages)
         except BaseException:
             self.unmount()
             raise
@@ -199,6 +213,19 @@ class SandboxRoot:
         if self.mounted:
             self.mounted = False
             native.umount(str(self.path), detach=True)
+
+
+def mount_packages(root: str, packages: tuple[PackageMount, ...]) -> None:
+    """A tmpfs at ``<root>/packages`` with each package dir bound read-only at
+    its target; the tmpfs is then made read-only (targets are checked by
+    :func:`._safe.check_package_mounts`)."""
+    top = root + PACKAGES_MOUNT
+    native.mount_tmpfs(top, size_bytes=PACKAGES_TMPFS_BYTES, mode=0o755)
+    for mount in packages:
+        point = root + mount.target
+        os.makedirs(point, mode=0o755, exist_ok=True)
+        native.bind(mount.source, point, readonly=True)
+    native.remount_readonly(top)
 
 
 def _unescape_mountinfo(field: bytes) -> str:

@@ -12,6 +12,8 @@ descendants are gone) and lifecycle events.
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -19,8 +21,10 @@ import trio
 
 from .._errors import SandboxDead, SandboxError, SandboxStateError
 from ._api import (
+    PACKAGES_MOUNT,
     Invocation,
     InvocationResult,
+    PackageMount,
     SandboxChildExited,
     SandboxDestroyed,
     SandboxMeta,
@@ -37,6 +41,7 @@ log = logging.getLogger("olactors.sandbox")
 class RawSandbox(Protocol):
     id: str
     is_leaf: bool
+    meta: SandboxMeta
 
     async def invoke(self, request: Invocation) -> InvocationResult: ...
 
@@ -75,7 +80,32 @@ def check_create(
             )
     if meta.network not in ("none", "host"):
         raise SandboxError(f"unknown network mode {meta.network!r}")
+    check_package_mounts(meta.packages)
+    if zygote is not None:
+        missing = [m.target for m in zygote.meta.packages if m not in meta.packages]
+        if missing:
+            # Modules the zygote imported load more of themselves lazily, from these paths.
+            raise SandboxError(
+                f"cannot fork from zygote {zygote.id}: the new sandbox would not see "
+                f"its package dirs {', '.join(missing)}"
+            )
     return zygote
+
+
+def check_package_mounts(mounts: tuple[PackageMount, ...]) -> None:
+    """Each target is a distinct normalised path below ``/packages``; sources are absolute."""
+    seen = set()
+    for mount in mounts:
+        target = mount.target
+        if (
+            not target.startswith(PACKAGES_MOUNT + "/")
+            or posixpath.normpath(target) != target
+            or target in seen
+        ):
+            raise SandboxError(f"bad package mount target {target!r}")
+        if not os.path.isabs(mount.source):
+            raise SandboxError(f"package mount source {mount.source!r} is not absolute")
+        seen.add(target)
 
 
 class SafeSandbox:
@@ -123,6 +153,10 @@ class SafeSandbox:
     @property
     def death_reason(self) -> str | None:
         return self._reason
+
+    @property
+    def meta(self) -> SandboxMeta:
+        return self.raw.meta
 
     @property
     def released(self) -> bool:

@@ -28,10 +28,11 @@ from pathlib import Path
 import trio
 
 from .. import native
-from .._errors import SandboxError
+from .._errors import SandboxError, ZygoteUnsuitable
 from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
 from ._client import LeafClient
 from ._rootfs import SandboxRoot
+from ._suitability import unfit_to_fork
 
 log = logging.getLogger("olactors.sandbox")
 RUNTIME_ARGV_SCRIPT = "/runtime/server.py"
@@ -226,12 +227,22 @@ def passing_credentials(sock: stdsocket.socket | trio.socket.SocketType) -> None
     sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PASSCRED, 1)
 
 
+def _sender_pid(ancdata: list, what: str) -> int:
+    for level, kind, payload in ancdata:
+        if (level, kind) == (stdsocket.SOL_SOCKET, stdsocket.SCM_CREDENTIALS):
+            return _UCRED.unpack(payload[: _UCRED.size])[0]
+    raise SandboxError(f"{what}: a runtime message carried no credentials")
+
+
 async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str) -> int:
     """Read runtime messages until ``ready``; return the host pid of its sender.
 
     The pid comes from the kernel (SCM_CREDENTIALS, translated into our PID
-    namespace), not from anything the sandbox says.  Raises SandboxError when
-    the peer closes without reporting ready, refuses, or on timeout.
+    namespace), not from anything the sandbox says.  A zygote reports each
+    package it preloaded; the process is then inspected from the host and
+    :class:`ZygoteUnsuitable` raised if it is no longer fit to fork.  Raises
+    SandboxError when the peer closes without reporting ready, refuses, or on
+    timeout.
     """
     with trio.move_on_after(timeout):
         while True:
@@ -244,23 +255,33 @@ async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str)
             if not msg:
                 raise SandboxError(f"{what}: sandbox exited before it was ready")
             data = json.loads(msg)
+            if "imported" in data:
+                package = str(data["imported"])
+                problems = [data["error"]] if "error" in data else []
+                if not problems:
+                    pid = _sender_pid(ancdata, what)
+                    problems = unfit_to_fork(pid, ignore_fds={0, 1, 2, data.get("channel_fd")})
+                if problems:
+                    raise ZygoteUnsuitable(package, "; ".join(problems))
+                await sock.send(b'{"ok": true}')
+                continue
             if "error" in data:
                 raise SandboxError(f"{what}: zygote refused the fork: {data['error']}")
             if data.get("ready"):
-                for level, kind, payload in ancdata:
-                    if (level, kind) == (stdsocket.SOL_SOCKET, stdsocket.SCM_CREDENTIALS):
-                        return _UCRED.unpack(payload[: _UCRED.size])[0]
-                raise SandboxError(f"{what}: ready message carried no credentials")
+                return _sender_pid(ancdata, what)
     raise SandboxError(f"{what}: not ready within {timeout} s")
 
 
 def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
     """The JSON config the in-sandbox runtime starts with."""
+    paths = [mount.target for mount in sb.meta.packages]
     if sb.is_leaf:
-        return {"mode": "leaf", "entry": sb.meta.entry}
+        return {"mode": "leaf", "entry": sb.meta.entry, "paths": paths}
     return {
         "mode": "zygote",
         "imports": list(sb.meta.imports),
+        "paths": paths,
+        "preload": [[p.package, list(p.modules)] for p in sb.meta.preload],
         "leaf_seccomp": base64.b64encode(leaf_bpf).decode(),
     }
 

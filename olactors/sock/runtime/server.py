@@ -7,8 +7,12 @@ request's connection instead, so in both cases "ready" means "listening".
 
 Config keys: ``mode`` ("leaf" | "zygote"), ``entry`` (leaves: "" or missing
 for automatic selection, or "module:attr"; see ``load_entry``, and
-``_entry.py`` for the WSGI and ASGI details), ``imports`` (modules a zygote
-pre-imports).
+``_entry.py`` for the WSGI and ASGI details), ``imports`` (stdlib modules a
+zygote pre-imports), ``paths`` (package dirs appended to ``sys.path``) and
+``preload`` (zygotes: ``[[package, [module, ...]], ...]``).  After importing
+each preloaded package's modules a zygote reports ``{"imported": package}``
+(with ``"error"`` if an import failed) and waits for the worker's verdict:
+``{"ok": true}`` to go on; anything else (or the worker closing) ends it.
 
 Responses the runtime generates itself (``handler_exception``, ``bad_result``,
 ``handler_import_failed``, ``bad_json``, ``bad_request``) are JSON
@@ -553,11 +557,30 @@ def _listen(path: str, kind: int) -> socket.socket:
     return listener
 
 
+def _preload(preload: list, ready: socket.socket) -> None:
+    """Import each package's modules, then ask the worker whether to go on."""
+    for package, modules in preload:
+        report = {"imported": package, "channel_fd": ready.fileno()}
+        try:
+            for name in modules:
+                __import__(name)
+        except BaseException as exc:  # noqa: BLE001 - reported, then the zygote ends
+            report["error"] = f"importing it failed: {type(exc).__name__}: {exc}"
+        ready.send(json.dumps(report).encode())
+        ready.settimeout(REQUEST_TIMEOUT_S)
+        if ready.recv(64) != b'{"ok": true}':
+            os._exit(3)
+        ready.settimeout(None)
+
+
 def run(config: dict, ready: socket.socket) -> None:
     """Become a leaf or zygote, report ready on ``ready`` once listening, serve forever."""
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     sys.dont_write_bytecode = True
+    for path in config.get("paths", ()):
+        if path not in sys.path:
+            sys.path.append(path)
     if config["mode"] == "leaf":
         app = load_entry(config.get("entry") or "")
         listener = _listen(LEAF_SOCKET, socket.SOCK_STREAM)
@@ -578,6 +601,7 @@ def run(config: dict, ready: socket.socket) -> None:
         LEAF_SECCOMP = base64.b64decode(config.get("leaf_seccomp", ""))
         for name in config.get("imports", ()):
             __import__(name)
+        _preload(config.get("preload", ()), ready)
         compile("def _warm(event):\n    return event\n", "<warm-up>", "exec")
         # Freeze what exists now so the collector never touches (and copies)
         # the zygote's pages in its children.
