@@ -42,7 +42,10 @@ import yaml
 from ._config import MINIMUMS, Config
 from ._errors import BadFunction
 
-if TYPE_CHECKING:  # imported when resolving: the sock package is heavy for a pure parser
+if TYPE_CHECKING:
+    from .packages import FunctionPackages
+
+    # imported when resolving: the sock package is heavy for a pure parser
     from .sock._api import SandboxLimits
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -71,6 +74,8 @@ class FunctionConfig:
     Limits left ``None`` take the worker defaults (see :func:`resolve_limits`).
     ``entry`` is ``"module:attr"`` or ``None`` for ``f.py``'s ``f``.
     ``packages`` are the requirement strings of ``packages:`` as written.
+    ``dependencies`` is what the whole function dir declares and locks (see
+    :func:`olactors.registry.validate_function_dir`); ``None``: not read, no packages.
     """
 
     methods: tuple[str, ...] = ()
@@ -83,6 +88,7 @@ class FunctionConfig:
     network: str | None = None
     entry: str | None = None
     packages: tuple[str, ...] = ()
+    dependencies: FunctionPackages | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ directory's content is the function. A leading ``./`` is ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -35,6 +36,7 @@ from typing import BinaryIO
 from ._errors import BadFunction, BadFunctionName
 from ._function_config import FunctionConfig, parse_function_config
 from ._names import validate_function_name
+from .packages import read_function_packages
 
 MAX_MEMBERS = 10_000
 _MAX_READ = 1 << 20  # larger single reads happen only for oversized tar headers
@@ -459,7 +461,8 @@ def fingerprint_dir(src: Path) -> str:
 def validate_function_dir(path: Path) -> FunctionConfig:
     """Parse ``path/ol.yaml`` (if any) and check the function has an entry:
     ``f.py``, or the module named by ol.yaml's ``entry`` (``a/b.py`` or
-    ``a/b/__init__.py`` for ``a.b``). Raises :class:`BadFunction` (500)."""
+    ``a/b/__init__.py`` for ``a.b``); read its package declaration and lock.
+    Raises :class:`BadFunction` (500)."""
     if not path.is_dir():
         raise BadFunction(f"{path} is not a directory")
     config_path = path / "ol.yaml"
@@ -482,7 +485,7 @@ def validate_function_dir(path: Path) -> FunctionConfig:
             )
     elif not (path / "f.py").is_file():
         raise BadFunction("no f.py and no entry in ol.yaml")
-    return fc
+    return dataclasses.replace(fc, dependencies=read_function_packages(path))
 
 
 def pack_function_dir(path: Path, max_bytes: int) -> bytes:

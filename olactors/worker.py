@@ -34,6 +34,8 @@ from .actors.evictor import Evictor, run_evictor
 from .actors.import_cache import ImportCache, run_import_cache
 from .actors.manager import ManagerRef, run_manager
 from .actors.mempool import MemPoolRef, run_mempool
+from .actors.package_puller import PackagePuller, run_package_puller
+from .packages._store import PackageStore
 from .registry import LocalRegistry
 from .sock import Invocation, InvocationResult, SandboxPool, open_sock_pool
 
@@ -54,6 +56,7 @@ class Worker:
         import_cache: ImportCache | None,
         puller: CodePullerRef,
         metrics: Metrics,
+        package_puller: PackagePuller,
     ) -> None:
         self.config = config
         self.worker_dir = worker_dir
@@ -64,6 +67,7 @@ class Worker:
         self.import_cache = import_cache
         self.puller = puller
         self.metrics = metrics
+        self.package_puller = package_puller
         self.closing = False
         self.in_flight = 0
         location = config.registry.location
@@ -145,6 +149,14 @@ class Worker:
             for st in await self.manager.functions()
         ]
 
+    def packages(self) -> dict[str, Any]:
+        """Installed distributions, the disk budget, and packages unfit for zygotes."""
+        return {
+            **self.package_puller.store.describe(),
+            "installs": self.package_puller.installs,
+            "resolutions": len(self.package_puller.resolutions),
+        }
+
     async def stats(self) -> dict[str, Any]:
         live = {f["name"]: f for f in await self.functions()}
         functions = {}
@@ -216,17 +228,37 @@ async def open_worker(
                         task_status=task_status,
                     )
                 )
+                store = PackageStore(worker_dir / "packages", config.packages.max_disk_mb)
+                store.open()
+                package_puller = PackagePuller(config, worker_dir, store, pool, mempool)
+                packages = await nursery.start(run_package_puller, package_puller)
                 cache = cache_ref = None
                 if config.import_cache.enabled:
-                    cache = ImportCache(tree, pool, mempool, config)
+                    cache = ImportCache(
+                        tree,
+                        pool,
+                        mempool,
+                        config,
+                        unsuitable=store.unsuitable_names,
+                        on_unsuitable=store.mark_unsuitable,
+                    )
                     cache_ref = await nursery.start(run_import_cache, cache)
                 puller = await nursery.start(
                     partial(run_code_puller, config, worker_dir, source=code_source)
                 )
-                deps = Deps(config, pool, mempool, cache_ref, puller, metrics)
+                deps = Deps(config, pool, mempool, cache_ref, puller, metrics, packages)
                 manager = await nursery.start(run_manager, deps)
                 worker = Worker(
-                    config, worker_dir, pool, manager, mempool, evictor, cache, puller, metrics
+                    config,
+                    worker_dir,
+                    pool,
+                    manager,
+                    mempool,
+                    evictor,
+                    cache,
+                    puller,
+                    metrics,
+                    package_puller,
                 )
                 try:
                     yield worker

@@ -260,14 +260,56 @@ root:
 """
 
 
+def versions(*names: str) -> dict[str, str]:
+    return {name: "1.0" for name in names}
+
+
 def test_zygote_tree_picks_the_deepest_matching_node():
     tree = parse_zygote_tree(TREE)
-    assert tree.node_for(frozenset()).name == "root"
-    assert tree.node_for(frozenset({"flask"})).name == "web"
-    assert tree.node_for(frozenset({"flask", "sqlalchemy", "x"})).name == "web-db"
-    assert tree.node_for(frozenset({"sqlalchemy"})).name == "root"  # web-db needs flask too
-    assert tree.node_for(frozenset({"numpy"})).name == "data"
+    assert tree.node_for({}).name == "root"
+    assert tree.node_for(versions("flask")).name == "web"
+    assert tree.node_for(versions("flask", "sqlalchemy", "x")).name == "web-db"
+    assert tree.node_for(versions("sqlalchemy")).name == "root"  # web-db needs flask too
+    assert tree.node_for(versions("numpy")).name == "data"
     assert [n.name for n in tree.path_to("web-db")] == ["root", "web", "web-db"]
+
+
+RANGED = """
+root:
+  name: root
+  children:
+    - name: np2
+      packages: ["NumPy>=2,<3"]
+      children:
+        - name: np2-pandas
+          packages: [pandas]
+    - name: np-any
+      packages: [numpy]
+"""
+
+
+def test_zygote_tree_honours_version_ranges_and_builds_per_exact_version():
+    tree = parse_zygote_tree(RANGED)
+    assert tree.nodes["np2"].packages == ("numpy",)
+    assert tree.node_for({"numpy": "2.1.0"}).name == "np2"
+    assert tree.node_for({"numpy": "1.26.4"}).name == "np-any"  # outside np2's range
+    assert tree.node_for({"numpy": "2.2.0", "pandas": "2.0"}).name == "np2-pandas"
+    node = tree.nodes["np2-pandas"]
+    assert node.pins({"numpy": "2.1.0", "pandas": "2.0", "x": "1"}) == (
+        ("numpy", "2.1.0"),
+        ("pandas", "2.0"),
+    )
+    # A zygote built with numpy 2.1 is keyed by it: numpy 2.2 gets another one.
+    assert node.pins({"numpy": "2.1.0", "pandas": "2.0"}) != node.pins(
+        {"numpy": "2.2.0", "pandas": "2.0"}
+    )
+
+
+def test_zygote_tree_skips_nodes_preloading_an_unsuitable_package():
+    tree = parse_zygote_tree(RANGED)
+    fn = {"numpy": "2.1.0", "pandas": "2.0"}
+    assert tree.node_for(fn, frozenset({"pandas"})).name == "np2"
+    assert tree.node_for(fn, frozenset({"numpy"})).name == "root"
 
 
 @pytest.mark.parametrize(
@@ -278,6 +320,13 @@ def test_zygote_tree_picks_the_deepest_matching_node():
         ("root: {name: r, children: [{name: r}]}", "duplicate node name"),
         ("nodes: []", "single top-level key 'root'"),
         ("root: {name: r, imports: ['not a module']}", "not a module name"),
+        ("root: {name: r, children: [{name: a, packages: ['x[y]']}]}", "only a project name"),
+        ("root: {name: r, children: [{name: a, packages: ['x>>1']}]}", "is not a requirement"),
+        (
+            "root: {name: r, children: [{name: a, packages: [X], children: [{name: b, "
+            "packages: [x]}]}]}",
+            "named twice on this path",
+        ),
         ("root: [", "not valid YAML"),
     ],
 )

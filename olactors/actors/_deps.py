@@ -10,6 +10,7 @@ from .._metrics import Metrics
 from ..sock import SandboxPool
 from .import_cache import ImportCacheRef
 from .mempool import MemPoolRef
+from .package_puller import PackagePullerRef
 
 if TYPE_CHECKING:
     from .code_puller import CodePullerRef
@@ -23,3 +24,4 @@ class Deps:
     import_cache: ImportCacheRef | None  # None: import cache disabled, every sandbox fresh
     puller: CodePullerRef
     metrics: Metrics
+    packages: PackagePullerRef

@@ -1,7 +1,13 @@
 """ImportCache and ZygoteActors: the tree of zygotes leaves are forked from.
 
-One ZygoteActor per (tree node, network mode), spawned on first use.  A
-zygote is created lazily — forked from its parent node's zygote, the root
+One ZygoteActor per (tree node, network mode, exact versions of the node's
+packages), spawned on first use: a node serving numpy 2.1 and 2.2 has two.
+A zygote mounts exactly its node's package dirs and preloads its own
+packages' top-level modules, one package at a time; a package that leaves
+the process unfit to fork (see :mod:`olactors.sock._suitability`) is
+reported through ``on_unsuitable`` (recorded for good), the build fails
+with :class:`ZygoteUnsuitable`, and :meth:`ImportCacheRef.zygote` picks the
+node again without it.  A zygote is created lazily — forked from its parent node's zygote, the root
 one fresh — after reserving ``limits.zygote_mem_mb`` from the memory pool.
 Users take a *lease* (:meth:`ImportCacheRef.zygote`): while any lease is
 held the zygote runs; with none for ``import_cache.pause_after_s`` it is
@@ -15,18 +21,19 @@ for that one build.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
 from .._config import Config
-from .._errors import OlactorsError, SandboxError
+from .._errors import OlactorsError, SandboxError, ZygoteUnsuitable
 from .._zygote_tree import ZygoteNode, ZygoteTree
-from ..sock import Sandbox, SandboxLimits, SandboxMeta, SandboxPool, SandboxState
+from ..sock import Preload, Sandbox, SandboxLimits, SandboxMeta, SandboxPool, SandboxState
 from ._calls import Reply, ask
 from .mempool import MemPoolRef
+from .package_puller import NO_PACKAGES, PackageSet
 
 log = logging.getLogger("olactors.import_cache")
 
@@ -45,6 +52,7 @@ class ReleaseLease:
 class GetZygoteActor:
     node: str
     network: str
+    packages: PackageSet  # the function's; the zygote takes its node's part
     reply: Reply[ZygoteRef]
 
 
@@ -54,34 +62,67 @@ class ZygoteRef:
         self.network = network
         self._inbox = inbox
 
+    async def acquire(self) -> Sandbox:
+        """The running zygote, leased until :meth:`release`."""
+        return await ask(self._inbox, Acquire(Reply()))
+
+    async def release(self) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await self._inbox.send(ReleaseLease())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[Sandbox]:
-        sandbox = await ask(self._inbox, Acquire(Reply()))
+        sandbox = await self.acquire()
         try:
             yield sandbox
         finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await self._inbox.send(ReleaseLease())
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            await self.release()
+
+
+def _none_unsuitable() -> frozenset[str]:
+    return frozenset()
 
 
 class ImportCacheRef:
-    def __init__(self, tree: ZygoteTree, inbox: trio.MemorySendChannel) -> None:
+    def __init__(
+        self,
+        tree: ZygoteTree,
+        inbox: trio.MemorySendChannel,
+        unsuitable: Callable[[], frozenset[str]] = _none_unsuitable,
+    ) -> None:
         self.tree = tree
         self._inbox = inbox
+        self._unsuitable = unsuitable
 
-    async def actor(self, node: str, network: str) -> ZygoteRef:
-        return await ask(self._inbox, GetZygoteActor(node, network, Reply()))
+    async def actor(self, node: str, network: str, packages: PackageSet = NO_PACKAGES) -> ZygoteRef:
+        return await ask(self._inbox, GetZygoteActor(node, network, packages, Reply()))
 
     @asynccontextmanager
-    async def zygote(self, packages: frozenset[str], network: str) -> AsyncIterator[Sandbox]:
-        """Lease the running zygote for a function with ``packages`` (raises if unavailable)."""
-        node = self.tree.node_for(packages)
-        ref = await self.actor(node.name, network)
-        async with ref.lease() as sandbox:
+    async def zygote(self, packages: PackageSet, network: str) -> AsyncIterator[Sandbox]:
+        """Lease the running zygote for a function with ``packages`` (raises if unavailable).
+
+        A zygote that turns out to preload an unsuitable package is given up
+        and the node chosen again (each round rules out one more package; the
+        root preloads none)."""
+        tried = set()
+        while True:
+            node = self.tree.node_for(packages.versions, self._unsuitable())
+            ref = await self.actor(node.name, network, packages)
+            try:
+                sandbox = await ref.acquire()
+            except ZygoteUnsuitable:
+                if node.name in tried:  # not recorded as unsuitable: no other node to try
+                    raise
+                tried.add(node.name)
+                continue
+            break
+        try:
             yield sandbox
+        finally:
+            await ref.release()
 
 
 class Zygote:
@@ -95,6 +136,8 @@ class Zygote:
         pool: SandboxPool,
         mempool: MemPoolRef,
         config: Config,
+        packages: PackageSet = NO_PACKAGES,
+        on_unsuitable: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.node = node
         self.network = network
@@ -102,6 +145,8 @@ class Zygote:
         self.pool = pool
         self.mempool = mempool
         self.config = config
+        self.packages = packages  # exactly the node's packages, at the versions it serves
+        self.on_unsuitable = on_unsuitable
         self.sandbox: Sandbox | None = None
         self.leases = 0
         self.builds = 0
@@ -110,7 +155,8 @@ class Zygote:
 
     @property
     def label(self) -> str:
-        return f"zygote:{self.node.name}:{self.network}"
+        versions = "".join(f":{p.name}=={p.version}" for p in self.packages.packages)
+        return f"zygote:{self.node.name}:{self.network}{versions}"
 
     def meta(self) -> SandboxMeta:
         lim = self.config.limits
@@ -124,6 +170,10 @@ class Zygote:
             network=self.network,
             imports=self.node.imports,
             label=self.label,
+            packages=self.packages.mounts(),
+            preload=tuple(
+                Preload(name, self.packages.get(name).modules) for name in self.node.packages
+            ),
         )
 
     async def ensure(self) -> Sandbox:
@@ -145,6 +195,12 @@ class Zygote:
             raise self.last_error
         try:
             self.sandbox = await self._create()
+        except ZygoteUnsuitable as exc:
+            version = self.packages.get(exc.package).version
+            log.warning("%s: %s; it is imported in leaves from now on", self.label, exc.message)
+            if self.on_unsuitable is not None:
+                self.on_unsuitable(exc.package, version, exc.reason)
+            raise
         except OlactorsError as exc:
             self.failed_until = now + self.config.functions.failure_cooldown_s
             self.last_error = SandboxError(f"{self.label} could not be built: {exc.message}")
@@ -223,28 +279,43 @@ class ImportCache:
     """State of the ImportCache actor: one ZygoteActor per (node, network)."""
 
     def __init__(
-        self, tree: ZygoteTree, pool: SandboxPool, mempool: MemPoolRef, config: Config
+        self,
+        tree: ZygoteTree,
+        pool: SandboxPool,
+        mempool: MemPoolRef,
+        config: Config,
+        unsuitable: Callable[[], frozenset[str]] = _none_unsuitable,
+        on_unsuitable: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.tree = tree
         self.pool = pool
         self.mempool = mempool
         self.config = config
-        self.actors: dict[tuple[str, str], ZygoteRef] = {}
-        self.zygotes: dict[tuple[str, str], Zygote] = {}
+        self.unsuitable = unsuitable
+        self.on_unsuitable = on_unsuitable
+        self.actors: dict[tuple, ZygoteRef] = {}
+        self.zygotes: dict[tuple, Zygote] = {}
 
-    async def actor(self, nursery: trio.Nursery, name: str, network: str) -> ZygoteRef:
-        """The actor for node ``name``, spawned (after its missing ancestors) on first use."""
-        ref = self.actors.get((name, network))
+    async def actor(
+        self, nursery: trio.Nursery, name: str, network: str, packages: PackageSet
+    ) -> ZygoteRef:
+        """The actor for node ``name`` at the versions ``packages`` holds,
+        spawned (after its missing ancestors) on first use."""
+        node = self.tree.nodes[name]
+        key = (name, network, node.pins(packages.versions))
+        ref = self.actors.get(key)
         if ref is not None:
             return ref
-        node = self.tree.nodes[name]
         parent = None
         if node.parent_name is not None:
-            parent = await self.actor(nursery, node.parent_name, network)
-        zygote = Zygote(node, network, parent, self.pool, self.mempool, self.config)
+            parent = await self.actor(nursery, node.parent_name, network, packages)
+        own = packages.only(node.all_packages)
+        zygote = Zygote(
+            node, network, parent, self.pool, self.mempool, self.config, own, self.on_unsuitable
+        )
         ref = await nursery.start(run_zygote, zygote)
-        self.actors[(name, network)] = ref
-        self.zygotes[(name, network)] = zygote
+        self.actors[key] = ref
+        self.zygotes[key] = zygote
         return ref
 
     def describe(self) -> list[dict[str, object]]:
@@ -254,6 +325,7 @@ class ImportCache:
                 "network": z.network,
                 "sandbox": z.sandbox.id if z.sandbox is not None else None,
                 "state": z.sandbox.state.value if z.sandbox is not None else "none",
+                "packages": z.packages.versions,
                 "leases": z.leases,
                 "builds": z.builds,
             }
@@ -269,9 +341,9 @@ async def run_import_cache(
     """Run until cancelled; zygote actors destroy their zygotes on the way out."""
     send, inbox = trio.open_memory_channel[GetZygoteActor](4096)
     async with trio.open_nursery() as nursery:
-        task_status.started(ImportCacheRef(cache.tree, send))
+        task_status.started(ImportCacheRef(cache.tree, send, cache.unsuitable))
         try:
             async for msg in inbox:
-                msg.reply.send(await cache.actor(nursery, msg.node, msg.network))
+                msg.reply.send(await cache.actor(nursery, msg.node, msg.network, msg.packages))
         finally:
             inbox.close()

@@ -28,9 +28,12 @@ from dataclasses import dataclass
 import trio
 
 from .._errors import (
+    BadFunction,
     HandlerTimeout,
     MemoryExhausted,
     OlactorsError,
+    PackageInstallFailed,
+    PackageResolutionFailed,
     SandboxDied,
     SandboxError,
     SandboxUnavailable,
@@ -194,8 +197,8 @@ class Instance:
                 self.sandbox = await self._create()
                 self._cpu_ns_seen = 0
                 return self.sandbox, True
-            except MemoryExhausted:
-                raise
+            except (MemoryExhausted, PackageResolutionFailed, PackageInstallFailed, BadFunction):
+                raise  # not the sandbox's failure: a retry would fail the same way
             except OlactorsError as exc:
                 last = exc
                 log.warning("%s/%d: creating a sandbox failed: %s", self.name, self.id, exc.message)
@@ -204,34 +207,37 @@ class Instance:
 
     async def _create(self) -> Sandbox:
         deps = self.deps
-        meta = SandboxMeta(
-            limits=self.limits.sandbox,
-            network=self.limits.network,
-            env=dict(self.code.config.environment),
-            entry=self.code.config.entry or "",
-            label=self.name,
-        )
-        code_dir = str(self.code.code_dir)
-        res = await deps.mempool.reserve(meta.limits.mem_mb, f"function {self.name}")
-        try:
-            sb = None
-            if deps.import_cache is not None:
-                try:
-                    async with deps.import_cache.zygote(frozenset(), meta.network) as zygote:
-                        sb = await deps.pool.create(zygote, True, code_dir, None, meta)
-                except SandboxError as exc:
-                    log.warning(
-                        "%s: forking from a zygote failed (%s); starting fresh",
-                        self.name,
-                        exc.message,
-                    )
-            if sb is None:
-                sb = await deps.pool.create(None, True, code_dir, None, meta)
-        except BaseException:
-            await deps.mempool.release(res)
-            raise
-        await deps.mempool.bind(res, sb)
-        return sb
+        config = self.code.config
+        async with deps.packages.holding(config.dependencies, self.name) as packages:
+            meta = SandboxMeta(
+                limits=self.limits.sandbox,
+                network=self.limits.network,
+                env=dict(config.environment),
+                entry=config.entry or "",
+                label=self.name,
+                packages=packages.mounts(),
+            )
+            code_dir = str(self.code.code_dir)
+            res = await deps.mempool.reserve(meta.limits.mem_mb, f"function {self.name}")
+            try:
+                sb = None
+                if deps.import_cache is not None:
+                    try:
+                        async with deps.import_cache.zygote(packages, meta.network) as zygote:
+                            sb = await deps.pool.create(zygote, True, code_dir, None, meta)
+                    except SandboxError as exc:
+                        log.warning(
+                            "%s: forking from a zygote failed (%s); starting fresh",
+                            self.name,
+                            exc.message,
+                        )
+                if sb is None:
+                    sb = await deps.pool.create(None, True, code_dir, None, meta)
+            except BaseException:
+                await deps.mempool.release(res)
+                raise
+            await deps.mempool.bind(res, sb)
+            return sb
 
     async def _drop_sandbox(self, reason: str) -> None:
         sb, self.sandbox = self.sandbox, None

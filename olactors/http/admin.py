@@ -3,6 +3,8 @@
 Routes (all answers JSON, with ``X-Request-Id``; errors in the public app's format):
 
 * ``GET /status``, ``GET /stats``, ``GET /functions``, ``GET /sandboxes``
+* ``GET /packages``: installed distributions (size, modules, holds), the disk
+  budget, and the packages found unfit for zygotes (with the reason)
 * ``GET /registry``: the functions in the local registry
 * ``POST /registry/<name>``: body is a ``.tar.gz`` of the function dir; 201
   ``{"name", "installed": true}``; a bad archive is ``400 bad_function`` and
@@ -76,6 +78,9 @@ def create_admin_app(worker: Worker) -> QuartTrio:
         if raw_path == b"/sandboxes":
             require_method(method, ("GET",))
             return json_response(worker.sandboxes())
+        if raw_path == b"/packages":
+            require_method(method, ("GET",))
+            return json_response(worker.packages())
         if raw_path == b"/registry":
             require_method(method, ("GET",))
             registry = local_registry()

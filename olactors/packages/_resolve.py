@@ -190,7 +190,7 @@ def _outcome(
     requirements: tuple[str, ...], returncode: int | None, workdir: Path, timeout_s: float
 ) -> Resolution:
     """The resolution in ``workdir/report.json``, or the failure pip's log explains."""
-    tail = _tail((workdir / "pip.log").read_bytes().decode("utf-8", errors="replace"))
+    tail = pip_tail((workdir / "pip.log").read_bytes().decode("utf-8", errors="replace"))
     if returncode is None:
         raise _failure(requirements, f"pip took longer than {timeout_s:g} s", tail)
     if returncode != 0:
@@ -234,7 +234,7 @@ def _distribution(item: dict[str, Any]) -> ResolvedDistribution:
     )
 
 
-def _tail(output: str) -> str:
+def pip_tail(output: str) -> str:
     lines = [
         line.rstrip()
         for line in output.splitlines()

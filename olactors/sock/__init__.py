@@ -5,6 +5,7 @@ implementation, opened with :func:`open_sock_pool`.
 """
 
 from ._api import (
+    PACKAGES_MOUNT,
     Invocation,
     InvocationResult,
     PackageMount,
@@ -29,6 +30,7 @@ from ._process import prepare_worker_process, worker_id
 from ._safe import RawSandbox, SafeSandbox
 
 __all__ = [
+    "PACKAGES_MOUNT",
     "EventHub",
     "Invocation",
     "InvocationResult",

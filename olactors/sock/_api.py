@@ -45,10 +45,11 @@ PACKAGES_MOUNT = "/packages"
 @dataclass(frozen=True, slots=True)
 class PackageMount:
     """A host directory bound read-only at ``target`` (under ``/packages``)
-    inside the sandbox, and put on its ``sys.path``."""
+    inside the sandbox, and put on its ``sys.path`` when ``on_path``."""
 
     source: str
     target: str
+    on_path: bool = True
 
 
 @dataclass(frozen=True, slots=True)

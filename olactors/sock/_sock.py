@@ -274,7 +274,7 @@ async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str)
 
 def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
     """The JSON config the in-sandbox runtime starts with."""
-    paths = [mount.target for mount in sb.meta.packages]
+    paths = [mount.target for mount in sb.meta.packages if mount.on_path]
     if sb.is_leaf:
         return {"mode": "leaf", "entry": sb.meta.entry, "paths": paths}
     return {

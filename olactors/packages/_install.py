@@ -1,0 +1,126 @@
+"""What the installer sandbox runs, and how its answer is read (no I/O except
+:func:`pip_tool_dir`).
+
+One pinned distribution per installer sandbox: ``pip install --no-deps
+--only-binary=:all: --target=/host/site -r /host/req.txt`` (with
+``--require-hashes`` when the pin has a hash), pip's own package mounted
+read-only, and the worker's local ``find_links`` directories mounted
+read-only so an offline index works inside the sandbox too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from .._errors import PackageInstallFailed
+from ..sock._api import InvocationResult, PackageMount
+from ._index import IndexOptions
+from ._lock import Pin
+from ._resolve import pip_tail
+
+INSTALLER_ENTRY = "_installer:f"
+PIP_TARGET = "/packages/.pip"
+LINKS_TARGET = "/packages/.links"
+# Network transport settings of the host that pip may keep (none changes *what* is installed).
+_TRANSPORT = (
+    "PIP_CERT",
+    "PIP_CLIENT_CERT",
+    "PIP_PROXY",
+    "PIP_DEFAULT_TIMEOUT",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+
+
+def pip_tool_dir(store_root: Path) -> Path:
+    """A copy of this interpreter's pip, made once per worker dir and pip
+    version (the installer sandbox never sees the host's site-packages)."""
+    import pip
+
+    source = Path(pip.__file__).resolve().parent
+    tool = store_root / ".tools" / f"pip-{pip.__version__}"
+    if not (tool / "pip" / "__init__.py").is_file():
+        temp = tool.with_name(f".{tool.name}-{secrets.token_hex(4)}")
+        temp.mkdir(parents=True)
+        try:
+            shutil.copytree(source, temp / "pip", symlinks=True)
+            shutil.rmtree(tool, ignore_errors=True)
+            os.rename(temp, tool)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+    return tool
+
+
+def sandboxed_index(index: IndexOptions) -> tuple[IndexOptions, tuple[PackageMount, ...]]:
+    """``index`` as seen from inside the installer: each local ``find_links``
+    directory (a path or ``file://`` URL) is mounted read-only and named by
+    its path inside the sandbox."""
+    mounts = []
+    links = []
+    for link in index.find_links:
+        path = unquote(urlsplit(link).path) if link.startswith("file://") else link
+        if "://" in path or not os.path.isabs(path):
+            links.append(link)
+            continue
+        target = f"{LINKS_TARGET}/{len(mounts)}"
+        mounts.append(PackageMount(path, target, on_path=False))
+        links.append(target)
+    return replace(index, find_links=tuple(links)), tuple(mounts)
+
+
+def pip_install_args(pin: Pin, index: IndexOptions) -> list[str]:
+    args = [
+        "install",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--target=/host/site",
+        "--no-cache-dir",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar=off",
+        "--no-warn-script-location",
+        *index.pip_args(),
+        "--requirement=/host/req.txt",
+    ]
+    if pin.sha256:
+        args.append("--require-hashes")
+    return args
+
+
+def installer_environment(host: dict[str, str]) -> dict[str, str]:
+    """pip reads no configuration file and only the host's transport settings."""
+    env = {key: value for key, value in host.items() if key in _TRANSPORT}
+    env["PIP_CONFIG_FILE"] = "/dev/null"
+    return env
+
+
+def read_installer_answer(pin: Pin, result: InvocationResult) -> None:
+    """Raise :class:`PackageInstallFailed` unless pip reported success."""
+    try:
+        answer = json.loads(result.body)
+    except ValueError:
+        answer = None
+    if result.status != 200 or not isinstance(answer, dict):
+        detail = result.body.decode("utf-8", "replace")[-2000:]
+        raise install_failed(pin, f"the installer failed (HTTP {result.status})", detail, 500)
+    if answer.get("returncode") != 0:
+        raise install_failed(
+            pin, "pip could not install it", pip_tail(str(answer.get("output", "")))
+        )
+
+
+def install_failed(pin: Pin, what: str, tail: str = "", status: int = 424) -> PackageInstallFailed:
+    message = f"installing {pin.name}=={pin.version} failed: {what}"
+    if tail:
+        message += f"\n{tail}"
+    return PackageInstallFailed(message, pin.name, pin.version, tail, status)
