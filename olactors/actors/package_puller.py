@@ -160,6 +160,7 @@ class PackagePuller:
         self.sandbox_index, self.link_mounts = sandboxed_index(self.index)
         self.env = installer_environment(dict(os.environ if host_env is None else host_env))
         self.pip_dir: Path | None = None
+        self._pip_lock = trio.Lock()
         self.resolutions: dict[tuple[str, ...], tuple[Pin, ...]] = {}
         self.installs = 0
         self._flights: dict[tuple, _Flight] = {}
@@ -168,19 +169,30 @@ class PackagePuller:
     # ---------------------------------------------------------- preparing
     async def prepare(self, msg: Prepare) -> None:
         try:
-            packages = await self._prepare(msg.dependencies)
+            pins = await self._pins(msg.dependencies)
         except OlactorsError as exc:
             msg.reply.fail(exc)
             return
         except BaseException:
             msg.reply.close("the package puller stopped")  # cancelled: never leave a waiter
             raise
-        self.store.hold(packages.keys)
+        # Held from now on, before they are even installed: no trim removes them
+        # between their install and the caller's sandbox.
+        keys = [(pin.name, pin.version) for pin in pins]
+        self.store.hold(keys)
+        try:
+            packages = await self._install_all(pins)
+        except BaseException as exc:
+            self.store.unhold(keys)
+            if isinstance(exc, OlactorsError):
+                msg.reply.fail(exc)
+                return
+            msg.reply.close("the package puller stopped")
+            raise
         if not msg.reply.send(packages):
-            self.store.unhold(packages.keys)
+            self.store.unhold(keys)
 
-    async def _prepare(self, dependencies: FunctionPackages) -> PackageSet:
-        pins = await self._pins(dependencies)
+    async def _install_all(self, pins: tuple[Pin, ...]) -> PackageSet:
         installed: dict[str, InstalledPackage] = {}
         errors: list[OlactorsError] = []
 
@@ -246,8 +258,9 @@ class PackagePuller:
 
     # ---------------------------------------------------------- installing
     async def _install(self, pin: Pin) -> InstalledPackage:
-        if self.pip_dir is None:
-            self.pip_dir = await trio.to_thread.run_sync(pip_tool_dir, self.store.root)
+        async with self._pip_lock:  # one copy, made before the first install
+            if self.pip_dir is None:
+                self.pip_dir = await trio.to_thread.run_sync(pip_tool_dir, self.store.root)
         staging = await trio.to_thread.run_sync(self.store.new_staging, pin)
         try:
             await self._run_installer(pin, staging)

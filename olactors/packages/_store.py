@@ -285,8 +285,8 @@ def top_level_modules(site: Path, info: Path) -> tuple[str, ...]:
     found = set()
     for entry in candidates:
         name = entry.strip()
-        if name.endswith(".py"):
-            name = name[:-3]
+        if name.endswith((".py", ".so", ".pyd")):
+            name = name.split(".", 1)[0]  # mod.py, mod.cpython-311-x86_64-linux-gnu.so
         if not name.isidentifier() or name.startswith("__"):
             continue
         if (site / name / "__init__.py").is_file() or (site / f"{name}.py").is_file():
