@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("http", help="HTTP throughput and latency vs. a bare quart-trio app")
     b.add_argument("--seconds", type=float, default=5.0, help="length of each timed run")
     b.add_argument("--json", action="store_true", help="print figures as JSON")
+    b = bench.add_parser("imports", help="cold start with and without a zygote (heavy package)")
+    b.add_argument("--samples", type=int, default=15, help="never-seen functions per side")
+    b.add_argument("--modules", type=int, default=400, help="modules in the generated package")
+    b.add_argument("--json", action="store_true", help="print figures as JSON")
     b = bench.add_parser("idle", help="memory kept per function after it idled out")
     b.add_argument("--functions", type=int, default=1000)
     b.add_argument("--json", action="store_true", help="print figures as JSON")
@@ -313,6 +317,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench import http
 
         return http.run(args.seconds, args.json)
+    if args.bench == "imports":
+        from .bench import imports
+
+        return imports.run(args.samples, args.modules, args.json)
     if args.bench == "idle":
         from .bench import idle
 

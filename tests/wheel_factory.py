@@ -1,11 +1,8 @@
-"""Small pure-Python wheels built directly with :mod:`zipfile`, for offline package tests.
+"""Small pure-Python wheels for offline package tests.
 
-A wheel here is complete enough for pip: ``<module>/__init__.py``, and a
-``<dist>-<version>.dist-info`` with ``METADATA`` (name, version,
-``Requires-Dist``, ``Provides-Extra``), ``WHEEL``, ``top_level.txt`` and a
-``RECORD`` holding each file's sha256. Archives are byte-for-byte
-reproducible (fixed timestamps and modes, sorted members), so a lock file of
-them is identical across runs. A directory of them is a pip index with
+Each is one generated ``<module>/__init__.py`` written by
+:func:`olactors.packages._wheel.write_wheel` (complete enough for pip, and
+byte-for-byte reproducible, so a lock file of them is identical across runs). A directory of them is a pip index with
 ``--no-index --find-links DIR``.
 
 :func:`build_standard_wheels` builds the set the package tests share (see
@@ -14,14 +11,12 @@ them is identical across runs. A directory of them is a pip index with
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_DATE = (1980, 1, 1, 0, 0, 0)
+from olactors.packages._wheel import write_wheel
 
 # Real work at import: a small table, a digest over it, and a function that uses them.
 _MODULE = '''\
@@ -101,56 +96,15 @@ def build_standard_wheels(dest: Path) -> Path:
 
 def build_wheel(spec: WheelSpec, dest: Path) -> Path:
     """Write ``spec``'s wheel into ``dest`` and return its path."""
-    dest.mkdir(parents=True, exist_ok=True)
     seed = int(hashlib.sha256(f"{spec.name}{spec.version}".encode()).hexdigest()[:6], 16)
     module = _MODULE.format(
         name=spec.name, version=spec.version, seed=seed, extra=spec.extra_code
     ).encode()
-    info = f"{spec.module}-{spec.version}.dist-info"
-    files: dict[str, bytes] = {
-        f"{spec.module}/__init__.py": module,
-        f"{info}/METADATA": _metadata(spec).encode(),
-        f"{info}/WHEEL": (
-            b"Wheel-Version: 1.0\nGenerator: olactors-tests\n"
-            b"Root-Is-Purelib: true\nTag: py3-none-any\n"
-        ),
-        f"{info}/top_level.txt": f"{spec.module}\n".encode(),
-    }
-    record = f"{info}/RECORD"
-    files[record] = _record(files, record).encode()
-    path = dest / spec.filename
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in sorted(files):
-            entry = zipfile.ZipInfo(name, date_time=_DATE)
-            entry.external_attr = 0o644 << 16
-            entry.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(entry, files[name])
-    return path
-
-
-def _metadata(spec: WheelSpec) -> str:
-    lines = ["Metadata-Version: 2.1", f"Name: {spec.name}", f"Version: {spec.version}"]
-    lines.append(f"Summary: generated test package {spec.name}")
-    lines += [f"Requires-Dist: {req}" for req in spec.requires]
-    for extra, reqs in spec.extras.items():
-        lines.append(f"Provides-Extra: {extra}")
-        lines += [_with_extra(req, extra) for req in reqs]
-    return "\n".join(lines) + "\n"
-
-
-def _with_extra(requirement: str, extra: str) -> str:
-    base, sep, marker = requirement.partition(";")
-    condition = f'extra == "{extra}"'
-    if sep:
-        condition = f"({marker.strip()}) and {condition}"
-    return f"Requires-Dist: {base.strip()}; {condition}"
-
-
-def _record(files: Mapping[str, bytes], record: str) -> str:
-    rows = [f"{name},sha256={_digest(data)},{len(data)}" for name, data in sorted(files.items())]
-    return "\n".join([*rows, f"{record},,"]) + "\n"
-
-
-def _digest(data: bytes) -> str:
-    raw = hashlib.sha256(data).digest()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return write_wheel(
+        dest,
+        spec.name,
+        spec.version,
+        {f"{spec.module}/__init__.py": module},
+        requires=spec.requires,
+        extras=spec.extras,
+    )
