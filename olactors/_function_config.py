@@ -144,8 +144,9 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
 
     Unset values take the worker defaults (``limits.*``, ``sandbox.tmp_mb``,
     ``sandbox.network``). A requested value above the worker maximum
-    (``limits.max_*``) raises :class:`BadFunction` (500); a maximum of 0 for
-    ``cpu_percent`` means no maximum.
+    (``limits.max_*``; for the network, ``sandbox.network``: ``host`` only
+    where the worker allows it) raises :class:`BadFunction` (500); a maximum
+    of 0 for ``cpu_percent`` means no maximum.
     """
     from .sock._api import SandboxLimits
 
@@ -160,6 +161,12 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
                 f"ol.yaml limits.{key} {value} exceeds the worker maximum {maximum} "
                 f"(limits.max_{key})"
             )
+    if fc.network == "host" and config.sandbox.network != "host":
+        # The installer is the only sandbox with network access unless the operator opts in.
+        raise BadFunction(
+            "ol.yaml network: host is not allowed on this worker "
+            "(its sandbox.network is none; set it to host to allow it)"
+        )
     chosen = {
         key: getattr(limits, key) if value is None else value for key, value in requested.items()
     }

@@ -192,11 +192,19 @@ def test_resolve_defaults_come_from_the_worker():
 
 def test_resolve_uses_the_function_requests():
     fc = parse_function_config(FULL)
-    resolved = resolve_limits(fc, _config())
+    resolved = resolve_limits(fc, _config("sandbox.network=host"))
     assert resolved.sandbox == SandboxLimits(mem_mb=256, procs=16, cpu_percent=50, tmp_mb=64)
     assert resolved.runtime_s == 2.0
     assert resolved.network == "host"
     assert resolve_limits(parse_function_config("network: none"), _config()).network == "none"
+    assert (
+        resolve_limits(parse_function_config("network: none"), _config("sandbox.network=host"))
+    ).network == "none"
+
+
+def test_function_network_needs_the_workers_consent():
+    with pytest.raises(BadFunction, match="network: host is not allowed on this worker"):
+        resolve_limits(parse_function_config("network: host"), _config())
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ version, finds packages unfit for zygotes, and keeps its disk budget."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,24 @@ async def test_disk_budget_evicts_least_recently_used_unused_versions(worker_dir
         status, body = await invoke(worker, "g")
         assert (status, body["version"]) == (200, "1.0")
         assert "gamma/1.0" in installed_dirs(worker_dir)
+
+
+def test_bench_imports_reports_its_figures(tmp_path):
+    from olactors.bench.imports import measure
+
+    figures = trio.run(measure, 1, 20, tmp_path)
+    assert set(figures) >= {"cold_no_zygote_p50_ms", "cold_zygote_p50_ms", "speedup"}
+    assert figures["cold_no_zygote_p50_ms"] > 0 and figures["cold_zygote_p50_ms"] > 0
+
+
+@pytest.mark.skipif(
+    not os.environ.get("OLACTORS_TEST_PUBLIC_INDEX"),
+    reason="reaches the public package index; set OLACTORS_TEST_PUBLIC_INDEX=1",
+)
+async def test_installs_from_the_public_index(worker_dir):
+    async with serving(worker_dir, "packages.find_links=[]") as served:
+        code = write_fn(served, "sixer", "import six\ndef f(event):\n    return six.__version__\n")
+        (code / "requirements.txt").write_text("six==1.16.0\n")
+        async with served.client() as client:
+            r = await client.post("/run/sixer", json=None)
+        assert (r.status_code, r.json()) == (200, "1.16.0")

@@ -2,8 +2,8 @@
 
 Each is one generated ``<module>/__init__.py`` written by
 :func:`olactors.packages._wheel.write_wheel` (complete enough for pip, and
-byte-for-byte reproducible, so a lock file of them is identical across runs). A directory of them is a pip index with
-``--no-index --find-links DIR``.
+byte-for-byte reproducible, so a lock file of them is identical across runs).
+A directory of them is a pip index with ``--no-index --find-links DIR``.
 
 :func:`build_standard_wheels` builds the set the package tests share (see
 :data:`STANDARD_SET`).

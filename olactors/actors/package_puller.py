@@ -158,7 +158,9 @@ class PackagePuller:
         self.mempool = mempool
         self.index = IndexOptions.from_config(config, worker_dir)
         self.sandbox_index, self.link_mounts = sandboxed_index(self.index)
-        self.env = installer_environment(dict(os.environ if host_env is None else host_env))
+        self.env, self.cert_mounts = installer_environment(
+            os.environ if host_env is None else host_env
+        )
         self.pip_dir: Path | None = None
         self._pip_lock = trio.Lock()
         self.resolutions: dict[tuple[str, ...], tuple[Pin, ...]] = {}
@@ -289,7 +291,11 @@ class PackagePuller:
             env=self.env,
             entry=INSTALLER_ENTRY,
             label=f"installer {pin.name}=={pin.version}",
-            packages=(PackageMount(str(self.pip_dir), PIP_TARGET), *self.link_mounts),
+            packages=(
+                PackageMount(str(self.pip_dir), PIP_TARGET),
+                *self.link_mounts,
+                *self.cert_mounts,
+            ),
         )
 
     async def _run_installer(self, pin: Pin, staging: Path) -> None:

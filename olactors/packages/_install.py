@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -27,6 +28,8 @@ from ._resolve import pip_tail
 INSTALLER_ENTRY = "_installer:f"
 PIP_TARGET = "/packages/.pip"
 LINKS_TARGET = "/packages/.links"
+CERTS_TARGET = "/packages/.certs"
+_CERT_FILES = ("PIP_CERT", "PIP_CLIENT_CERT")
 # Network transport settings of the host that pip may keep (none changes *what* is installed).
 _TRANSPORT = (
     "PIP_CERT",
@@ -97,11 +100,23 @@ def pip_install_args(pin: Pin, index: IndexOptions) -> list[str]:
     return args
 
 
-def installer_environment(host: dict[str, str]) -> dict[str, str]:
-    """pip reads no configuration file and only the host's transport settings."""
+def installer_environment(
+    host: Mapping[str, str],
+) -> tuple[dict[str, str], tuple[PackageMount, ...]]:
+    """pip's environment in the installer: no configuration file, only the
+    host's transport settings; a CA bundle or client certificate the host
+    names (``PIP_CERT``, ``PIP_CLIENT_CERT``) is mounted read-only and named
+    by its path inside the sandbox.  Returns the environment and those mounts."""
     env = {key: value for key, value in host.items() if key in _TRANSPORT}
+    mounts = []
+    for key in _CERT_FILES:
+        path = env.pop(key, None)
+        if path and os.path.isfile(path):
+            target = f"{CERTS_TARGET}/{key}"
+            mounts.append(PackageMount(os.path.realpath(path), target, on_path=False))
+            env[key] = target
     env["PIP_CONFIG_FILE"] = "/dev/null"
-    return env
+    return env, tuple(mounts)
 
 
 def read_installer_answer(pin: Pin, result: InvocationResult) -> None:

@@ -216,14 +216,18 @@ class SandboxRoot:
 
 
 def mount_packages(root: str, packages: tuple[PackageMount, ...]) -> None:
-    """A tmpfs at ``<root>/packages`` with each package dir bound read-only at
-    its target; the tmpfs is then made read-only (targets are checked by
+    """A tmpfs at ``<root>/packages`` with each package dir (or file) bound
+    read-only at its target; the tmpfs is then made read-only (targets are checked by
     :func:`._safe.check_package_mounts`)."""
     top = root + PACKAGES_MOUNT
     native.mount_tmpfs(top, size_bytes=PACKAGES_TMPFS_BYTES, mode=0o755)
     for mount in packages:
         point = root + mount.target
-        os.makedirs(point, mode=0o755, exist_ok=True)
+        if os.path.isdir(mount.source):
+            os.makedirs(point, mode=0o755, exist_ok=True)
+        else:  # a single file (a CA bundle for the installer)
+            os.makedirs(os.path.dirname(point), mode=0o755, exist_ok=True)
+            open(point, "x").close()
         native.bind(mount.source, point, readonly=True)
     native.remount_readonly(top)
 
