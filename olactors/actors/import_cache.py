@@ -7,8 +7,8 @@ packages' top-level modules, one package at a time; a package that leaves
 the process unfit to fork (see :mod:`olactors.sock._suitability`) is
 reported through ``on_unsuitable`` (recorded for good), the build fails
 with :class:`ZygoteUnsuitable`, and :meth:`ImportCacheRef.zygote` picks the
-node again without it.  A zygote is created lazily — forked from its parent node's zygote, the root
-one fresh — after reserving ``limits.zygote_mem_mb`` from the memory pool.
+node again without it.  A zygote is created lazily — forked from its parent
+node's zygote, the root one fresh — after reserving ``limits.zygote_mem_mb`` from the memory pool.
 Users take a *lease* (:meth:`ImportCacheRef.zygote`): while any lease is
 held the zygote runs; with none for ``import_cache.pause_after_s`` it is
 paused (and so becomes evictable).  A dead or evicted zygote is rebuilt on the
