@@ -9,6 +9,7 @@ reply abandoned, so an actor can skip work nobody waits for.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -76,3 +77,13 @@ async def ask(inbox: trio.MemorySendChannel[Any], message: Any) -> Any:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise ActorGone(f"{type(message).__name__}: the actor has stopped") from None
     return await message.reply.receive()
+
+
+def drain(channel: trio.MemoryReceiveChannel[T]) -> Iterator[T]:
+    """The messages already queued on ``channel``, taken without waiting
+    (for an actor's exit path: each must still be answered)."""
+    while True:
+        try:
+            yield channel.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return

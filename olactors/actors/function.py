@@ -43,6 +43,7 @@ from .._errors import (
 from .._function_config import ResolvedLimits, resolve_limits
 from .._scaling import RecentDurations, Scaler
 from ..supervisors import ChildHandle, ChildSpec, Restart, supervise
+from ._calls import drain
 from ._deps import Deps
 from ._requests import CallRequest
 from .code_puller import FunctionCode
@@ -362,11 +363,7 @@ class FunctionActor:
         may have been given the next request.  Its handler never started,
         so it gets the reason at once instead of waiting forever.
         """
-        while True:
-            try:
-                req = slot.instance.requests.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
+        for req in drain(slot.instance.requests):
             req.reply.fail(
                 self._failing()
                 or SandboxUnavailable(
@@ -378,11 +375,7 @@ class FunctionActor:
     def _close_queue(self) -> None:
         """Refuse new requests and fail every queued one (none is ever dropped)."""
         self.ref.stopped = True
-        while True:
-            try:
-                req = self.queue.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for req in drain(self.queue):
             req.reply.close("the function stopped")
         self.queue.close()
 

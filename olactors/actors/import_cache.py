@@ -31,7 +31,7 @@ from .._config import Config
 from .._errors import OlactorsError, SandboxError, ZygoteUnsuitable
 from .._zygote_tree import ZygoteNode, ZygoteTree
 from ..sock import Preload, Sandbox, SandboxLimits, SandboxMeta, SandboxPool, SandboxState
-from ._calls import Reply, ask
+from ._calls import Reply, ask, drain
 from .mempool import MemPoolRef
 from .package_puller import NO_PACKAGES, PackageSet
 
@@ -264,11 +264,7 @@ async def run_zygote(
                 zygote.leases -= 1
     finally:
         inbox.close()
-        while True:
-            try:
-                msg = inbox.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for msg in drain(inbox):
             if isinstance(msg, Acquire):
                 msg.reply.close("the import cache stopped")
         if zygote.sandbox is not None:

@@ -54,7 +54,7 @@ from ..sock import (
     SandboxMeta,
     SandboxPool,
 )
-from ._calls import Reply, ask
+from ._calls import Reply, ask, drain
 from .mempool import MemPoolRef
 
 log = logging.getLogger("olactors.packages")
@@ -359,9 +359,5 @@ async def run_package_puller(
                 nursery.start_soon(puller.prepare, msg)
         finally:
             inbox.close()
-            while True:
-                try:
-                    msg = inbox.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
+            for msg in drain(inbox):
                 msg.reply.close("the package puller stopped")
