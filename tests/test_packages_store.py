@@ -106,12 +106,12 @@ def test_evicts_least_recently_used_versions_nothing_holds(store):
     store.hold([("alpha", "3.0")])
     store.unhold([("alpha", "3.0")])  # used last: evicted last
     store.budget_bytes = 2 * size  # room for two of the three
-    removed = store.evict_to_budget(in_use=set())
+    removed = store.evict_to_budget(mounted=set())
     assert removed == [("alpha", "2.0")]
     store.budget_bytes = 0
-    assert store.evict_to_budget(in_use={("alpha", "3.0")}) == []
+    assert store.evict_to_budget(mounted={str(store.root / "alpha/3.0/site")}) == []
     store.unhold([("alpha", "1.0")])
-    assert store.evict_to_budget(in_use=set()) == [("alpha", "1.0"), ("alpha", "3.0")]
+    assert store.evict_to_budget(mounted=set()) == [("alpha", "1.0"), ("alpha", "3.0")]
     assert not (store.root / "alpha").exists()
     assert store.describe()["evicted"] == 3
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +150,6 @@ class PackagePuller:
         store: PackageStore,
         pool: SandboxPool,
         mempool: MemPoolRef,
-        host_env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -158,9 +157,7 @@ class PackagePuller:
         self.mempool = mempool
         self.index = IndexOptions.from_config(config, worker_dir)
         self.sandbox_index, self.link_mounts = sandboxed_index(self.index)
-        self.env, self.cert_mounts = installer_environment(
-            os.environ if host_env is None else host_env
-        )
+        self.env, self.cert_mounts = installer_environment(os.environ)
         self.pip_dir: Path | None = None
         self._pip_lock = trio.Lock()
         self.resolutions: dict[tuple[str, ...], tuple[Pin, ...]] = {}
@@ -332,14 +329,8 @@ class PackagePuller:
 
     async def _trim(self) -> None:
         """Keep the store within its disk budget (versions in use stay)."""
-        in_use = set()
-        root = self.store.root
-        for sandbox in self.pool.sandboxes():
-            for mount in sandbox.meta.packages:
-                version_dir = Path(mount.source).parent
-                if version_dir.parent.parent == root:
-                    in_use.add((version_dir.parent.name, version_dir.name))
-        removed = await trio.to_thread.run_sync(self.store.evict_to_budget, in_use)
+        mounted = {m.source for sb in self.pool.sandboxes() for m in sb.meta.packages}
+        removed = await trio.to_thread.run_sync(self.store.evict_to_budget, mounted)
         for name, version in removed:
             log.info("evicted package %s==%s (packages.max_disk_mb)", name, version)
 

@@ -13,7 +13,7 @@ from .._errors import ConfigError
 # Host settings about *how* to reach the network that pip may keep (a proxy,
 # a CA bundle, a client certificate, a timeout); every other PIP_* variable of
 # the caller is dropped, so no host configuration changes *what* is resolved.
-_TRANSPORT_VARIABLES = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_DEFAULT_TIMEOUT")
+TRANSPORT_VARIABLES = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_DEFAULT_TIMEOUT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ def pip_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {
         key: value
         for key, value in source.items()
-        if not key.startswith("PIP_") or key in _TRANSPORT_VARIABLES
+        if not key.startswith("PIP_") or key in TRANSPORT_VARIABLES
     }
     env["PIP_CONFIG_FILE"] = os.devnull
     return env

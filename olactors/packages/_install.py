@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from .._errors import PackageInstallFailed
 from ..sock._api import InvocationResult, PackageMount
-from ._index import IndexOptions
+from ._index import TRANSPORT_VARIABLES, IndexOptions
 from ._lock import Pin
 from ._resolve import pip_tail
 
@@ -30,12 +30,11 @@ PIP_TARGET = "/packages/.pip"
 LINKS_TARGET = "/packages/.links"
 CERTS_TARGET = "/packages/.certs"
 _CERT_FILES = ("PIP_CERT", "PIP_CLIENT_CERT")
-# Network transport settings of the host that pip may keep (none changes *what* is installed).
+# What the installer keeps of the host's environment: pip's transport settings
+# (as for resolution) and the standard proxy variables; nothing changes *what*
+# is installed.
 _TRANSPORT = (
-    "PIP_CERT",
-    "PIP_CLIENT_CERT",
-    "PIP_PROXY",
-    "PIP_DEFAULT_TIMEOUT",
+    *TRANSPORT_VARIABLES,
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "NO_PROXY",

@@ -172,14 +172,19 @@ class PackageStore:
         shutil.rmtree(staging, ignore_errors=True)
 
     # ------------------------------------------------------------- eviction
-    def evict_to_budget(self, in_use: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    def evict_to_budget(self, mounted: set[str]) -> list[tuple[str, str]]:
         """Remove least recently used versions that are neither held nor
-        ``in_use`` until the store fits its budget; returns what went."""
+        ``mounted`` (site dirs live sandboxes mount) until the store fits its
+        budget; returns what went."""
         removed = []
         with self._lock:
             used = sum(p.size_bytes for p in self._installed.values())
             candidates = sorted(
-                (key for key in self._installed if key not in self._holds and key not in in_use),
+                (
+                    key
+                    for key, package in self._installed.items()
+                    if key not in self._holds and str(package.site) not in mounted
+                ),
                 key=lambda key: self._last_used.get(key, 0.0),
             )
             for key in candidates:
