@@ -208,7 +208,7 @@ class Instance:
     async def _create(self) -> Sandbox:
         deps = self.deps
         config = self.code.config
-        async with deps.packages.holding(config.dependencies, self.name) as packages:
+        async with deps.packages.holding(config.dependencies) as packages:
             meta = SandboxMeta(
                 limits=self.limits.sandbox,
                 network=self.limits.network,

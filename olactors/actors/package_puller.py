@@ -94,7 +94,6 @@ NO_PACKAGES = PackageSet()
 @dataclass(frozen=True, slots=True)
 class Prepare:
     dependencies: FunctionPackages
-    label: str
     reply: Reply[PackageSet]
 
 
@@ -103,7 +102,7 @@ class PackagePullerRef:
         self.store = store
         self._inbox = inbox
 
-    async def prepare(self, dependencies: FunctionPackages | None, label: str) -> PackageSet:
+    async def prepare(self, dependencies: FunctionPackages | None) -> PackageSet:
         """The installed packages for ``dependencies``, held against eviction
         until :meth:`release`.  Raises PackageResolutionFailed,
         PackageInstallFailed or MemoryExhausted."""
@@ -111,17 +110,15 @@ class PackagePullerRef:
             dependencies.declaration.requirements or (dependencies.lock and dependencies.lock.pins)
         ):
             return NO_PACKAGES
-        return await ask(self._inbox, Prepare(dependencies, label, Reply()))
+        return await ask(self._inbox, Prepare(dependencies, Reply()))
 
     def release(self, packages: PackageSet) -> None:
         if packages.packages:
             self.store.unhold(packages.keys)
 
     @asynccontextmanager
-    async def holding(
-        self, dependencies: FunctionPackages | None, label: str
-    ) -> AsyncIterator[PackageSet]:
-        packages = await self.prepare(dependencies, label)
+    async def holding(self, dependencies: FunctionPackages | None) -> AsyncIterator[PackageSet]:
+        packages = await self.prepare(dependencies)
         try:
             yield packages
         finally:

@@ -28,22 +28,28 @@ def unfit_to_fork(pid: int, ignore_fds: set[object] = frozenset()) -> list[str]:
         return [f"cannot inspect process {pid}: {exc.strerror}"]
     if threads > 1:
         problems.append(f"it runs {threads} threads")
-    listening = _listening_socket_inodes(proc)
     try:
         root = os.readlink(f"{proc}/root")
     except OSError:
         root = "/"
+    sockets: dict[int, int] = {}  # inode -> fd, looked up in the tables only if any
     for name in sorted(os.listdir(f"{proc}/fd"), key=int):
         fd = int(name)
         if fd in ignore_fds:
             continue
-        problem = _fd_problem(proc, fd, listening, root)
+        problem = _fd_problem(proc, fd, root, sockets)
         if problem:
             problems.append(problem)
+    if sockets:
+        listening = _listening_socket_inodes(proc)
+        problems += [
+            f"fd {fd} is a listening socket" for inode, fd in sockets.items() if inode in listening
+        ]
     return problems
 
 
-def _fd_problem(proc: str, fd: int, listening: set[int], root: str) -> str | None:
+def _fd_problem(proc: str, fd: int, root: str, sockets: dict[int, int]) -> str | None:
+    """What is wrong with ``fd``; a socket is noted in ``sockets`` for later."""
     path = f"{proc}/fd/{fd}"
     try:
         st = os.stat(path)
@@ -58,8 +64,8 @@ def _fd_problem(proc: str, fd: int, listening: set[int], root: str) -> str | Non
         return f"fd {fd} is an open directory ({target})"
     if stat.S_ISREG(st.st_mode) and _open_for_writing(proc, fd):
         return f"fd {fd} is a file open for writing ({target})"
-    if stat.S_ISSOCK(st.st_mode) and st.st_ino in listening:
-        return f"fd {fd} is a listening socket"
+    if stat.S_ISSOCK(st.st_mode):
+        sockets[st.st_ino] = fd
     return None
 
 
