@@ -1,6 +1,6 @@
 """Worker configuration: defaults, worker.yaml, ``--set`` overrides (pure).
 
-The shipped ``config/worker.yaml`` is both the documented defaults and the
+The shipped ``olactors/config/worker.yaml`` is both the documented defaults and the
 schema: a key that is not in it is rejected, and a value must have the same
 type as its default (an int is accepted where a float is expected).
 """
@@ -16,7 +16,7 @@ import yaml
 
 from ._errors import ConfigError
 
-DEFAULTS_PATH = Path(__file__).resolve().parent.parent / "config" / "worker.yaml"
+DEFAULTS_PATH = Path(__file__).resolve().parent / "config" / "worker.yaml"
 
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {

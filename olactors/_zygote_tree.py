@@ -1,4 +1,4 @@
-"""The import-cache tree from config/zygotes.yaml (pure).
+"""The import-cache tree from olactors/config/zygotes.yaml (pure).
 
 A node names the packages its zygote pre-imports beyond its ancestors', by
 project name with an optional version range (``numpy>=2,<3``), and may list
@@ -25,7 +25,7 @@ from packaging.utils import canonicalize_name
 
 from ._errors import ConfigError
 
-DEFAULT_TREE_PATH = Path(__file__).resolve().parent.parent / "config" / "zygotes.yaml"
+DEFAULT_TREE_PATH = Path(__file__).resolve().parent / "config" / "zygotes.yaml"
 _KEYS = {"name", "packages", "imports", "children"}
 
 

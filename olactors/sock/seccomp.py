@@ -1,6 +1,6 @@
 """seccomp profiles for SOCK sandboxes: load the allowlists, compile them to BPF.
 
-The allowlists live in ``config/seccomp.yaml`` (``common`` + per-kind extras);
+The allowlists live in ``olactors/config/seccomp.yaml`` (``common`` + per-kind extras);
 this module adds the rules that need code: argument filters on ``clone``,
 ``unshare`` and ``mknod``, ``clone3`` => ``ENOSYS``, and a default action of
 ``EPERM`` (never a kill). The result is a raw classic-BPF program (an array of
@@ -38,7 +38,7 @@ ProfileKind = Literal["zygote", "leaf"]
 KINDS: tuple[ProfileKind, ...] = ("zygote", "leaf")
 
 #: The allowlists shipped with the repository.
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "seccomp.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "seccomp.yaml"
 
 _TOP_LEVEL_KEYS = ("common", "zygote", "leaf")
 
