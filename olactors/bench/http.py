@@ -56,7 +56,7 @@ def bare_app() -> QuartTrio:
     app = QuartTrio("olactors-bench-bare")
 
     @app.route("/", methods=["GET", "POST"])
-    async def echo() -> tuple[bytes, int, dict[str, str]]:
+    async def echo() -> tuple[str | bytes, int, dict[str, str]]:
         return await request.get_data(), 200, {"content-type": "application/json"}
 
     return app

@@ -107,8 +107,8 @@ def build_heavy_wheel(dest: Path, modules: int) -> Path:
         )
         files[f"{PACKAGE}/{sub}/m{index}.py"] = source.encode()
         imports.append(f"from .{sub} import m{index}")
-    for sub in range(min(SUBPACKAGES, modules)):
-        files[f"{PACKAGE}/sub{sub}/__init__.py"] = b""
+    for number in range(min(SUBPACKAGES, modules)):
+        files[f"{PACKAGE}/sub{number}/__init__.py"] = b""
     init = "\n".join([*imports, f"MODULES = {modules}", ""])
     files[f"{PACKAGE}/__init__.py"] = init.encode()
     return write_wheel(dest, PACKAGE, "1.0", files)

@@ -19,7 +19,7 @@ import trio
 
 from .._config import build_config
 from .._errors import OlactorsError
-from ..sock import Invocation, InvocationResult, SandboxMeta, open_sock_pool
+from ..sock import Invocation, InvocationResult, SandboxMeta, SockSandbox, open_sock_pool
 from ..sock._rootfs import python_executable
 from ._stats import p50, p99
 
@@ -110,13 +110,17 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
     code.mkdir(exist_ok=True)
     (code / "f.py").write_text(ECHO)
     request = Invocation(body=b'{"n": 1}')
-    pause, unpause, destroy = [], [], []
+    pause: list[float] = []
+    unpause: list[float] = []
+    destroy: list[float] = []
     async with open_sock_pool(build_config(None), worker_dir) as pool:
         meta = SandboxMeta()
         fresh = await time_creates(pool, None, code, samples, destroy)
         zygote = await pool.create(None, False, None, None, meta)
         fork = await time_creates(pool, zygote, code, samples, destroy)
-        zygote_rss = rss_bytes(zygote.raw.pid)
+        zygote_raw = zygote.raw
+        assert isinstance(zygote_raw, SockSandbox)  # the real pool's sandboxes
+        zygote_rss = rss_bytes(zygote_raw.pid)
         leaf = await pool.create(zygote, True, str(code), None, meta)
         for _ in range(samples):
             t0 = time.perf_counter()

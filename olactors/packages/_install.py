@@ -67,7 +67,7 @@ def sandboxed_index(index: IndexOptions) -> tuple[IndexOptions, tuple[PackageMou
     """``index`` as seen from inside the installer: each local ``find_links``
     directory (a path or ``file://`` URL) is mounted read-only and named by
     its path inside the sandbox."""
-    mounts = []
+    mounts: list[PackageMount] = []
     links = []
     for link in index.find_links:
         path = unquote(urlsplit(link).path) if link.startswith("file://") else link

@@ -72,8 +72,10 @@ class Lock:
 
 
 class _Declared(Protocol):
-    requirement: Requirement
-    origin: str
+    @property
+    def requirement(self) -> Requirement: ...
+    @property
+    def origin(self) -> str: ...
 
 
 def format_lock(pins: Iterable[Pin]) -> str:

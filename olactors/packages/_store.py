@@ -153,7 +153,11 @@ class PackageStore:
             final_tmp = self.root / STAGING / f"{staging.name}.done"
             final_tmp.mkdir()
             os.rename(site, final_tmp / SITE_DIR)
-            meta = {"name": pin.name, "version": pin.version, "modules": list(modules)}
+            meta: dict[str, object] = {
+                "name": pin.name,
+                "version": pin.version,
+                "modules": list(modules),
+            }
             meta["size_bytes"] = size
             (final_tmp / META_FILE).write_text(json.dumps(meta))
             dest = self.root / pin.name / pin.version

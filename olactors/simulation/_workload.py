@@ -104,7 +104,7 @@ def bursts(
     length_s: float,
     start: float,
     end: float,
-) -> Iterator[Call]:
+) -> Iterator[Action]:
     """Calls to ``names`` at ``base_rate_per_s`` each, and ``factor`` times that
     during a burst of ``length_s`` starting every ``every_s`` (one random name
     per burst)."""

@@ -28,6 +28,7 @@ from ._events import EventHub
 from ._pool import SockPool, open_sock_pool
 from ._process import prepare_worker_process, worker_id
 from ._safe import RawSandbox, SafeSandbox
+from ._sock import SockSandbox
 
 __all__ = [
     "PACKAGES_MOUNT",
@@ -52,6 +53,7 @@ __all__ = [
     "SandboxUnpaused",
     "SandboxUsage",
     "SockPool",
+    "SockSandbox",
     "open_sock_pool",
     "prepare_worker_process",
     "worker_id",
