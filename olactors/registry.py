@@ -537,6 +537,23 @@ def pack_function_dir(path: Path, max_bytes: int) -> bytes:
 
 
 # ========================================================== local registry
+REMOTE_SCHEMES = ("http://", "https://")
+
+
+def registry_path(location: str, worker_dir: Path) -> Path | None:
+    """The local registry directory that ``registry.location`` names, or ``None``
+    when it names a remote (``http(s)://``) registry.
+
+    ``""`` is ``<worker_dir>/registry``; ``~`` is expanded; a relative path is
+    relative to ``worker_dir``, never to the current directory, so admin
+    uploads and the code puller always agree. Give ``worker_dir`` resolved
+    (absolute): the answer is then absolute too.
+    """
+    if location.startswith(REMOTE_SCHEMES):
+        return None
+    return worker_dir / (Path(location).expanduser() if location else Path("registry"))
+
+
 class LocalRegistry:
     """A registry directory of ``<name>/`` dirs and ``<name>.tar.gz`` archives.
 

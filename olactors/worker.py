@@ -36,7 +36,7 @@ from .actors.manager import ManagerRef, run_manager
 from .actors.mempool import MemPoolRef, run_mempool
 from .actors.package_puller import PackagePuller, run_package_puller
 from .packages._store import PackageStore
-from .registry import LocalRegistry
+from .registry import LocalRegistry, registry_path
 from .sock import Invocation, InvocationResult, SandboxPool, open_sock_pool
 
 log = logging.getLogger("olactors.worker")
@@ -70,12 +70,10 @@ class Worker:
         self.package_puller = package_puller
         self.closing = False
         self.in_flight = 0
-        location = config.registry.location
-        if location.startswith(("http://", "https://")):
-            self.registry: LocalRegistry | None = None
-        else:
-            path = Path(location) if location else worker_dir / "registry"
-            self.registry = LocalRegistry(path, config.registry.max_code_mb << 20)
+        path = registry_path(config.registry.location, worker_dir)
+        self.registry = (
+            None if path is None else LocalRegistry(path, config.registry.max_code_mb << 20)
+        )
 
     async def invoke(self, name: str, inv: Invocation, request_id: str) -> InvocationResult:
         """Run one call of function ``name``; raises the OlactorsError that answers it."""

@@ -3,7 +3,8 @@
 ``pull(name)`` answers a :class:`FunctionCode` whose ``code_dir``
 (``<worker>/run/code/<name>/<version>/``) never changes while it exists.
 The registry (``registry.location``: "" = ``<worker>/registry``, a directory
-path (relative to the worker dir), or an ``http(s)://`` base URL serving
+path (relative to the worker dir, as :func:`olactors.registry.registry_path`
+decides for the admin uploads too), or an ``http(s)://`` base URL serving
 ``<base>/<name>.tar.gz``) is checked for a name at most once per
 ``registry.cache_s``; within that window a pull answers the last outcome
 (the code, or the error) with no I/O. A check compares the registry's state
@@ -58,6 +59,7 @@ from .._names import validate_function_name
 from ..registry import (
     LocalRegistry,
     fingerprint_dir,
+    registry_path,
     safe_unpack,
     snapshot_dir,
     validate_function_dir,
@@ -424,11 +426,11 @@ async def _open_source(config: Config, worker_dir: Path) -> AsyncIterator[CodeSo
     try:
         location = config.registry.location
         max_bytes = config.registry.max_code_mb << 20
-        if location.startswith(("http://", "https://")):
+        path = registry_path(location, worker_dir)
+        if path is None:
             async with httpx.AsyncClient(timeout=config.registry.timeout_s) as client:
                 yield _HttpSource(client, location.rstrip("/"), code_root, max_bytes)
         else:
-            path = worker_dir / (Path(location).expanduser() if location else Path("registry"))
             yield _LocalSource(LocalRegistry(path, max_bytes), code_root)
     finally:
         with trio.CancelScope(shield=True):
