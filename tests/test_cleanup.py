@@ -1,14 +1,22 @@
-"""`olactors cleanup` after a worker killed with SIGKILL leaves nothing behind."""
+"""`olactors cleanup` after a worker killed with SIGKILL leaves nothing behind.
+
+The worker keeps its sandbox mounts in a private mount namespace of its own,
+so this test process never sees them: "no mount left" is checked as "the
+worker's mount namespace is gone" (no process in it, no descriptor of it),
+after first checking that the mounts were there, in that namespace.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +37,12 @@ WORKER = textwrap.dedent(
             fresh = await pool.create(None, True, code, None, SandboxMeta())
             zygote = await pool.create(None, False, None, None, SandboxMeta())
             child = await pool.create(zygote, True, code, None, SandboxMeta())
+            paused_child = await pool.create(zygote, True, code, None, SandboxMeta())
             await child.invoke(Invocation(body=b"1"))
             await fresh.pause()
-            print(json.dumps([fresh.raw.pid, zygote.raw.pid, child.raw.pid]), flush=True)
+            await paused_child.pause()
+            pids = [sb.raw.pid for sb in (fresh, zygote, child, paused_child)]
+            print(json.dumps(pids), flush=True)
             await trio.sleep(60)
     trio.run(main, sys.argv[1], sys.argv[2])
     """
@@ -44,6 +55,33 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def mount_namespace(pid: int | str) -> int:
+    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+
+
+def mounts_under(mountinfo: str, path: Path) -> list[str]:
+    points = [line.split()[4] for line in mountinfo.splitlines()]
+    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
+
+
+def holders_of_mount_namespace(ns: int) -> list[int]:
+    """Processes in mount namespace ``ns`` or holding a descriptor of it (it lives while any do)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if mount_namespace(entry) == ns and alive(int(entry)):
+                found.append(int(entry))
+                continue
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") == f"mnt:[{ns}]":
+                    found.append(int(entry))
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 def test_cleanup_after_sigkill(worker_dir, tmp_path):
@@ -59,6 +97,15 @@ def test_cleanup_after_sigkill(worker_dir, tmp_path):
         pids = json.loads(line)
         wid = worker_id(worker_dir)
         assert any(f"olactors-{wid}" in c for c in olactors_cgroups())
+        # The sandbox mounts live in the worker's private mount namespace, not ours:
+        # "no mounts left" means "that namespace is gone", not "none in our mountinfo".
+        worker_ns = mount_namespace(worker.pid)
+        assert worker_ns != mount_namespace("self")
+        with open(f"/proc/{worker.pid}/mountinfo") as f:
+            assert len(mounts_under(f.read(), worker_dir)) >= 4 * len(pids)
+        with open("/proc/self/mountinfo") as f:
+            assert not mounts_under(f.read(), worker_dir)
+        assert set(pids) <= set(holders_of_mount_namespace(worker_ns))
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
@@ -73,8 +120,13 @@ def test_cleanup_after_sigkill(worker_dir, tmp_path):
     assert not any(alive(p) for p in pids), "sandbox processes survived cleanup"
     assert not [c for c in olactors_cgroups() if f"olactors-{wid}" in c]
     assert not (worker_dir / "run").exists()
+    # The namespace (with every sandbox mount in it) is freed with its last process.
+    while holders_of_mount_namespace(worker_ns) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    holders = holders_of_mount_namespace(worker_ns)
+    assert not holders, f"the dead worker's mounts live on in processes {holders}"
     with open("/proc/self/mountinfo") as f:
-        assert str(worker_dir) not in f.read()
+        assert not mounts_under(f.read(), worker_dir)
     again = run_cli("cleanup", "--path", str(worker_dir))
     assert again.returncode == 0 and again.stdout.strip() == "nothing to clean"
 
@@ -85,19 +137,39 @@ def test_cleanup_of_missing_dir_is_harmless(tmp_path):
     assert "nothing to clean" in result.stdout
 
 
-def test_pool_refuses_leftovers_of_a_dead_worker(worker_dir):
+def test_pool_recovers_leftovers_of_a_dead_worker(worker_dir):
+    """What a dead worker left in run/ (a sandbox dir, a stale socket) is removed at start."""
     import trio
 
     from olactors._config import build_config
-    from olactors._errors import SandboxError
     from olactors.sock import open_sock_pool
 
-    (worker_dir / "run" / "sandboxes" / "sb-1").mkdir(parents=True)
+    leftover = worker_dir / "run" / "sandboxes" / "sb-1" / "scratch"
+    leftover.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(leftover / "ol.sock"))
+    stale.close()
+    seen = []
 
     async def start():
-        async with open_sock_pool(build_config(None), worker_dir):
-            pass
+        async with open_sock_pool(build_config(None), worker_dir) as pool:
+            seen.append(pool.run_dir.exists())
 
-    with pytest.raises(SandboxError, match="olactors cleanup"):
-        trio.run(start)
-    os.rmdir(worker_dir / "run" / "sandboxes" / "sb-1")
+    trio.run(start)
+    assert seen == [False]
+    assert not (worker_dir / "run").exists()
+
+
+def test_cleanup_refuses_a_live_worker_dir(worker_dir):
+    """`olactors cleanup` takes the worker dir's lock: a live worker is never touched."""
+    from olactors.sock import WorkerDirLock
+
+    (worker_dir / "run" / "sandboxes" / "sb-1").mkdir(parents=True)
+    with WorkerDirLock.acquire(worker_dir):
+        result = run_cli("cleanup", "--path", str(worker_dir))
+        assert result.returncode == 2
+        assert "already running" in result.stderr
+        assert f"pid {os.getpid()}" in result.stderr
+        assert (worker_dir / "run" / "sandboxes" / "sb-1").is_dir()
+    assert run_cli("cleanup", "--path", str(worker_dir)).returncode == 0
+    assert not (worker_dir / "run").exists()

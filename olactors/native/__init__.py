@@ -34,6 +34,7 @@ SPAWN_STEPS = (
     "install seccomp filter",
     "execve",
     "clone",
+    "parent exited before the child could follow it",
 )
 
 
@@ -59,6 +60,14 @@ class SpawnSpec:
     chroots to ``root_fd``, sets up fds, drops to ``uid``/``gid``, sets
     no_new_privs (+ optional parent-death signal), resets signal handlers and
     installs the seccomp ``bpf`` program.
+
+    ``die_with_parent``: the child gets SIGKILL when the *thread* that called
+    :func:`spawn` exits (``PR_SET_PDEATHSIG`` follows the creating thread, not
+    the process), and does not start at all if the caller died before the
+    signal was set.  So call it from a thread that lives as long as the child
+    should (the trio thread), never from ``trio.to_thread``'s cached worker
+    threads, which exit when idle.  Even a SIGKILLed worker then takes its
+    sandboxes with it (a frozen child dies only once thawed).
     """
 
     path: str

@@ -25,6 +25,7 @@ ffibuilder.cdef(
         const unsigned char *bpf;
         int bpf_len;
         int die_with_parent;
+        int parent_pidfd;
         int err_step;
         int err_errno;
     };

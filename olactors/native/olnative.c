@@ -12,6 +12,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -51,6 +52,7 @@ struct ol_spawn_args {
     const unsigned char *bpf;
     int bpf_len;
     int die_with_parent;
+    int parent_pidfd; /* set by ol_spawn: the caller's process, for die_with_parent */
     /* out */
     int err_step;
     int err_errno;
@@ -69,6 +71,7 @@ enum {
     OL_STEP_SECCOMP,
     OL_STEP_EXEC,
     OL_STEP_CLONE,
+    OL_STEP_PARENT_GONE,
 };
 
 static int fail(struct ol_spawn_args *a, int step)
@@ -83,7 +86,7 @@ static int spawn_child(void *arg)
 {
     struct ol_spawn_args *a = arg;
     sigset_t none;
-    int i, fd;
+    int i, fd, parent_fd = -1;
     int tmp[3 + OL_MAX_KEEP];
     int n_total = 3 + a->n_keep_fds;
 
@@ -101,7 +104,13 @@ static int spawn_child(void *arg)
         if (fchdir(a->root_fd) != 0 || chroot(".") != 0 || chdir("/") != 0)
             return fail(a, OL_STEP_CHROOT);
     }
-    /* 4. file descriptors: stdio, then keep_fds at 3.., close the rest */
+    /* 4. file descriptors: stdio, then keep_fds at 3.., close the rest
+     * (after step 6).  The parent's pidfd moves out of the way first. */
+    if (a->parent_pidfd >= 0) {
+        parent_fd = fcntl(a->parent_pidfd, F_DUPFD_CLOEXEC, OL_HIGH_FD);
+        if (parent_fd < 0)
+            return fail(a, OL_STEP_FDS);
+    }
     for (i = 0; i < n_total; i++) {
         int src = i < 3 ? a->stdio_fds[i] : a->keep_fds[i - 3];
         tmp[i] = -1;
@@ -123,8 +132,6 @@ static int spawn_child(void *arg)
         if (dup2(tmp[i], i) < 0)
             return fail(a, OL_STEP_FDS);
     }
-    if (syscall(SYS_close_range, (unsigned)n_total, ~0U, 0) != 0)
-        return fail(a, OL_STEP_FDS);
     /* 5. identity: drop to an unprivileged uid/gid when asked.  Raw system
      * calls, as in glibc's posix_spawn: the libc wrappers run the multi-thread
      * "setxid" protocol over the parent's thread list (shared through
@@ -140,8 +147,23 @@ static int spawn_child(void *arg)
     /* 6. process attributes */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail(a, OL_STEP_PRCTL);
-    if (a->die_with_parent && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
-        return fail(a, OL_STEP_PRCTL);
+    /* The parent-death signal is set after the uid/gid change (which would
+     * clear it).  It fires when the *thread* that cloned us exits.  The
+     * parent may have died before it was set (vfork waits are killable): its
+     * pidfd is readable then, and the child gives up instead of outliving it.
+     * In a new PID namespace getppid() is 0, so it cannot tell. */
+    if (a->die_with_parent) {
+        struct pollfd pfd = {.fd = parent_fd, .events = POLLIN};
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+            return fail(a, OL_STEP_PRCTL);
+        if (poll(&pfd, 1, 0) != 0) {
+            errno = ESRCH;
+            return fail(a, OL_STEP_PARENT_GONE);
+        }
+    }
+    /* Every fd beyond stdio and keep_fds (the parent's pidfd too) is closed. */
+    if (syscall(SYS_close_range, (unsigned)n_total, ~0U, 0) != 0)
+        return fail(a, OL_STEP_FDS);
     /* Signals arrive blocked (see ol_spawn).  Reset every handler, so no
      * parent handler can run in this child, and every ignored signal
      * (Python ignores SIGPIPE and SIGXFSZ; SIG_IGN survives exec). */
@@ -183,8 +205,19 @@ int ol_spawn(struct ol_spawn_args *a)
         a->err_errno = E2BIG;
         return -1;
     }
+    a->parent_pidfd = -1;
+    if (a->die_with_parent) {
+        a->parent_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+        if (a->parent_pidfd < 0) {
+            a->err_step = OL_STEP_PRCTL;
+            a->err_errno = errno;
+            return -1;
+        }
+    }
     stack = malloc(OL_STACK_SIZE);
     if (!stack) {
+        if (a->parent_pidfd >= 0)
+            close(a->parent_pidfd);
         a->err_step = OL_STEP_CLONE;
         a->err_errno = ENOMEM;
         return -1;
@@ -198,6 +231,8 @@ int ol_spawn(struct ol_spawn_args *a)
     saved_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     free(stack);
+    if (a->parent_pidfd >= 0)
+        close(a->parent_pidfd);
     if (pid < 0) {
         a->err_step = OL_STEP_CLONE;
         a->err_errno = saved_errno;

@@ -27,11 +27,13 @@ from ._api import (
 from ._events import EventHub
 from ._pool import SockPool, open_sock_pool
 from ._process import prepare_worker_process, worker_id
+from ._recovery import AlreadyRunning, WorkerDirLock, recover_worker_dir
 from ._safe import RawSandbox, SafeSandbox
 from ._sock import SockSandbox
 
 __all__ = [
     "PACKAGES_MOUNT",
+    "AlreadyRunning",
     "EventHub",
     "Invocation",
     "InvocationResult",
@@ -54,7 +56,9 @@ __all__ = [
     "SandboxUsage",
     "SockPool",
     "SockSandbox",
+    "WorkerDirLock",
     "open_sock_pool",
     "prepare_worker_process",
+    "recover_worker_dir",
     "worker_id",
 ]

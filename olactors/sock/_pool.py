@@ -20,7 +20,6 @@ import trio
 from .. import native
 from .._config import Config
 from .._errors import (
-    ConfigError,
     SandboxDead,
     SandboxError,
     SandboxStateError,
@@ -36,6 +35,7 @@ from ._api import (
 )
 from ._events import EventHub, PoolEvents
 from ._process import prepare_worker_process, worker_id
+from ._recovery import WorkerDirLock, open_worker_backend, recover_worker_dir
 from ._rootfs import (
     RUNTIME_SOURCE,
     BaseRoot,
@@ -48,11 +48,9 @@ from ._safe import SafeSandbox, check_create
 from ._sock import SockSandbox, fork_from, remove_sandbox_dir, start_fresh
 from .cgroups import (
     CgroupAnomalies,
-    CgroupBackend,
     CgroupLayout,
     CgroupLimits,
     CgroupPool,
-    open_backend,
 )
 
 log = logging.getLogger("olactors.sock")
@@ -233,41 +231,29 @@ def precompile_runtime() -> None:
     compileall.compile_dir(str(RUNTIME_SOURCE), quiet=2, workers=1)
 
 
-def subtree_parents(config: Config, layout: CgroupLayout) -> list[str]:
-    """The directories the worker's ``olactors-<id>`` subtrees live in."""
-    parent = config.sandbox.cgroup_parent
-    if parent:
-        if layout.version != 2:
-            raise ConfigError(
-                "sandbox.cgroup_parent is for cgroup v2 only; this host uses cgroup v1"
-            )
-        return [parent]
-    return [h.own_dir for h in layout.hierarchies]
+@asynccontextmanager
+async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[SockPool]:
+    """Start the sandbox machinery for ``worker_dir`` and tear it all down on exit.
 
-
-def open_worker_backend(
-    config: Config, layout: CgroupLayout, wid: str, anomalies: CgroupAnomalies
-) -> CgroupBackend:
-    parents = subtree_parents(config, layout)
-    override = config.sandbox.cgroup_parent or None
-    if override and not os.path.isdir(parents[0]):
-        raise ConfigError(f"sandbox.cgroup_parent {override} is not a directory")
-    return open_backend(layout, wid, anomalies, override)
+    The worker dir's lock is taken first and held until everything is torn
+    down: :class:`AlreadyRunning` (409) if another live process holds it,
+    before anything in the dir is touched.  What a dead worker left (its
+    ``run/`` and cgroup subtree) is then recovered before anything starts.
+    """
+    prepare_worker_process()
+    worker_dir = worker_dir.resolve()
+    with WorkerDirLock.acquire(worker_dir) as lock:
+        for step in await recover_worker_dir(worker_dir, config, lock):
+            log.warning("recovering from a worker that did not shut down: %s", step)
+        async with _open_locked_pool(config, worker_dir) as pool:
+            yield pool
 
 
 @asynccontextmanager
-async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[SockPool]:
-    """Start the sandbox machinery for ``worker_dir`` and tear it all down on exit."""
-    prepare_worker_process()
+async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[SockPool]:
     precompile_runtime()
-    worker_dir = worker_dir.resolve()
     wid = worker_id(worker_dir)
     run_dir = worker_dir / "run"
-    if (run_dir / "sandboxes").exists() and any((run_dir / "sandboxes").iterdir()):
-        raise SandboxError(
-            f"{run_dir} holds sandboxes of a worker that did not shut down; "
-            f"run `olactors cleanup --path {worker_dir}` first"
-        )
     run_dir.mkdir(parents=True, exist_ok=True)
     anomalies = CgroupAnomalies(slow_threshold=config.sandbox.anomaly_threshold_ms / 1000)
     layout = CgroupLayout.current(prefer=config.sandbox.cgroup_version)

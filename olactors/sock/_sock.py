@@ -330,6 +330,8 @@ async def start_fresh(sb: SockSandbox, pool) -> None:
                     stderr_fd=log_fd,
                     keep_fds=[child_end.fileno()],
                     seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
+                    # called on the trio thread, which lives as long as the worker
+                    die_with_parent=True,
                 )
             )
             sb.pidfd = os.pidfd_open(sb.pid)

@@ -249,10 +249,25 @@ async def remove_subtree_with(
     """Kill and remove every cgroup below ``roots`` and then the roots, collecting errors.
 
     ``make(rel)`` builds a cgroup object for relative path ``rel`` ("" = the roots).
+    Every process of the subtree is killed and every cgroup thawed first: a
+    frozen process with a SIGKILL pending (a dead worker's paused sandbox)
+    dies only once thawed, and a zygote whose PID namespace holds one cannot
+    finish dying before it does, so the cgroups cannot be emptied one by one.
     """
     errors: list[str] = []
-    for rel in subtree_dirs_bottom_up(roots):
-        cgroup = make(rel)
+    cgroups = [make(rel) for rel in subtree_dirs_bottom_up(roots)]
+    for cgroup in cgroups:
+        try:
+            kill_pids(cgroup.pids())
+        except CgroupError as exc:
+            errors.append(str(exc))
+    for cgroup in reversed(cgroups):  # top down: a v1 child stays frozen under a frozen parent
+        try:
+            if cgroup.is_frozen():
+                await cgroup.thaw(timeout)
+        except CgroupError as exc:
+            errors.append(str(exc))
+    for cgroup in cgroups:
         try:
             await cgroup.remove(timeout)
         except CgroupError as exc:
