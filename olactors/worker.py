@@ -175,6 +175,8 @@ class Worker:
             "functions": functions,
             "sandboxes": dict(sorted(states.items())),
             "memory": snap.as_dict(),
+            # The ledger beside the live sandboxes' limits, read in one step (no race).
+            "memory_accounting": self.mempool.accounting(self.pool).as_dict(),
             "evictions": {
                 "count": self.metrics.evictions,
                 "mb": self.metrics.evicted_mb,

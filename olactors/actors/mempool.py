@@ -55,6 +55,54 @@ class MemSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class MemAccounting:
+    """The ledger next to the sandboxes it pays for, read in one synchronous step.
+
+    ``bound`` maps each sandbox holding a reservation to its MB; ``pending``
+    are reservations granted to a creation whose sandbox is not bound yet;
+    ``live`` maps every sandbox of the pool (not yet released) to its memory
+    limit.  :meth:`discrepancies` states every way they disagree (empty when
+    the books balance).
+    """
+
+    used_mb: int
+    bound: dict[str, int]
+    pending: tuple[int, ...]
+    live: dict[str, int]
+
+    def discrepancies(self) -> list[str]:
+        found = []
+        accounted = sum(self.bound.values()) + sum(self.pending)
+        if self.used_mb != accounted:
+            found.append(
+                f"ledger says {self.used_mb} MB reserved, reservations add up to {accounted} MB"
+            )
+        for sid, mb in sorted(self.bound.items()):
+            if sid not in self.live:
+                found.append(f"{mb} MB still bound to {sid}, which was released")
+            elif self.live[sid] != mb:
+                found.append(f"{sid} reserved {mb} MB but its limit is {self.live[sid]} MB")
+        unbound = sorted(set(self.live) - set(self.bound))
+        if len(unbound) > len(self.pending):
+            found.append(
+                f"sandboxes {unbound} hold no reservation "
+                f"(only {len(self.pending)} granted ones are not bound yet)"
+            )
+        return found
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "used_mb": self.used_mb,
+            "bound_mb": sum(self.bound.values()),
+            "pending_mb": sum(self.pending),
+            "live_limit_mb": sum(self.live.values()),
+            "bound": dict(sorted(self.bound.items())),
+            "live": dict(sorted(self.live.items())),
+            "discrepancies": self.discrepancies(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Reserve:
     reservation: Reservation
     reply: Reply[Reservation]
@@ -97,6 +145,7 @@ class MemPoolRef:
         #: The actor's book-keeping, read-only outside the actor (the evictor
         #: and simulations look at it without a message round trip).
         self.ledger = state.ledger
+        self._state = state
         self._bound = state.bound
         self._ids = itertools.count(1)
         self.total_mb = total_mb
@@ -150,6 +199,17 @@ class MemPoolRef:
     async def snapshot(self, with_bound: bool = False) -> MemSnapshot:
         return await ask(self._inbox, Snapshot(with_bound, Reply()))
 
+    def accounting(self, pool: SandboxPool) -> MemAccounting:
+        """The ledger, its reservations and ``pool``'s live sandboxes, read together
+        (synchronously, so no event falls between the reads); a read-only view."""
+        state = self._state
+        return MemAccounting(
+            used_mb=state.ledger.used_mb,
+            bound={sid: res.mb for sid, res in state.bound.items()},
+            pending=tuple(res.mb for res in state.pending.values()),
+            live={sb.id: sb.meta.limits.mem_mb for sb in pool.sandboxes()},
+        )
+
     async def _send(self, msg: MemPoolMessage) -> None:
         try:
             with trio.CancelScope(shield=True):
@@ -165,6 +225,7 @@ class MemPool:
         self.ledger = MemoryLedger(total_mb)
         self.waiting: dict[int, Reserve] = {}
         self.bound: dict[str, Reservation] = {}
+        self.pending: dict[int, Reservation] = {}  # granted, not yet bound nor released
 
     def handle(self, msg: MemPoolMessage, pressure: trio.MemorySendChannel[None]) -> None:
         if isinstance(msg, Reserve):
@@ -188,6 +249,7 @@ class MemPool:
             res, sandbox = msg.reservation, msg.sandbox
             if res.released:
                 return
+            self.pending.pop(res.id, None)
             if sandbox.state is SandboxState.DEAD and sandbox.live_children == 0:
                 self._release(res)  # released before we heard of it
             else:
@@ -215,6 +277,7 @@ class MemPool:
         )
 
     def _grant(self, msg: Reserve) -> None:
+        self.pending[msg.reservation.id] = msg.reservation
         if not msg.reply.send(msg.reservation):
             self._release(msg.reservation)  # the waiter left meanwhile
 
@@ -222,6 +285,7 @@ class MemPool:
         if res.released:
             return
         res.released = True
+        self.pending.pop(res.id, None)
         if res.sandbox_id is not None:
             self.bound.pop(res.sandbox_id, None)
         self.ledger.release(res.mb)
