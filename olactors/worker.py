@@ -181,12 +181,16 @@ class Worker:
                 "count": self.metrics.evictions,
                 "mb": self.metrics.evicted_mb,
                 "rounds": self.evictor.rounds,
+                "resyncs": self.evictor.resyncs,
             },
             "escalations": self.metrics.escalations,
             "not_found": self.metrics.not_found,
             "latency": self.metrics.latency.summary(),
             "import_cache": self.import_cache.describe() if self.import_cache else [],
         }
+        sandbox_anomalies = getattr(self.pool, "sandbox_anomalies", None)
+        if sandbox_anomalies is not None:
+            stats["sandbox_anomalies"] = sandbox_anomalies()
         anomalies = getattr(self.pool, "anomalies", None)
         if anomalies is not None and hasattr(anomalies, "as_dict"):
             stats["cgroup_anomalies"] = anomalies.as_dict()
@@ -220,7 +224,8 @@ async def open_worker(
                     lambda task_status: run_evictor(
                         mempool,
                         metrics,
-                        pool.subscribe(EVENT_BUFFER),
+                        pool,
+                        buffer=EVENT_BUFFER,
                         free_goal_mb=mem.free_goal_mb,
                         interval_s=mem.eviction_interval_s,
                         max_concurrent=mem.max_concurrent_evictions,

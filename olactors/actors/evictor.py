@@ -13,6 +13,13 @@ paused can cover it), with ``destroy_if_childless``.  Both re-check under the
 sandbox's lock that it has no live children, so a zygote that forked since
 the round is spared.
 
+The events come over a bounded subscription.  If the evictor falls a full
+buffer behind, the pool closes its channel (it can no longer know the true
+state from events alone); the evictor then resubscribes and rebuilds its view
+from ``pool.sandboxes()`` (:meth:`Evictor.resync`), logs a warning and counts
+it in ``Evictor.resyncs`` (shown in ``/stats``).  It stops following events
+only when the pool's events are closed for good (the pool shut down).
+
 ``Evictor.audit``, when set, is called with every round's
 :class:`EvictionRound` (simulations check the rules with it).
 """
@@ -42,6 +49,7 @@ from ..sock import (
     SandboxEvent,
     SandboxForked,
     SandboxPaused,
+    SandboxPool,
     SandboxState,
     SandboxUnpaused,
 )
@@ -88,6 +96,8 @@ class Evictor:
         self.paused = PausedQueue()  # paused sandboxes in the policy's order
         self.evicting: dict[str, int] = {}  # sandbox id -> MB being freed
         self.rounds = 0
+        #: Times the event subscription was lost (fell behind) and the view rebuilt.
+        self.resyncs = 0
         self.starved = False  # the last round could not free all it needed
         self.audit: Callable[[EvictionRound], None] | None = None
         self._order = itertools.count()
@@ -118,6 +128,30 @@ class Evictor:
             self.paused.discard(changed.id)
         if self.starved and isinstance(event, (SandboxPaused, SandboxChildExited)):
             self.wake()  # maybe the candidate the last round lacked
+
+    def resync(self, sandboxes: list[Sandbox]) -> None:
+        """Rebuild the view from the pool's own list after events were lost.
+
+        Sandboxes gone since are forgotten, new ones tracked (as changed now),
+        and the paused queue made to hold exactly the paused ones; sandboxes
+        still known keep their queue position.  Then a round is due.
+        """
+        now = trio.current_time()
+        live = {sb.id: sb for sb in sandboxes}
+        for sid in [sid for sid in self.tracked if sid not in live]:
+            del self.tracked[sid]
+            self.paused.discard(sid)
+        for sid, sb in live.items():
+            tracked = self.tracked.get(sid)
+            if tracked is None or tracked.sandbox is not sb:
+                tracked = self.tracked[sid] = Tracked(sb, now, next(self._order))
+                self.paused.discard(sid)
+            if sb.state is SandboxState.PAUSED:
+                if sid not in self.paused:
+                    self.paused.add(sid, self.policy.key(self._candidate(tracked)), tracked.order)
+            else:
+                self.paused.discard(sid)
+        self.wake()
 
     def wake(self) -> None:
         try:
@@ -219,21 +253,41 @@ class Evictor:
 async def run_evictor(
     mempool: MemPoolRef,
     metrics: Metrics,
-    events: trio.MemoryReceiveChannel[SandboxEvent],
+    pool: SandboxPool,
     *,
+    buffer: int = 256,
     free_goal_mb: int,
     interval_s: float,
     max_concurrent: int,
     policy: EvictionPolicy | None = None,
     task_status: trio.TaskStatus[Evictor] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until cancelled.  ``events`` is a subscription to the sandbox pool;
-    ``policy`` orders the candidates (default: OpenLambda's)."""
+    """Run until cancelled, following ``pool``'s events over a subscription of
+    ``buffer`` (resubscribing if it falls behind); ``policy`` orders the
+    candidates (default: OpenLambda's)."""
     evictor = Evictor(mempool, metrics, free_goal_mb, interval_s, max_concurrent, policy)
+    events = pool.subscribe(buffer)
 
     async def follow_events() -> None:
-        async for event in events:
-            evictor.observe(event)
+        nonlocal events
+        while True:
+            async with events:
+                async for event in events:
+                    evictor.observe(event)
+            try:
+                # Subscribing and listing happen in one step (no checkpoint): the
+                # list is the state just before the first event of the new channel.
+                events = pool.subscribe(buffer)
+            except trio.ClosedResourceError:
+                return  # the pool shut down: there are no more events
+            evictor.resyncs += 1
+            log.warning(
+                "evictor fell %d events behind the sandbox pool; resubscribed and "
+                "rebuilt its view from the pool (%d resyncs so far)",
+                buffer,
+                evictor.resyncs,
+            )
+            evictor.resync(pool.sandboxes())
 
     async def follow_pressure() -> None:
         async for _ in mempool.pressure:

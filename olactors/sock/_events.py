@@ -21,17 +21,38 @@ class EventHub:
     the loss is logged; a subscriber that closed its receive end is dropped.
 
     Listeners (:meth:`listen`) are plain callbacks run synchronously inside
-    ``emit``, for observers that only record (metrics, simulation traces):
-    they cost no task switch.  A listener must not block; one that raises is
-    logged and removed.
+    ``emit``, for observers that must see every event at once (the memory
+    pool's releases, metrics, simulation traces): they cost no task switch.
+    A listener must not block.  One that raises is a bug, but it stays: the
+    exception is logged with its traceback and counted
+    (``listener_errors``), the event still reaches every other listener and
+    subscriber, and the listener gets the next event as usual.  (Dropping it
+    would turn one bad event into a silent, permanent loss, e.g. memory that
+    is never given back.)
     """
 
     def __init__(self) -> None:
         self._subscribers: list[trio.MemorySendChannel[SandboxEvent]] = []
         self._listeners: list[Callable[[SandboxEvent], None]] = []
+        self._closed = False
+        #: Subscribers whose channel was closed because they fell behind.
         self.dropped_subscribers = 0
+        #: Exceptions raised by listeners (each logged with its traceback).
+        self.listener_errors = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[SandboxEvent]:
+        """A new subscription: every event from now on, over a channel of ``buffer``.
+
+        Raises ``trio.ClosedResourceError`` once the hub is closed (the pool
+        shut down), so a subscriber that resubscribes after losing its channel
+        can tell "fell behind" from "no more events, ever".
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the sandbox pool's events are closed")
         send, receive = trio.open_memory_channel[SandboxEvent](buffer)
         self._subscribers.append(send)
         return receive
@@ -51,8 +72,13 @@ class EventHub:
             try:
                 listener(event)
             except Exception:
-                log.exception("sandbox event listener failed; removing it")
-                self._listeners.remove(listener)
+                self.listener_errors += 1
+                log.exception(
+                    "sandbox event listener %r failed on %r (kept; %d listener errors so far)",
+                    listener,
+                    event,
+                    self.listener_errors,
+                )
         for send in list(self._subscribers):
             try:
                 send.send_nowait(event)
@@ -65,6 +91,7 @@ class EventHub:
                 self._subscribers.remove(send)
 
     def close(self) -> None:
+        self._closed = True
         for send in self._subscribers:
             send.close()
         self._subscribers.clear()
@@ -81,3 +108,11 @@ class PoolEvents:
 
     def listen(self, listener: Callable[[SandboxEvent], None]) -> Callable[[], None]:
         return self._hub.listen(listener)
+
+    def sandbox_anomalies(self) -> dict[str, int]:
+        """Anomalies of event delivery (for ``/stats``): subscribers dropped
+        for falling behind, exceptions raised by listeners."""
+        return {
+            "dropped_subscribers": self._hub.dropped_subscribers,
+            "listener_errors": self._hub.listener_errors,
+        }
