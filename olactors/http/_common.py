@@ -38,6 +38,7 @@ from .._errors import (
     QueueFull,
 )
 from .._names import validate_function_name
+from ._keepalive import KeepAliveConnection
 
 log = logging.getLogger("olactors.http")
 access_log = logging.getLogger("olactors.access")
@@ -193,8 +194,12 @@ class RawRoutedApp(QuartTrio):
 
     ``surface`` names the app in logs ("public" or "admin").  ``max_body_bytes``
     bounds request bodies (quart's MAX_CONTENT_LENGTH).  Cancellation (client
-    gone, server shutdown deadline) propagates unchanged.
+    gone, server shutdown deadline) propagates unchanged.  Each exchange runs
+    in a :class:`~olactors.http._keepalive.KeepAliveConnection`, so an answer
+    given before the body was read never hangs a keep-alive connection.
     """
+
+    asgi_http_class = KeepAliveConnection
 
     def __init__(self, import_name: str, route: Route, *, surface: str, max_body_bytes: int):
         super().__init__(import_name)
