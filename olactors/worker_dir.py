@@ -2,8 +2,9 @@
 
 Layout::
 
-    <worker>/worker.yaml   configuration (documented defaults from config/)
-    <worker>/registry/     functions (<name>/ dirs or <name>.tar.gz)
+    <worker>/worker.yaml   configuration (documented defaults from olactors/config/)
+    <worker>/registry/     functions (<name>/ dirs or <name>.tar.gz), unless
+                           ``registry.location`` names another place
     <worker>/base/         the assembled base root skeleton (host parts bound at start)
     <worker>/empty/        read-only empty dir used to mask host site-packages
     <worker>/run/          runtime state: sandbox dirs, sockets (removed at shutdown)
