@@ -17,13 +17,20 @@ the kernel decides runs on real sandboxes (root).
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
+from olactors._errors import SandboxError, ZygoteUnsuitable
 from olactors._metrics import Metrics
 from olactors.actors import mempool as mempool_module
 from olactors.actors.evictor import run_evictor
@@ -34,6 +41,7 @@ from olactors.sock import (
     SandboxMeta,
     SandboxState,
 )
+from olactors.sock._suitability import InspectionFailed, unfit_to_fork
 from olactors.sock.simulated import (
     SimulatedBehaviour,
     SimulatedPool,
@@ -176,3 +184,96 @@ async def test_the_evictor_stops_following_only_when_the_pool_closes(autojump_cl
             with pytest.raises(trio.ClosedResourceError):
                 pool.subscribe()
             nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------ 3. zygote suitability check
+def _spawn(code: str) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    return child
+
+
+def test_a_live_process_gets_a_verdict(tmp_path):
+    path = tmp_path / "written"
+    child = _spawn(f"import sys; f = open({str(path)!r}, 'w'); sys.stdin.read()")
+    try:
+        deadline = time.monotonic() + 10
+        problems: list[str] = []
+        while not problems and time.monotonic() < deadline:
+            problems = unfit_to_fork(child.pid, ignore_fds={0, 1, 2})
+        assert any("open for writing" in p and str(path) in p for p in problems)
+    finally:
+        child.communicate(b"")
+
+
+def test_an_exited_process_is_no_verdict():
+    """Before: a reaped process gave a "problem" (a permanent verdict on the
+    package); a zombie gave none (fit).  Either way the build must fail."""
+    child = _spawn("pass")
+    child.wait()
+    with pytest.raises(InspectionFailed) as reaped:
+        unfit_to_fork(child.pid)
+    assert reaped.value.exited
+    zombie = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{zombie.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        with pytest.raises(InspectionFailed) as dead:
+            unfit_to_fork(zombie.pid)
+        assert dead.value.exited and isinstance(dead.value, SandboxError)
+        assert not isinstance(dead.value, ZygoteUnsuitable)
+    finally:
+        zombie.wait()
+
+
+def fake_proc(tmp_path: Path, fds: dict[int, str]) -> Path:
+    """A /proc-like tree for pid 7: one thread, root "/", fd entries linking
+    to ``fds`` targets (created by the caller), read-only fdinfo."""
+    proc = tmp_path / "proc"
+    (proc / "7" / "task" / "7").mkdir(parents=True)
+    (proc / "7" / "fd").mkdir()
+    (proc / "7" / "fdinfo").mkdir()
+    (proc / "7" / "net").mkdir()
+    (proc / "7" / "root").symlink_to("/")
+    for fd, target in fds.items():
+        (proc / "7" / "fd" / str(fd)).symlink_to(target)
+        (proc / "7" / "fdinfo" / str(fd)).write_text("pos:\t0\nflags:\t0100000\n")
+    for table in ("tcp", "unix"):  # no tcp6: as on a host without IPv6
+        (proc / "7" / "net" / table).write_text("header\n")
+    return proc
+
+
+def test_an_fd_closed_meanwhile_is_skipped(tmp_path):
+    data = tmp_path / "data"
+    data.write_text("x")
+    proc = fake_proc(tmp_path, {3: str(data), 4: str(tmp_path / "closed")})
+    assert unfit_to_fork(7, proc_root=str(proc)) == []
+
+
+@pytest.mark.parametrize("broken", ["fd entry", "fdinfo", "net table"])
+def test_an_unreadable_proc_entry_is_never_fit(tmp_path, broken):
+    """Before: each of these OSErrors read as "nothing wrong" (fit)."""
+    data = tmp_path / "data"
+    data.write_text("x")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "sock"))
+    proc = fake_proc(tmp_path, {3: str(data), 4: str(tmp_path / "sock")})
+    entries = proc / "7"
+    if broken == "fd entry":
+        (entries / "fd" / "5").symlink_to(entries / "fd" / "5")  # ELOOP, not ENOENT
+    elif broken == "fdinfo":
+        (entries / "fdinfo" / "3").unlink()
+        (entries / "fdinfo" / "3").mkdir()  # EISDIR
+    else:
+        (entries / "net" / "unix").unlink()
+        (entries / "net" / "unix").mkdir()
+    try:
+        with pytest.raises(InspectionFailed) as failed:
+            unfit_to_fork(7, proc_root=str(proc))
+    finally:
+        listener.close()
+    assert not failed.value.exited
+    assert isinstance(failed.value.error, OSError) and failed.value.error.errno != errno.ENOENT
