@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import socket
 import subprocess
@@ -30,7 +31,8 @@ import pytest
 import trio
 import trio.testing
 
-from olactors._errors import SandboxError, ZygoteUnsuitable
+from olactors._config import build_config
+from olactors._errors import ConfigError, SandboxError, ZygoteUnsuitable
 from olactors._metrics import Metrics
 from olactors.actors import mempool as mempool_module
 from olactors.actors.evictor import run_evictor
@@ -40,6 +42,8 @@ from olactors.sock import (
     SandboxCreated,
     SandboxMeta,
     SandboxState,
+    open_sock_pool,
+    seccomp,
 )
 from olactors.sock._suitability import InspectionFailed, unfit_to_fork
 from olactors.sock.simulated import (
@@ -197,10 +201,11 @@ def test_a_live_process_gets_a_verdict(tmp_path):
     child = _spawn(f"import sys; f = open({str(path)!r}, 'w'); sys.stdin.read()")
     try:
         deadline = time.monotonic() + 10
+        wanted = f"a file open for writing ({path})"
         problems: list[str] = []
-        while not problems and time.monotonic() < deadline:
+        while not any(wanted in p for p in problems):  # once the child opened it
+            assert time.monotonic() < deadline, problems
             problems = unfit_to_fork(child.pid, ignore_fds={0, 1, 2})
-        assert any("open for writing" in p and str(path) in p for p in problems)
     finally:
         child.communicate(b"")
 
@@ -277,3 +282,47 @@ def test_an_unreadable_proc_entry_is_never_fit(tmp_path, broken):
         listener.close()
     assert not failed.value.exited
     assert isinstance(failed.value.error, OSError) and failed.value.error.errno != errno.ENOENT
+
+
+# --------------------------------------------------- 4. seccomp programs
+@pytest.mark.parametrize("program", [b"", None, b"\0" * 12])
+def test_a_missing_empty_or_malformed_program_is_refused(program):
+    with pytest.raises(ConfigError, match="leaf program"):
+        seccomp.check_program("leaf", program)
+
+
+def empty_leaf_program(monkeypatch) -> None:
+    real = seccomp.compile_profile
+
+    def compile_profile(kind, path=None):
+        return b"" if kind == "leaf" else real(kind, path)
+
+    monkeypatch.setattr(seccomp, "compile_profile", compile_profile)
+
+
+def test_compile_profiles_refuses_an_empty_program(monkeypatch):
+    assert set(seccomp.compile_profiles()) == {"leaf", "zygote"}
+    empty_leaf_program(monkeypatch)
+    with pytest.raises(ConfigError, match="leaf program is empty"):
+        seccomp.compile_profiles()
+
+
+@pytest.mark.root
+async def test_the_pool_refuses_to_start_with_an_empty_leaf_program(worker_dir, monkeypatch):
+    """Before: the pool started, and a fresh leaf was spawned with no filter."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    empty_leaf_program(monkeypatch)
+    config = build_config(None, ["sandbox.cgroup_pool_size=0"])
+    with trio.fail_after(60), pytest.raises(ConfigError, match="leaf program is empty"):
+        async with open_sock_pool(config, worker_dir):
+            pass
+
+
+@pytest.mark.root
+async def test_a_zygote_refuses_to_start_without_its_leaves_filter(pool):
+    """Before: the zygote started and forked every leaf without a filter."""
+    pool.bpf = {**pool.bpf, "leaf": b""}
+    with trio.fail_after(60), pytest.raises(SandboxError, match="no leaf seccomp program"):
+        await pool.create(None, False, None, None, SandboxMeta(label="zygote"))
+    assert pool.sandboxes() == []

@@ -81,7 +81,7 @@ class SockPool(PoolEvents):
         self._ids = itertools.count(1)
         self._live: dict[str, SafeSandbox] = {}
         self.python = config.sandbox.python or python_executable()
-        self.bpf = {kind: seccomp.compile_profile(kind) for kind in ("leaf", "zygote")}
+        self.bpf = seccomp.compile_profiles()  # ConfigError: never a sandbox unfiltered
         self.closing = False
 
     # ------------------------------------------------------------- interface

@@ -12,9 +12,13 @@ Public API::
 
     load_profiles(path=None) -> {"zygote": [...], "leaf": [...]}
     compile_profile(kind, path=None) -> bytes     # cached per (kind, path)
+    compile_profiles(path=None) -> {"zygote": bytes, "leaf": bytes}  # checked
+    check_program(kind, program) -> bytes
 
-Both raise :class:`~olactors._errors.ConfigError` for a malformed file; the
-message names the offending key or syscall.
+All raise :class:`~olactors._errors.ConfigError` for a malformed file; the
+message names the offending key or syscall.  A sandbox never runs without its
+filter: an empty, missing or malformed program is a ConfigError when the
+pool starts (:func:`compile_profiles`), never a sandbox spawned unfiltered.
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ import yaml
 
 from olactors._errors import ConfigError
 
-__all__ = ["DEFAULT_PATH", "KINDS", "ProfileKind", "compile_profile", "load_profiles"]
+__all__ = [
+    "DEFAULT_PATH",
+    "KINDS",
+    "ProfileKind",
+    "check_program",
+    "compile_profile",
+    "compile_profiles",
+    "load_profiles",
+]
 
 ProfileKind = Literal["zygote", "leaf"]
 KINDS: tuple[ProfileKind, ...] = ("zygote", "leaf")
@@ -81,6 +93,10 @@ _MKNOD_TYPES = (0, 0o100000, 0o010000, 0o140000)  # -, S_IFREG, S_IFIFO, S_IFSOC
 _MKNOD_MODE_ARG = {"mknod": 1, "mknodat": 2}
 #: Index of the ``flags`` argument of the filtered namespace-creating calls.
 _NS_FLAGS_ARG = {"clone": 0, "unshare": 0}  # clone(flags, ...) on every arch
+
+#: struct sock_filter is 8 bytes; the kernel takes at most BPF_MAXINSNS of them.
+_INSN_BYTES = 8
+_BPF_MAXINSNS = 4096
 
 #: Syscalls that are compiled to a fixed action and must not be listed.
 _NEVER_LISTED = {"clone3": "clone3 always fails with ENOSYS (rule in seccomp.py)"}
@@ -168,6 +184,40 @@ def compile_profile(kind: ProfileKind, path: str | os.PathLike[str] | None = Non
     return _compile_cached(kind, source)
 
 
+def compile_profiles(
+    path: str | os.PathLike[str] | None = None,
+) -> dict[ProfileKind, bytes]:
+    """Every kind's program, each checked by :func:`check_program`.
+
+    What a sandbox pool calls once when it starts: a bad program stops the
+    pool (and the worker) there, with a :class:`ConfigError` naming the kind.
+    """
+    return {kind: check_program(kind, compile_profile(kind, path)) for kind in KINDS}
+
+
+def check_program(kind: str, program: bytes | None) -> bytes:
+    """``program`` if it is a whole, non-empty BPF program that fits the kernel.
+
+    Raises :class:`ConfigError` otherwise: an empty or missing program would
+    mean sandboxes without a seccomp filter, which is never acceptable.
+    """
+    if not program:
+        raise ConfigError(
+            f"seccomp: the {kind} program is empty or missing; "
+            f"refusing to start {kind} sandboxes without their filter"
+        )
+    if len(program) % _INSN_BYTES:
+        raise ConfigError(
+            f"seccomp: the {kind} program is malformed ({len(program)} bytes, "
+            f"not whole {_INSN_BYTES}-byte instructions)"
+        )
+    if len(program) // _INSN_BYTES > _BPF_MAXINSNS:
+        raise ConfigError(
+            f"seccomp.{kind}: compiled filter exceeds {_BPF_MAXINSNS} BPF instructions"
+        )
+    return program
+
+
 @functools.cache
 def _compile_cached(kind: str, source: Path) -> bytes:
     allowed = load_profiles(source)[kind]
@@ -176,11 +226,7 @@ def _compile_cached(kind: str, source: Path) -> bytes:
         flt.export_bpf(out)
         out.seek(0)
         program = out.read()
-    if not program or len(program) % 8:
-        raise RuntimeError(f"libseccomp exported a malformed BPF program ({len(program)} bytes)")
-    if len(program) // 8 > 4096:  # BPF_MAXINSNS
-        raise ConfigError(f"seccomp.{kind}: compiled filter exceeds 4096 BPF instructions")
-    return program
+    return check_program(kind, program)
 
 
 def _build_filter(kind: str, allowed: Iterable[str]) -> pyseccomp.SyscallFilter:

@@ -425,8 +425,7 @@ def _become_child(conn: socket.socket, fds: list) -> None:
 
             _proc.drop_privileges(request["uid"], request["gid"])
             _proc.set_no_new_privs()
-            if LEAF_SECCOMP:
-                _linux.install_seccomp(LEAF_SECCOMP)
+            _linux.install_seccomp(LEAF_SECCOMP)  # raises if empty: never unfiltered
         run(config, conn)
     except BaseException:  # noqa: BLE001
         import traceback
@@ -599,6 +598,8 @@ def run(config: dict, ready: socket.socket) -> None:
 
         global LEAF_SECCOMP
         LEAF_SECCOMP = base64.b64decode(config.get("leaf_seccomp", ""))
+        if not LEAF_SECCOMP:
+            raise ValueError("zygote config carries no leaf seccomp program; refusing to start")
         for name in config.get("imports", ()):
             __import__(name)
         _preload(config.get("preload", ()), ready)
