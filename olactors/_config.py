@@ -65,6 +65,99 @@ MINIMUMS: dict[str, float] = {
 }
 
 
+#: Bounds on a YAML document read from a file or a client (see :func:`load_yaml`).
+YAML_MAX_DEPTH = 64
+YAML_MAX_NODES = 100_000
+#: The largest magnitude of a number in a configuration (a float holds every
+#: integer up to it exactly; nothing configurable is bigger). Also refuses NaN.
+NUMBER_MAX = 2**53
+
+
+class YamlTooComplex(yaml.error.MarkedYAMLError):
+    """A YAML document nests too deeply, expands (through aliases) to too many
+    nodes, or refers to an alias from inside its own anchor."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with bounded depth and alias expansion, whose
+    scalar constructors report bad values as :class:`yaml.YAMLError`.
+
+    PyYAML composes recursively (a deep document exhausts the stack with
+    RecursionError) and shares aliased nodes, so a few hundred bytes of nested
+    aliases ("billion laughs") stand for billions of nodes to anything that
+    walks the result (a repr in an error message, a JSON dump). Each node's
+    expanded size is counted as it is composed, so such a document is refused
+    before anything walks it.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._sizes:
+                raise YamlTooComplex(
+                    problem=f"alias *{event.anchor} refers to its own anchor",
+                    problem_mark=event.start_mark,
+                )
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise YamlTooComplex(
+                    problem=f"nested deeper than {YAML_MAX_DEPTH} levels",
+                    problem_mark=event.start_mark,
+                )
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._sizes[id(child)] for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        else:
+            size = 1
+        if size > YAML_MAX_NODES:
+            raise YamlTooComplex(
+                problem=f"expands to more than {YAML_MAX_NODES} nodes (through aliases)",
+                problem_mark=node.start_mark,
+            )
+        self._sizes[id(node)] = size
+        return node
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # int('1'*5000), 2001-02-30, !!float x
+            raise yaml.constructor.ConstructorError(
+                problem=f"bad {node.tag.rpartition(':')[2]} value: {exc}",
+                problem_mark=node.start_mark,
+            ) from None
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document from ``text``, PyYAML's safe subset, bounded.
+
+    Every problem with the text (syntax, a bad scalar such as ``2001-02-30``,
+    nesting beyond :data:`YAML_MAX_DEPTH`, alias expansion beyond
+    :data:`YAML_MAX_NODES`, recursive aliases) raises :class:`yaml.YAMLError`.
+    """
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """``exc`` on one line."""
+    return " ".join(str(exc).split())
+
+
 class Section:
     """Read-only attribute view of one config section."""
 
@@ -139,6 +232,16 @@ def _set(base: dict[str, dict[str, Any]], dotted: str, value: Any, origin: str) 
     if not _type_ok(default, value):
         kind = "a list of strings" if isinstance(default, list) else type(default).__name__
         raise ConfigError(f"{origin}: {dotted} must be {kind}, got {value!r}")
+    if isinstance(default, int | float) and not abs(value) <= NUMBER_MAX:  # also NaN
+        raise ConfigError(
+            f"{origin}: {dotted} must be a finite number of magnitude at most 2**53, got {value!r}"
+        )
+    if any(
+        "\0" in item
+        for item in (value if isinstance(value, list) else [value])
+        if isinstance(item, str)
+    ):
+        raise ConfigError(f"{origin}: {dotted} contains a NUL character")
     if dotted in CHOICES and value not in CHOICES[dotted]:
         raise ConfigError(
             f"{origin}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}"
@@ -154,9 +257,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or "." not in dotted:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: bad value: {exc}") from None
+        raise ConfigError(f"--set {text!r}: bad value: {describe_yaml_error(exc)}") from None
     return dotted.strip(), value
 
 
@@ -170,9 +273,9 @@ def build_config(
     data = load_defaults()
     if file_text is not None:
         try:
-            layer = yaml.safe_load(file_text)
+            layer = load_yaml(file_text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{origin}: not valid YAML: {describe_yaml_error(exc)}") from None
         _merge(data, layer, origin)
     for text in overrides:
         dotted, value = parse_override(text)
@@ -188,5 +291,11 @@ def build_config(
 
 def load_worker_config(worker_dir: Path, overrides: Iterable[str] = ()) -> Config:
     path = worker_dir / "worker.yaml"
-    text = path.read_text() if path.exists() else None
+    text = None
+    if path.exists():
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return build_config(text, overrides, origin=str(path))

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ._config import MINIMUMS, Config
+from ._config import MINIMUMS, NUMBER_MAX, Config, describe_yaml_error, load_yaml
 from ._errors import BadFunction
 
 if TYPE_CHECKING:
@@ -109,9 +109,9 @@ def parse_function_config(text: str | None, origin: str = "ol.yaml") -> Function
     if text is None or not text.strip():
         return FunctionConfig()
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        raise BadFunction(f"{origin}: not valid YAML: {_one_line(exc)}") from None
+        raise BadFunction(f"{origin}: not valid YAML: {describe_yaml_error(exc)}") from None
     if data is None:
         return FunctionConfig()
     if not isinstance(data, Mapping):
@@ -256,6 +256,8 @@ def _parse_limits(value: Any, origin: str) -> dict[str, Any]:
             raise BadFunction(f"{origin}: {path} must be a number, got {item!r}")
         if item <= 0:
             raise BadFunction(f"{origin}: {path} must be positive, got {item!r}")
+        if not item <= NUMBER_MAX:  # also NaN
+            raise BadFunction(f"{origin}: {path} must be a finite number up to 2**53, got {item!r}")
         minimum = MINIMUMS.get(path, 0)
         if item < minimum:
             raise BadFunction(f"{origin}: {path} must be at least {minimum}, got {item!r}")
@@ -315,7 +317,3 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a bool"}.get(
         type(value), type(value).__name__
     )
-
-
-def _one_line(exc: yaml.YAMLError) -> str:
-    return " ".join(str(exc).split())

@@ -37,7 +37,7 @@ from ._requirement import parse_requirement, split_requirement_list
 REQUIREMENTS_FILE = "requirements.txt"
 OL_YAML = "ol.yaml"
 SINGLE_FILE = "f.py"
-_COMMENT = re.compile(r"(^|\s+)#.*$")
+_COMMENT = re.compile(r"(^|\s)#.*$")  # one \s, not \s+: linear time on long lines
 _OL_INSTALL = re.compile(r"#\s*ol-install\s*:(.*)$")
 _MAX_FILE_BYTES = 1 << 20
 

@@ -18,7 +18,10 @@ from .._errors import BadFunction
 
 _OPTION = re.compile(r"(?:^|\s)(--?[A-Za-z][\w-]*)")
 # A distribution file name: a version after a dash, then an archive suffix.
-_ARCHIVE = re.compile(r"-\d[^/]*\.(?:whl|zip|tar\.gz|tgz|tar\.bz2)$", re.IGNORECASE)
+_ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2")
+_VERSION_DASH = re.compile(r"-\d")
+# packaging parses markers by recursive descent: deeper nesting exhausts the stack.
+_MAX_NESTING = 32
 _VCS = re.compile(r"[A-Za-z][\w.-]*\+[A-Za-z]+:")  # git+ssh:..., hg+http:...
 _EXAMPLE = "a name with optional extras, version range and marker, like 'name[extra]>=1.0'"
 
@@ -42,6 +45,10 @@ def parse_requirement(text: str, where: str) -> Requirement:
         raise BadFunction(
             f"{where}: {text!r} is a URL or a path; only requirements resolved from "
             f"the worker's package index are supported ({_EXAMPLE})"
+        )
+    if _nesting(text) > _MAX_NESTING:
+        raise BadFunction(
+            f"{where}: brackets or parentheses nest deeper than {_MAX_NESTING} levels"
         )
     try:
         requirement = Requirement(text)
@@ -84,14 +91,14 @@ def split_requirement_list(text: str) -> list[str]:
             pieces.append(text[start:index])
             start = index + 1
     pieces.append(text[start:])
-    merged: list[str] = []
+    merged: list[list[str]] = []  # each requirement's comma-separated parts
     for piece in pieces:
         stripped = piece.strip()
-        if merged and stripped[:1] in ("<", ">", "=", "!", "~") and ";" not in merged[-1]:
-            merged[-1] = f"{merged[-1]},{stripped}"
+        if merged and stripped[:1] in ("<", ">", "=", "!", "~") and ";" not in merged[-1][-1]:
+            merged[-1].append(stripped)
         else:
-            merged.append(stripped)
-    return merged
+            merged.append([stripped])
+    return [",".join(parts) for parts in merged]
 
 
 def _looks_like_location(text: str) -> bool:
@@ -99,9 +106,33 @@ def _looks_like_location(text: str) -> bool:
     return (
         "://" in first
         or first.startswith((".", "/", "~", "\\"))
-        or _ARCHIVE.search(first) is not None
+        or _is_archive_name(first)
         or _VCS.match(first) is not None
     )
+
+
+def _is_archive_name(text: str) -> bool:
+    """A distribution file name: an archive suffix, and a dash then a digit
+    in the last path segment before it (linear time, unlike one regex)."""
+    lowered = text.lower()
+    for suffix in _ARCHIVE_SUFFIXES:
+        if lowered.endswith(suffix):
+            stem = text[: -len(suffix)].rpartition("/")[2]
+            if _VERSION_DASH.search(stem):
+                return True
+    return False
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of brackets and parentheses in ``text``."""
+    depth = deepest = 0
+    for char in text:
+        if char in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _describe(exc: InvalidRequirement) -> str:
