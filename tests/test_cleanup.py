@@ -57,6 +57,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
 def mount_namespace(pid: int | str) -> int:
     return os.stat(f"/proc/{pid}/ns/mnt").st_ino
 
@@ -107,10 +115,17 @@ def test_cleanup_after_sigkill(worker_dir, tmp_path):
             assert not mounts_under(f.read(), worker_dir)
         assert set(pids) <= set(holders_of_mount_namespace(worker_ns))
     finally:
+        # The worker and its watchdog at once (as a cgroup-wide SIGKILL would): frozen
+        # sandboxes then wait for cleanup to thaw them, with every mount of the namespace.
+        for pid in children_of(worker.pid):
+            if "_watchdog.py" in open(f"/proc/{pid}/cmdline").read():
+                os.kill(pid, signal.SIGKILL)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         worker.stdout.close()
     assert (worker_dir / "run").exists()
+    assert any(alive(p) for p in pids), "nothing frozen was left for cleanup"
+    assert set(holders_of_mount_namespace(worker_ns)), "the namespace died before cleanup"
     result = run_cli("cleanup", "--path", str(worker_dir))
     assert result.returncode == 0, result.stderr
     assert "removed cgroup subtree" in result.stdout

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,6 +47,7 @@ from ._rootfs import (
 )
 from ._safe import SafeSandbox, check_create
 from ._sock import SockSandbox, fork_from, remove_sandbox_dir, start_fresh
+from ._watchdog import start_watchdog
 from .cgroups import (
     CgroupAnomalies,
     CgroupLayout,
@@ -272,8 +274,10 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
         make_base_skeleton(base_path)
     netns_fd = -1
     base = None
+    watchdog = None
     try:
         await cgroups.start()
+        watchdog = start_watchdog(sys.executable, backend.subtree_paths())
         base = BaseRoot.mount(base_path, assembled=assembled)
         netns_fd = native.new_network_namespace()
         with lone_errors_unwrapped():  # the watchers never raise
@@ -292,4 +296,6 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
             if netns_fd >= 0:
                 os.close(netns_fd)
             await cgroups.close()
+            if watchdog is not None:
+                await trio.to_thread.run_sync(watchdog.stop, config.sandbox.kill_timeout_s)
             remove_tree_safely(run_dir)
