@@ -35,6 +35,7 @@ MINIMUMS: dict[str, float] = {
     "limits.procs": 4,
     "limits.cpu_percent": 0,
     "limits.runtime_s": 0.01,
+    "limits.init_s": 0.1,
     "limits.zygote_mem_mb": 16,
     "limits.zygote_procs": 4,
     "limits.max_body_bytes": 0,
@@ -281,7 +282,7 @@ def build_config(
         dotted, value = parse_override(text)
         _set(data, dotted, value, "--set")
     limits = data["limits"]
-    for key in ("mem_mb", "procs", "cpu_percent", "runtime_s"):
+    for key in ("mem_mb", "procs", "cpu_percent", "runtime_s", "init_s"):
         if limits[key] > limits[f"max_{key}"]:
             raise ConfigError(
                 f"limits.{key} ({limits[key]}) exceeds limits.max_{key} ({limits[f'max_{key}']})"

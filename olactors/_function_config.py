@@ -13,11 +13,17 @@ Schema (every key optional; any other key is rejected, naming its path)::
       procs: 32
       cpu_percent: 50
       runtime_s: 5.0
+      init_s: 120                 # the handler's import (see below)
     network: none                 # none | host (default: the worker's sandbox.network)
     entry: "pkg.mod:handler"      # default: f.py's f
     packages:                     # requirements from the worker's package index
       - "requests>=2,<3"          # pip syntax: name, [extras], range, ; marker
       - 'numpy; python_version >= "3.11"'
+
+``limits.init_s`` bounds the function's import when a sandbox starts (the
+*init phase*, after the runtime itself started): beyond it the call gets 504
+``init_timeout`` and the sandbox is destroyed (worker default ``limits.init_s``,
+at most ``limits.max_init_s``).
 
 ``packages`` holds the requirement strings as written (stripped); each is
 validated with :func:`olactors.packages.parse_requirement` (no pip options,
@@ -62,7 +68,8 @@ _TOP_KEYS = (
 _TRIGGER_KINDS = ("http",)
 _TRIGGER_KEYS = ("method",)
 _INT_LIMITS = ("mem_mb", "procs", "cpu_percent")
-_LIMIT_KEYS = (*_INT_LIMITS, "runtime_s")
+_FLOAT_LIMITS = ("runtime_s", "init_s")
+_LIMIT_KEYS = (*_INT_LIMITS, *_FLOAT_LIMITS)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -85,6 +92,7 @@ class FunctionConfig:
     procs: int | None = None
     cpu_percent: int | None = None
     runtime_s: float | None = None
+    init_s: float | None = None
     network: str | None = None
     entry: str | None = None
     packages: tuple[str, ...] = ()
@@ -176,6 +184,7 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
             procs=chosen["procs"],
             cpu_percent=chosen["cpu_percent"],
             tmp_mb=config.sandbox.tmp_mb,
+            init_s=float(chosen["init_s"]),
         ),
         runtime_s=float(chosen["runtime_s"]),
         network=fc.network if fc.network is not None else config.sandbox.network,
@@ -261,7 +270,7 @@ def _parse_limits(value: Any, origin: str) -> dict[str, Any]:
         minimum = MINIMUMS.get(path, 0)
         if item < minimum:
             raise BadFunction(f"{origin}: {path} must be at least {minimum}, got {item!r}")
-        parsed[key] = float(item) if key == "runtime_s" else item
+        parsed[key] = float(item) if key in _FLOAT_LIMITS else item
     return parsed
 
 

@@ -33,6 +33,9 @@ def test_defaults_load_and_are_documented():
         ("sandbox:\n  tmp_mb: true\n", "sandbox.tmp_mb must be int"),
         ("limits:\n  mem_mb: 4\n", "limits.mem_mb must be >= 16"),
         ("limits:\n  mem_mb: 4096\n", "limits.mem_mb (4096) exceeds limits.max_mem_mb"),
+        ("limits:\n  init_s: 601\n", "limits.init_s (601.0) exceeds limits.max_init_s (600.0)"),
+        ("limits:\n  init_s: 0.01\n", "limits.init_s must be >= 0.1"),
+        ("limits:\n  init_s: soon\n", "limits.init_s must be float"),
         ("- a\n- b\n", "top level must be a mapping"),
         ("sandbox: [1]\n", "section 'sandbox' must be a mapping"),
         ("sandbox: {tmp_mb: [\n", "not valid YAML"),
@@ -41,6 +44,14 @@ def test_defaults_load_and_are_documented():
 def test_bad_config_names_the_problem(text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_config(text)
+
+
+def test_init_limit_defaults_and_bounds():
+    config = build_config(None)
+    assert (config.limits.init_s, config.limits.max_init_s) == (60.0, 600.0)
+    config = build_config("limits:\n  max_init_s: 900\n", ["limits.init_s=700"])
+    assert (config.limits.init_s, config.limits.max_init_s) == (700.0, 900.0)
+    assert isinstance(config.limits.init_s, float)
 
 
 def test_overrides_are_typed_and_validated():

@@ -33,6 +33,7 @@ limits:
   procs: 16
   cpu_percent: 50
   runtime_s: 2
+  init_s: 90
 network: host
 entry: "pkg.handlers:main"
 """
@@ -59,6 +60,7 @@ def test_full_config():
     assert fc.reuse_sandbox is False
     assert (fc.mem_mb, fc.procs, fc.cpu_percent) == (256, 16, 50)
     assert fc.runtime_s == 2.0 and isinstance(fc.runtime_s, float)
+    assert fc.init_s == 90.0 and isinstance(fc.init_s, float)
     assert fc.network == "host"
     assert fc.entry == "pkg.handlers:main"
 
@@ -105,6 +107,9 @@ def test_empty_sections_count_as_absent():
         ("limits:\n  cpu_percent: 0\n", "ol.yaml: limits.cpu_percent must be positive, got 0"),
         ("limits:\n  runtime_s: 0\n", "ol.yaml: limits.runtime_s must be positive, got 0"),
         ("limits:\n  runtime_s: soon\n", "ol.yaml: limits.runtime_s must be a number"),
+        ("limits:\n  init_s: 0\n", "ol.yaml: limits.init_s must be positive, got 0"),
+        ("limits:\n  init_s: 0.05\n", "ol.yaml: limits.init_s must be at least 0.1"),
+        ("limits:\n  init_s: [1]\n", "ol.yaml: limits.init_s must be a number"),
         ("limits:\n  mem_mb: 8\n", "ol.yaml: limits.mem_mb must be at least 16, got 8"),
         ("network: bridge\n", "ol.yaml: network must be one of none, host, got 'bridge'"),
         ("entry: 5\n", "ol.yaml: entry must be a string like 'module:function', got 5"),
@@ -166,7 +171,7 @@ def test_origin_names_the_file():
 def test_unknown_key_lists_the_known_ones():
     with pytest.raises(BadFunction) as info:
         parse_function_config("limits:\n  memory: 5\n")
-    assert "(known: mem_mb, procs, cpu_percent, runtime_s)" in info.value.message
+    assert "(known: mem_mb, procs, cpu_percent, runtime_s, init_s)" in info.value.message
 
 
 def _config(*overrides: str):
@@ -179,12 +184,13 @@ def test_resolve_defaults_come_from_the_worker():
         "limits.procs=10",
         "limits.cpu_percent=70",
         "limits.runtime_s=3",
+        "limits.init_s=20",
         "sandbox.tmp_mb=8",
         "sandbox.network=host",
     )
     resolved = resolve_limits(FunctionConfig(), config)
     assert resolved == ResolvedLimits(
-        sandbox=SandboxLimits(mem_mb=100, procs=10, cpu_percent=70, tmp_mb=8),
+        sandbox=SandboxLimits(mem_mb=100, procs=10, cpu_percent=70, tmp_mb=8, init_s=20.0),
         runtime_s=3.0,
         network="host",
     )
@@ -193,7 +199,9 @@ def test_resolve_defaults_come_from_the_worker():
 def test_resolve_uses_the_function_requests():
     fc = parse_function_config(FULL)
     resolved = resolve_limits(fc, _config("sandbox.network=host"))
-    assert resolved.sandbox == SandboxLimits(mem_mb=256, procs=16, cpu_percent=50, tmp_mb=64)
+    assert resolved.sandbox == SandboxLimits(
+        mem_mb=256, procs=16, cpu_percent=50, tmp_mb=64, init_s=90.0
+    )
     assert resolved.runtime_s == 2.0
     assert resolved.network == "host"
     assert resolve_limits(parse_function_config("network: none"), _config()).network == "none"
@@ -227,6 +235,10 @@ def test_function_network_needs_the_workers_consent():
             "runtime_s: 301",
             "ol.yaml limits.runtime_s 301.0 exceeds the worker maximum 300.0 "
             "(limits.max_runtime_s)",
+        ),
+        (
+            "init_s: 601",
+            "ol.yaml limits.init_s 601.0 exceeds the worker maximum 600.0 (limits.max_init_s)",
         ),
     ],
 )
