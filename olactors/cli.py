@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path, help="function directory")
     _add_path(p)
 
-    p = sub.add_parser("cleanup", help="remove what a dead worker left behind (safe to repeat)")
+    p = sub.add_parser(
+        "cleanup",
+        help="remove what a dead worker left behind (serve also does it itself; "
+        "refused while a worker runs; safe to repeat)",
+    )
     _add_path(p)
 
     p = sub.add_parser("bench", help="run a benchmark and print its figures")

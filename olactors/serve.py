@@ -39,6 +39,7 @@ from ._config import Config
 from ._errors import OlactorsError
 from ._groups import lone_errors_unwrapped
 from .http import create_admin_app, create_public_app
+from .sock import AlreadyRunning
 from .worker import open_worker
 
 if TYPE_CHECKING:
@@ -55,11 +56,6 @@ ADMIN_SOCKET = "admin.sock"
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
 LISTEN_BACKLOG = 1024
 SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class AlreadyRunning(OlactorsError):
-    code = "already_running"
-    status = 409
 
 
 class _Shutdown:
@@ -99,7 +95,8 @@ async def serve(
     ``<worker>/run/endpoints.json``: ``{"public": "http://host:port",
     "admin": "<path of admin.sock>", "pid": <this process>}``.  ``pool`` is
     passed to :func:`olactors.worker.open_worker` (None: the real SOCK pool).
-    Raises :class:`AlreadyRunning` if another worker answers on the admin socket.
+    Raises :class:`AlreadyRunning` if another worker answers on the admin socket
+    or holds the worker dir's lock (see :class:`olactors.sock.WorkerDirLock`).
     """
     worker_dir = worker_dir.resolve()
     admin_path = worker_dir / ADMIN_SOCKET
