@@ -207,6 +207,45 @@ class FunctionFailing(OlactorsError):
         self.retry_after_s = retry_after_s
 
 
+class InitFailed(OlactorsError):
+    """The function's own code failed while its sandbox started: the handler's
+    import (the init phase, bounded by ``limits.init_s``) ran too long, or the
+    process died during it.  The sandbox is destroyed.  A failure of the
+    function, not of the sandbox: never retried as if the sandbox were at fault
+    (a subclass of :class:`OlactorsError`, not of :class:`SandboxError`)."""
+
+
+class InitTimeout(InitFailed):
+    """The handler's import took longer than the function's ``limits.init_s``
+    (``init_s``): 504, answered once, the function then cools down."""
+
+    code = "init_timeout"
+    status = 504
+
+    def __init__(self, init_s: float) -> None:
+        super().__init__(
+            f"the function's import took longer than its init limit of {init_s:g} s "
+            "(limits.init_s); its sandbox was destroyed"
+        )
+        self.init_s = init_s
+
+    def details(self) -> dict[str, object]:
+        return {"init_s": self.init_s}
+
+
+class InitDied(InitFailed):
+    """The sandbox's process died while it imported the handler (an OOM at its
+    memory limit, a crash in native code, ``os._exit``); ``reason`` is the
+    diagnosis.  502 ``sandbox_died``, like a death during a call."""
+
+    code = "sandbox_died"
+    status = 502
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class MemoryExhausted(OlactorsError):
     """The memory pool had no room for the sandbox within the wait limit."""
 

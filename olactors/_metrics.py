@@ -67,6 +67,8 @@ class FunctionMetrics:
         "cold_starts",
         "warm_starts",
         "sandbox_failures",
+        "sandbox_starts",
+        "init_timeouts",
         "latency",
         "cpu_ms",
         "memory_peak_mb",
@@ -79,6 +81,8 @@ class FunctionMetrics:
         self.cold_starts = 0  # a sandbox had to be created for the call
         self.warm_starts = 0  # an existing sandbox (running or paused) served it
         self.sandbox_failures = 0
+        self.sandbox_starts = 0  # sandboxes asked of the pool (forked or fresh, started or not)
+        self.init_timeouts = 0  # starts whose import outlasted limits.init_s
         self.cpu_ms: float = 0  # CPU time of its sandboxes (read when they pause or stop)
         self.memory_peak_mb = 0  # largest peak memory of any of its sandboxes
         self.latency = Histogram()
@@ -91,6 +95,8 @@ class FunctionMetrics:
             "cold_starts": self.cold_starts,
             "warm_starts": self.warm_starts,
             "sandbox_failures": self.sandbox_failures,
+            "sandbox_starts": self.sandbox_starts,
+            "init_timeouts": self.init_timeouts,
             "cpu_ms": round(self.cpu_ms, 3),
             "memory_peak_mb": self.memory_peak_mb,
             "latency": self.latency.summary(),

@@ -21,6 +21,7 @@ from olactors._errors import (
     FunctionFailing,
     FunctionNotFound,
     HandlerTimeout,
+    InitTimeout,
     MethodNotAllowed,
     QueueFull,
     SandboxDied,
@@ -31,6 +32,7 @@ from olactors.sock.simulated import (
     CrashDuringCall,
     Hang,
     SimulatedBehaviour,
+    SlowInit,
     echo,
     open_simulated_pool,
 )
@@ -255,6 +257,69 @@ async def test_runtime_limit_gives_504_and_destroys_the_sandbox(worker_dir, cloc
         assert leaves(pool) == []
         assert (await call(worker, "stuck")).status == 200  # not counted as a failure
         assert worker.metrics.function("stuck").sandbox_failures == 0
+
+
+def labelled(name: str):
+    return lambda sb: sb.meta.label == name
+
+
+async def test_init_timeout_is_answered_once_and_escalates_at_once(worker_dir, clock):
+    fn(worker_dir, "heavy", "limits:\n  init_s: 3\n")
+    slow = SlowInit(import_s=4, match=labelled("heavy"))
+    async with sim_worker(worker_dir, faults=[slow]) as (worker, pool):
+        start = trio.current_time()
+        with pytest.raises(InitTimeout) as info:
+            await call(worker, "heavy")
+        assert (info.value.status, info.value.code) == (504, "init_timeout")
+        assert "init limit of 3 s (limits.init_s)" in info.value.message
+        # tried once: a retry would take another 3 s (virtual time may jump a
+        # timer ahead while a worker thread snapshots the code)
+        assert 3 <= trio.current_time() - start < 6
+        m = worker.metrics.function("heavy")
+        assert (m.sandbox_starts, m.init_timeouts, m.cold_starts) == (1, 1, 0)
+        assert leaves(pool) == []
+        [zygote] = pool.sandboxes()
+        assert zygote.live_children == 0  # the child that never started is not counted
+        # Restarting cannot fix it: the first one escalates (restart_intensity=2 is
+        # never reached by failures init_s apart), and calls meanwhile cost nothing.
+        with pytest.raises(FunctionFailing) as failing:
+            await call(worker, "heavy")
+        assert "limits.init_s" in failing.value.message
+        assert worker.metrics.escalations == 1
+        assert m.sandbox_starts == 1
+        await trio.sleep(5)  # functions.failure_cooldown_s: then it tries again, once
+        with pytest.raises(InitTimeout):
+            await call(worker, "heavy")
+        with pytest.raises(FunctionFailing):
+            await call(worker, "heavy")
+        assert (m.sandbox_starts, m.init_timeouts, worker.metrics.escalations) == (2, 2, 2)
+
+
+async def test_init_within_its_limit_serves_and_does_not_hold_the_zygote(worker_dir, clock):
+    fn(worker_dir, "heavy", "limits:\n  init_s: 10\n")
+    fn(worker_dir, "light")
+    slow = SlowInit(import_s=8, match=labelled("heavy"))
+    async with sim_worker(worker_dir, faults=[slow]) as (worker, pool):
+        await call(worker, "light")  # the zygote exists
+        finished = {}
+
+        async def timed(name):
+            start = trio.current_time()
+            assert (await call(worker, name)).status == 200
+            finished[name] = trio.current_time() - start
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timed, "heavy")
+            await trio.sleep(1)
+            nursery.start_soon(timed, "light")  # forks while "heavy" still imports
+            await trio.sleep(0.01)
+            assert len(leaves(pool)) == 1  # only "light" so far
+            fn(worker_dir, "light2")
+            nursery.start_soon(timed, "light2")
+        assert 8 <= finished["heavy"] < 10
+        assert finished["light2"] < 5  # the zygote's lock is not held during an import
+        assert worker.metrics.function("heavy").init_timeouts == 0
+        assert pool.counters["forked"] == 3
 
 
 async def test_code_update_goes_to_new_instances(worker_dir, clock):

@@ -318,6 +318,13 @@ def test_checker_early_escalation_is_a_violation(restarts):
     assert f"escalated after {restarts} restarts" in c.violations[0].detail
 
 
+def test_checker_unrecoverable_escalation_needs_no_restarts():
+    c = checker("functions.restart_intensity=3", "functions.restart_period_s=10")
+    c.escalated(5.0, "f00000/1", 1, unrecoverable=True)  # e.g. an init timeout
+    assert c.violations == []
+    assert c.escalations == {"f00000": [5.0]}
+
+
 def test_checker_escalation_counts_only_restarts_within_the_period():
     c = checker("functions.restart_intensity=3", "functions.restart_period_s=10")
     for t in (0.0, 1.0, 2.0):

@@ -241,7 +241,8 @@ class FunctionActor:
         return FunctionFailing(
             f"function {self.name!r} is failing: {self.failing_reason} "
             f"(its sandboxes failed more than functions.restart_intensity times within "
-            f"functions.restart_period_s; retrying in {remaining:.1f} s)",
+            f"functions.restart_period_s, or its import outlasted limits.init_s; "
+            f"retrying in {remaining:.1f} s)",
             remaining,
         )
 

@@ -16,6 +16,27 @@ creates a new sandbox on its next call.  Deaths that are not the function's
 fault (eviction, worker shutdown) and runtime-limit timeouts (504, the
 handler's own doing) do not count.
 
+Creating a sandbox runs the function's own code: a leaf imports it before it
+is handed out (the *init phase*, bounded by ``limits.init_s``).  What goes
+wrong there is the function's failure, not the sandbox's, so it is never
+retried within the call:
+
+* an import that raises is not a failure of the sandbox at all: the sandbox
+  is kept and answers every call with 500 ``handler_import_failed`` and the
+  traceback, at no further cost;
+* a death during the import (an OOM at its memory limit, a crash in native
+  code) answers 502 ``sandbox_died`` and counts a restart, like a death
+  during a call (fast, so repeated ones hit the restart intensity);
+* an import longer than ``init_s`` answers 504 ``init_timeout`` once and
+  raises :class:`InitFailure`, which escalates at once: the function then
+  answers 503 ``function_failing`` for ``functions.failure_cooldown_s``
+  before it tries again.  The restart intensity could never catch these:
+  each takes ``init_s`` (60 s by default) while the intensity counts
+  failures within ``restart_period_s`` (10 s), so a function whose import
+  always takes too long would hold a sandbox for ``init_s`` on every call,
+  unnoticed.  An init timeout is a verdict on the code version, whatever
+  the request, so the first one is enough.
+
 An instance stops when its request channel is closed (after finishing the
 call in hand) and then destroys its sandbox.
 """
@@ -30,6 +51,9 @@ import trio
 from .._errors import (
     BadFunction,
     HandlerTimeout,
+    InitDied,
+    InitFailed,
+    InitTimeout,
     MemoryExhausted,
     OlactorsError,
     PackageInstallFailed,
@@ -40,6 +64,7 @@ from .._errors import (
 )
 from .._function_config import ResolvedLimits
 from ..sock import Invocation, Sandbox, SandboxMeta, SandboxState
+from ..supervisors import Unrecoverable
 from ._deps import Deps
 from ._requests import CallRequest
 from .code_puller import FunctionCode
@@ -50,6 +75,11 @@ NOT_THE_FUNCTIONS_FAULT = ("evicted", "worker shutting down", "instance stopped"
 
 class InstanceFailure(Exception):
     """The instance's sandbox failed in a way its supervisor should count."""
+
+
+class InitFailure(Unrecoverable):
+    """The function's import outlasted its ``limits.init_s``: the supervisor
+    escalates at once (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +166,10 @@ class Instance:
             sb, cold = await self._sandbox_for_call()
         except OlactorsError as exc:
             req.reply.fail(exc)
-            if isinstance(exc, SandboxUnavailable):
+            if isinstance(exc, InitTimeout):
+                metrics.init_timeouts += 1
+                raise InitFailure(exc.message) from exc
+            if isinstance(exc, (SandboxUnavailable, InitDied)):
                 metrics.sandbox_failures += 1
                 raise InstanceFailure(exc.message) from exc
             return
@@ -197,7 +230,13 @@ class Instance:
                 self.sandbox = await self._create()
                 self._cpu_ns_seen = 0
                 return self.sandbox, True
-            except (MemoryExhausted, PackageResolutionFailed, PackageInstallFailed, BadFunction):
+            except (
+                MemoryExhausted,
+                PackageResolutionFailed,
+                PackageInstallFailed,
+                BadFunction,
+                InitFailed,
+            ):
                 raise  # not the sandbox's failure: a retry would fail the same way
             except OlactorsError as exc:
                 last = exc
@@ -206,8 +245,14 @@ class Instance:
         raise SandboxUnavailable(f"no sandbox could be started for {self.name}: {last.message}")
 
     async def _create(self) -> Sandbox:
+        """A new leaf, forked from the import cache's zygote or else fresh.
+
+        A zygote's SandboxError falls back to a fresh start; an
+        :class:`InitFailed` (the function's own code) is raised as it is.
+        """
         deps = self.deps
         config = self.code.config
+        metrics = deps.metrics.function(self.name)
         async with deps.packages.holding(config.dependencies) as packages:
             meta = SandboxMeta(
                 limits=self.limits.sandbox,
@@ -224,6 +269,7 @@ class Instance:
                 if deps.import_cache is not None:
                     try:
                         async with deps.import_cache.zygote(packages, meta.network) as zygote:
+                            metrics.sandbox_starts += 1
                             sb = await deps.pool.create(zygote, True, code_dir, None, meta)
                     except SandboxError as exc:
                         log.warning(
@@ -232,6 +278,7 @@ class Instance:
                             exc.message,
                         )
                 if sb is None:
+                    metrics.sandbox_starts += 1
                     sb = await deps.pool.create(None, True, code_dir, None, meta)
             except BaseException:
                 await deps.mempool.release(res)

@@ -15,7 +15,8 @@ a run passes when there are none.  The rules (the simulation issue's list):
   candidate was chosen too (no paused one was left that could free memory).
 * ``restarts``: each supervised instance restarts at most
   ``restart_intensity`` times within any ``restart_period_s``; an
-  escalation comes exactly when the next failure would exceed that; a 503
+  escalation comes exactly when the next failure would exceed that (or at
+  once for a crash restarting cannot fix, such as an init timeout); a 503
   ``function_failing`` only within ``failure_cooldown_s`` after an
   escalation of that function.
 * ``fresh_code``: a request arriving more than ``registry.cache_s`` after a
@@ -118,11 +119,11 @@ class Checker:
                 f"(intensity {cfg.restart_intensity})",
             )
 
-    def escalated(self, at: float, child: str, serial: int) -> None:
+    def escalated(self, at: float, child: str, serial: int, unrecoverable: bool = False) -> None:
         cfg = self.config.functions
         window = self.restarts.get(serial, deque())
         recent = sum(1 for t in window if t > at - cfg.restart_period_s)
-        if recent != cfg.restart_intensity:
+        if not unrecoverable and recent != cfg.restart_intensity:
             self.fail(
                 at,
                 "restarts",

@@ -343,7 +343,7 @@ class _Run:
             ]
         self.checker.eviction_round(decision, spared)
 
-    def supervision(self, kind: str, child: str, serial: int) -> None:
+    def supervision(self, kind: str, child: str, serial: int, unrecoverable: bool) -> None:
         now = trio.current_time()
         self.trace.add(now, kind, child)
         if kind == "restarted":
@@ -353,7 +353,7 @@ class _Run:
         elif kind == "escalated":
             self.counts["escalations"] += 1
             self.intervals.at(now).escalations += 1
-            self.checker.escalated(now, child, serial)
+            self.checker.escalated(now, child, serial, unrecoverable)
 
     # ------------------------------------------------------------ the end
     async def drain(self, worker: Worker, pool: SimulatedPool) -> None:
@@ -457,7 +457,12 @@ class _LogTap(logging.Handler):
             return
         kind = getattr(record, "supervision", None)
         if kind is not None:
-            self.run.supervision(kind, record.child, record.serial)  # type: ignore[attr-defined]
+            self.run.supervision(
+                kind,
+                record.child,  # type: ignore[attr-defined]
+                record.serial,  # type: ignore[attr-defined]
+                getattr(record, "unrecoverable", False),
+            )
         if record.exc_info:
             self.run.checker.fail(now, "no_crash", f"{record.name}: {record.getMessage()}")
 

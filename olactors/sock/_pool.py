@@ -21,6 +21,7 @@ import trio
 from .. import native
 from .._config import Config
 from .._errors import (
+    InitFailed,
     SandboxDead,
     SandboxError,
     SandboxStateError,
@@ -46,7 +47,7 @@ from ._rootfs import (
     remove_tree_safely,
 )
 from ._safe import SafeSandbox, check_create
-from ._sock import SockSandbox, fork_from, remove_sandbox_dir, start_fresh
+from ._sock import SockSandbox, remove_sandbox_dir, start
 from ._watchdog import start_watchdog
 from .cgroups import (
     CgroupAnomalies,
@@ -98,11 +99,13 @@ class SockPool(PoolEvents):
         scratch_dir: str | None,
         meta: SandboxMeta,
     ) -> SafeSandbox:
-        """Create a sandbox and return it once its runtime listens.
+        """Create a sandbox and return it once its runtime listens (and a
+        leaf's code is imported: see :func:`olactors.sock._sock.start`).
 
         Fresh when ``parent`` is None, else forked from the zygote ``parent``
         (which must be running, not a leaf, and on the same network).  On any
-        failure everything made so far is undone and SandboxError is raised.
+        failure everything made so far is undone and SandboxError is raised,
+        or :class:`InitFailed` when the function's code failed its init phase.
         """
         if self.closing:
             raise SandboxError("the sandbox pool is shutting down")
@@ -113,26 +116,16 @@ class SockPool(PoolEvents):
         started = trio.current_time()
         try:
             await self._prepare(sb)
-            if parent is None:
-                await start_fresh(sb, self)
-                if self.closing:
-                    raise SandboxError("the sandbox pool is shutting down")
-            else:
-                async with parent._lock:  # serialised with the zygote's other calls
-                    parent.check_running("zygote")  # again, now that calls are serialised
-                    await fork_from(parent.raw, sb, self)
-                    if self.closing:  # before child_added: the cleanup below cannot undo it
-                        raise SandboxError("the sandbox pool is shutting down")
-                    parent.child_added()
+            await start(sb, self, parent)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 reason = await sb.diagnose(exc)
                 tail = sb.log_tail()
                 await self.release_resources(sb, reuse_cgroup=False)
             if not isinstance(exc, Exception) or isinstance(
-                exc, (SandboxDead, SandboxStateError, ZygoteUnsuitable)
+                exc, (SandboxDead, SandboxStateError, ZygoteUnsuitable, InitFailed)
             ):
-                raise  # cancellation, the parent's state changed, or a verdict on a package
+                raise  # cancelled, the parent's state changed, a verdict on a package or function
             detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
             raise SandboxError(f"creating sandbox {sb.id} failed: {reason}{detail}") from exc
         safe = SafeSandbox(sb, self._hub, parent, trio.current_time() - started)

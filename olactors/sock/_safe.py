@@ -272,6 +272,12 @@ class SafeSandbox:
         self.uses += 1
         self.last_used = trio.current_time()
 
+    async def child_not_started(self) -> None:
+        """Undo :meth:`child_added` for a child that failed before it was
+        handed out (no event: it was never announced)."""
+        self._children -= 1
+        await self._release_if_unreferenced()
+
     async def child_gone(self, child: SafeSandbox) -> None:
         self._children -= 1
         self._hub.emit(SandboxChildExited(self, child))

@@ -5,7 +5,9 @@ namespaces, network namespace, chroot, identity, no_new_privs, seccomp, exec
 ``python -I -S /runtime/server.py``).  A forked sandbox is cloned by its parent
 zygote, which receives the child's root dir fd, log fd and cgroup.procs fds
 over SCM_RIGHTS; the child enters them before anything else runs.  Either
-way, "created" means the runtime listens on its socket.
+way, "created" means the runtime listens on its socket and, for a leaf, has
+imported the function's code: two phases with limits of their own (see
+:func:`start`), so a slow import is told apart from a sandbox that failed.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from pathlib import Path
 import trio
 
 from .. import native
-from .._errors import SandboxError, ZygoteUnsuitable
+from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
 from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
 from ._client import LeafClient
 from ._rootfs import SandboxRoot
+from ._safe import SafeSandbox
 from ._suitability import unfit_to_fork
 
 log = logging.getLogger("olactors.sandbox")
@@ -44,6 +47,8 @@ BASE_ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 LOG_TAIL_BYTES = 2000
+#: How long a failed start waits for a process's exit to become visible.
+EXIT_GRACE_S = 0.25
 
 
 def describe_wait_status(si_code: int, status: int) -> str:
@@ -234,42 +239,47 @@ def _sender_pid(ancdata: list, what: str) -> int:
     raise SandboxError(f"{what}: a runtime message carried no credentials")
 
 
-async def receive_ready(sock: trio.socket.SocketType, timeout: float, what: str) -> int:
-    """Read runtime messages until ``ready``; return the host pid of its sender.
+class RuntimeClosed(SandboxError):
+    """The runtime closed its report channel before the phase ended (it exited)."""
 
-    The pid comes from the kernel (SCM_CREDENTIALS, translated into our PID
-    namespace), not from anything the sandbox says.  A zygote reports each
-    package it preloaded; the process is then inspected from the host and
-    :class:`ZygoteUnsuitable` raised if it is no longer fit to fork.  Raises
-    SandboxError when the peer closes without reporting ready, refuses, or on
-    timeout.
+
+async def next_report(sock: trio.socket.SocketType, phase: str, what: str) -> int:
+    """Read the runtime's reports until ``{phase: true}``; return the sender's host pid.
+
+    ``phase`` is ``"started"`` (a leaf's runtime listens; the function's code
+    is not imported yet) or ``"ready"`` (a leaf imported it; a zygote
+    listens).  The pid comes from the kernel (SCM_CREDENTIALS, translated
+    into our PID namespace), not from anything the sandbox says.  A zygote
+    reports each package it preloaded; the process is then inspected from
+    the host and :class:`ZygoteUnsuitable` raised if it is no longer fit to
+    fork.  Raises :class:`RuntimeClosed` when the peer closes first and
+    SandboxError when a zygote refuses the fork.  No timeout: the caller's
+    cancel scope bounds each phase.
     """
-    with trio.move_on_after(timeout):
-        while True:
-            try:
-                msg, ancdata, _flags, _addr = await sock.recvmsg(
-                    65536, stdsocket.CMSG_SPACE(_UCRED.size)
-                )
-            except ConnectionResetError:
-                msg = b""
-            if not msg:
-                raise SandboxError(f"{what}: sandbox exited before it was ready")
-            data = json.loads(msg)
-            if "imported" in data:
-                package = str(data["imported"])
-                problems = [data["error"]] if "error" in data else []
-                if not problems:
-                    pid = _sender_pid(ancdata, what)
-                    problems = unfit_to_fork(pid, ignore_fds={0, 1, 2, data.get("channel_fd")})
-                if problems:
-                    raise ZygoteUnsuitable(package, "; ".join(problems))
-                await sock.send(b'{"ok": true}')
-                continue
-            if "error" in data:
-                raise SandboxError(f"{what}: zygote refused the fork: {data['error']}")
-            if data.get("ready"):
-                return _sender_pid(ancdata, what)
-    raise SandboxError(f"{what}: not ready within {timeout} s")
+    while True:
+        try:
+            msg, ancdata, _flags, _addr = await sock.recvmsg(
+                65536, stdsocket.CMSG_SPACE(_UCRED.size)
+            )
+        except ConnectionResetError:
+            msg = b""
+        if not msg:
+            raise RuntimeClosed(f"{what}: the sandbox exited before it was {phase}")
+        data = json.loads(msg)
+        if "imported" in data:
+            package = str(data["imported"])
+            problems = [data["error"]] if "error" in data else []
+            if not problems:
+                pid = _sender_pid(ancdata, what)
+                problems = unfit_to_fork(pid, ignore_fds={0, 1, 2, data.get("channel_fd")})
+            if problems:
+                raise ZygoteUnsuitable(package, "; ".join(problems))
+            await sock.send(b'{"ok": true}')
+            continue
+        if "error" in data:
+            raise SandboxError(f"{what}: zygote refused the fork: {data['error']}")
+        if data.get(phase):
+            return _sender_pid(ancdata, what)
 
 
 def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
@@ -299,49 +309,159 @@ def _open_child_fds(sb: SockSandbox, stack: ExitStack) -> tuple[int, int, list[i
     return root_fd, log_fd, procs_fds
 
 
-async def start_fresh(sb: SockSandbox, pool) -> None:
-    """Spawn the runtime for a fresh sandbox and wait until it is ready."""
+async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
+    """Start ``sb``, fresh or forked from the zygote ``parent``, in two phases.
+
+    1. *The sandbox starts*: the runtime runs and listens (a zygote also
+       preloads its packages), within ``sandbox.ready_timeout_s``.  Exceeding
+       it, or the runtime dying meanwhile, raises SandboxError: the
+       sandbox's failure, which a caller may retry.  A fork holds the
+       zygote's lock for this phase only; from its end the child counts as
+       the zygote's (``child_added``: the zygote, whose PID namespace the
+       child lives in, is not released under it).
+    2. *The init phase* (leaves): the function's code is imported, within
+       ``meta.limits.init_s``.  Exceeding it raises :class:`InitTimeout`;
+       the process dying meanwhile raises :class:`InitDied` with the
+       diagnosis (or SandboxError if its zygote died and took it along).
+       Both are the function's failures, never to be retried as the
+       sandbox's.  A forked child that fails here stops counting as the
+       zygote's (``child_not_started``).
+
+    On any error the caller releases ``sb``'s resources.
+    """
+    zygote = None if parent is None else parent.raw
+    assert zygote is None or isinstance(zygote, SockSandbox)  # a SockPool's own
+    if parent is None:
+        what = f"start {sb.id}"
+        parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+        sock = trio.socket.from_stdlib_socket(parent_end)
+    else:
+        what = f"fork {sb.id} from {parent.id}"
+        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+    with sock:
+        passing_credentials(sock)
+        if parent is None:
+            with child_end:
+                _spawn(sb, pool, child_end)
+            pid = await _started(sb, sock, pool, what)
+            if pid != sb.pid:
+                raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
+            _check_open(pool)
+        else:
+            assert zygote is not None
+            async with parent._lock:  # serialised with the zygote's other calls
+                parent.check_running("zygote")  # again, now that calls are serialised
+                await _request_fork(zygote, sb, pool, sock)
+                sb.pid = await _started(sb, sock, pool, what)
+                sb.pidfd = os.pidfd_open(sb.pid)
+                if sb.pid not in first_hierarchy_pids(sb.cgroup):
+                    raise SandboxError(f"{what}: pid {sb.pid} reported outside its cgroup")
+                _check_open(pool)  # before child_added: the caller's cleanup cannot undo it
+                parent.child_added()
+        if sb.is_leaf:
+            try:
+                await _init_phase(sb, sock, pool, zygote, what)
+            except BaseException:
+                if parent is not None:
+                    with trio.CancelScope(shield=True):
+                        await parent.child_not_started()
+                raise
+
+
+def _check_open(pool) -> None:
+    if pool.closing:
+        raise SandboxError("the sandbox pool is shutting down")
+
+
+async def _started(sb: SockSandbox, sock: trio.socket.SocketType, pool, what: str) -> int:
+    """Phase one: the runtime's pid once it reports started (a leaf) or ready (a zygote)."""
+    timeout = pool.config.sandbox.ready_timeout_s
+    with trio.move_on_after(timeout):
+        return await next_report(sock, "started" if sb.is_leaf else "ready", what)
+    raise SandboxError(f"{what}: not started within {timeout:g} s (sandbox.ready_timeout_s)")
+
+
+async def _init_phase(
+    sb: SockSandbox, sock: trio.socket.SocketType, pool, zygote: SockSandbox | None, what: str
+) -> None:
+    """Phase two: the leaf imports the function's code within ``meta.limits.init_s``."""
+    limit = sb.meta.limits.init_s
+    with trio.move_on_after(limit):
+        try:
+            pid = await next_report(sock, "ready", what)
+        except RuntimeClosed as exc:
+            raise await _init_death(sb, pool, zygote, what, exc) from exc
+        if pid != sb.pid:
+            raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
+        _check_open(pool)
+        return
+    raise InitTimeout(limit)
+
+
+async def _init_death(
+    sb: SockSandbox, pool, zygote: SockSandbox | None, what: str, exc: RuntimeClosed
+) -> OlactorsError:
+    """Whose fault is a death during the init phase?  The function's
+    (:class:`InitDied`, with the diagnosis), unless the pool is closing or
+    the child's zygote died: the kernel kills a PID namespace's processes
+    before the namespace's init (the zygote) is gone, so its exit is awaited
+    briefly."""
+    if zygote is not None:
+        with trio.move_on_after(EXIT_GRACE_S):
+            await zygote.exited.wait()
+        if zygote.exited.is_set():
+            return SandboxError(f"{what}: its zygote {zygote.id} died while the child started")
+    if pool.closing:
+        return SandboxError(f"{what}: the sandbox pool is shutting down")
+    if sb.pidfd >= 0:
+        with trio.move_on_after(EXIT_GRACE_S):
+            await trio.lowlevel.wait_readable(sb.pidfd)  # exited: its status is readable
+    reason = await sb.diagnose(exc)
+    tail = sb.log_tail()
+    detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
+    return InitDied(
+        f"the sandbox died while importing the function's code: {reason}{detail}", reason
+    )
+
+
+def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
+    """Spawn the runtime of a fresh sandbox, reporting on ``child_end``."""
     sandbox_cfg = pool.config.sandbox
     python = pool.python
-    parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
-    with trio.socket.from_stdlib_socket(parent_end) as sock:
-        passing_credentials(sock)
-        with ExitStack() as stack:
-            stack.callback(child_end.close)
-            root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
-            sb.pid = native.spawn(
-                native.SpawnSpec(
-                    path=python,
-                    argv=[
-                        python,
-                        "-I",
-                        "-S",
-                        RUNTIME_ARGV_SCRIPT,
-                        json.dumps(runtime_config(sb, pool.bpf["leaf"])),
-                    ],
-                    env={**BASE_ENV, **sb.meta.env},
-                    cgroup_procs_fds=procs_fds,
-                    netns_fd=pool.netns_fd(sb.network),
-                    root_fd=root_fd,
-                    hostname=sb.id,
-                    uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
-                    gid=sandbox_cfg.leaf_gid if sb.is_leaf else -1,
-                    stdout_fd=log_fd,
-                    stderr_fd=log_fd,
-                    keep_fds=[child_end.fileno()],
-                    seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
-                    # called on the trio thread, which lives as long as the worker
-                    die_with_parent=True,
-                )
+    with ExitStack() as stack:
+        root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
+        sb.pid = native.spawn(
+            native.SpawnSpec(
+                path=python,
+                argv=[
+                    python,
+                    "-I",
+                    "-S",
+                    RUNTIME_ARGV_SCRIPT,
+                    json.dumps(runtime_config(sb, pool.bpf["leaf"])),
+                ],
+                env={**BASE_ENV, **sb.meta.env},
+                cgroup_procs_fds=procs_fds,
+                netns_fd=pool.netns_fd(sb.network),
+                root_fd=root_fd,
+                hostname=sb.id,
+                uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
+                gid=sandbox_cfg.leaf_gid if sb.is_leaf else -1,
+                stdout_fd=log_fd,
+                stderr_fd=log_fd,
+                keep_fds=[child_end.fileno()],
+                seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
+                # called on the trio thread, which lives as long as the worker
+                die_with_parent=True,
             )
-            sb.pidfd = os.pidfd_open(sb.pid)
-        ready_pid = await receive_ready(sock, sandbox_cfg.ready_timeout_s, f"start {sb.id}")
-    if ready_pid != sb.pid:
-        raise SandboxError(f"start {sb.id}: ready came from pid {ready_pid}, not {sb.pid}")
+        )
+        sb.pidfd = os.pidfd_open(sb.pid)
 
 
-async def fork_from(parent: SockSandbox, sb: SockSandbox, pool) -> None:
-    """Ask ``parent``'s zygote to fork ``sb`` and wait until it is ready.
+async def _request_fork(
+    parent: SockSandbox, sb: SockSandbox, pool, sock: trio.socket.SocketType
+) -> None:
+    """Ask ``parent``'s zygote to fork ``sb``; its reports then come on ``sock``.
 
     Two messages: the fds for the zygote, then the request for the child
     alone (hostname, identity, environment, config), which the zygote never
@@ -355,20 +475,13 @@ async def fork_from(parent: SockSandbox, sb: SockSandbox, pool) -> None:
         "env": {**BASE_ENV, **sb.meta.env},
         "config": runtime_config(sb, pool.bpf["leaf"]),
     }
-    with trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET) as sock:
-        passing_credentials(sock)
-        with ExitStack() as stack:
-            root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
-            with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
-                await sock.connect(path)
-            fds = array.array("i", [root_fd, log_fd, *procs_fds])
-            await sock.sendmsg([b"fork"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)])
-        await sock.send(json.dumps(request).encode())
-        what = f"fork {sb.id} from {parent.id}"
-        sb.pid = await receive_ready(sock, sandbox_cfg.ready_timeout_s, what)
-    sb.pidfd = os.pidfd_open(sb.pid)
-    if sb.pid not in first_hierarchy_pids(sb.cgroup):
-        raise SandboxError(f"{what}: pid {sb.pid} reported ready outside its cgroup")
+    with ExitStack() as stack:
+        root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
+        with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
+            await sock.connect(path)
+        fds = array.array("i", [root_fd, log_fd, *procs_fds])
+        await sock.sendmsg([b"fork"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)])
+    await sock.send(json.dumps(request).encode())
 
 
 def first_hierarchy_pids(cgroup) -> list[int]:

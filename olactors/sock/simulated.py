@@ -17,8 +17,9 @@ exactly as for the real SOCK pool; :meth:`SimulatedPool.create` follows
 Random draws happen in a fixed order per operation:
 
 * create: the create (or fork) latency, then each create fault in list order
-  (:class:`SlowCreate`, :class:`CreateFails`), then after the latency the
-  reported memory, then each :class:`CrashWhileIdle` fault;
+  (:class:`SlowCreate`, :class:`CreateFails`), then for a leaf each
+  :class:`SlowInit` fault, then after the latency the reported memory, then
+  each :class:`CrashWhileIdle` fault;
 * invoke: each call fault in list order (:class:`CrashDuringCall`,
   :class:`Hang`, :class:`OOM`; the first that fires wins), then the
   handler's own draws, then (on success) the reported memory and each
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .._errors import SandboxError, SandboxStateError
+from .._errors import InitTimeout, SandboxError, SandboxStateError
 from .._groups import lone_errors_unwrapped
 from ._api import (
     Invocation,
@@ -70,6 +71,7 @@ __all__ = [
     "SimulatedPool",
     "SimulatedSandbox",
     "SlowCreate",
+    "SlowInit",
     "always",
     "constant",
     "echo",
@@ -169,6 +171,15 @@ class SlowCreate(_FaultBase):
 
 
 @dataclass(frozen=True, eq=False)
+class SlowInit(_FaultBase):
+    """A leaf's import of the function's code (its init phase, after the create
+    latency) takes ``import_s`` (every firing SlowInit adds up); beyond the
+    sandbox's ``limits.init_s``, ``create`` raises InitTimeout at that limit."""
+
+    import_s: float
+
+
+@dataclass(frozen=True, eq=False)
 class CreateFails(_FaultBase):
     """``create`` raises SandboxError(``message``) after its latency."""
 
@@ -182,10 +193,10 @@ class OOM(_FaultBase):
     delay_s: float = 0.0
 
 
-Fault = CrashDuringCall | CrashWhileIdle | Hang | SlowCreate | CreateFails | OOM
+Fault = CrashDuringCall | CrashWhileIdle | Hang | SlowCreate | SlowInit | CreateFails | OOM
 _CALL_FAULTS = (CrashDuringCall, Hang, OOM)
 _CREATE_FAULTS = (SlowCreate, CreateFails)
-_FAULT_KINDS = (CrashDuringCall, CrashWhileIdle, Hang, SlowCreate, CreateFails, OOM)
+_FAULT_KINDS = (CrashDuringCall, CrashWhileIdle, Hang, SlowCreate, SlowInit, CreateFails, OOM)
 
 
 def _counter_key(fault: Fault) -> str:
@@ -395,6 +406,14 @@ class SimulatedPool(PoolEvents):
                         f"creating sandbox {raw.id} failed: zygote {zygote.id} died during the fork"
                     )
                 zygote.child_added()
+        if is_leaf:
+            try:
+                await self._init(raw)
+            except BaseException:
+                if zygote is not None:
+                    with trio.CancelScope(shield=True):
+                        await zygote.child_not_started()
+                raise
         safe = SafeSandbox(raw, self._hub, zygote, trio.current_time() - started)
         raw.safe = safe
         self._live[raw.id] = safe
@@ -471,6 +490,25 @@ class SimulatedPool(PoolEvents):
         await trio.sleep(seconds)
         if failure is not None:
             raise SandboxError(f"creating sandbox {raw.id} failed: {failure.message}")
+        if self.closing:
+            raise SandboxError(
+                f"creating sandbox {raw.id} failed: the sandbox pool is shutting down"
+            )
+
+    async def _init(self, raw: SimulatedSandbox) -> None:
+        """A leaf's init phase (outside its zygote's lock, as in the real pool):
+        the :class:`SlowInit` faults' import time, up to its ``limits.init_s``."""
+        seconds = 0.0
+        for fault in list(self.behaviour.faults):
+            if isinstance(fault, SlowInit) and self._fires(fault, raw):
+                self._record(fault)
+                seconds += fault.import_s
+        if not seconds:
+            return
+        limit = raw.meta.limits.init_s
+        await trio.sleep(min(seconds, limit))
+        if seconds > limit:
+            raise InitTimeout(limit)
         if self.closing:
             raise SandboxError(
                 f"creating sandbox {raw.id} failed: the sandbox pool is shutting down"

@@ -1,5 +1,5 @@
 """Supervisors: restart strategies that make an instance a robust virtual sandbox."""
 
-from ._supervisor import ChildHandle, ChildSpec, Restart, supervise
+from ._supervisor import ChildHandle, ChildSpec, Restart, Unrecoverable, supervise
 
-__all__ = ["ChildHandle", "ChildSpec", "Restart", "supervise"]
+__all__ = ["ChildHandle", "ChildSpec", "Restart", "Unrecoverable", "supervise"]

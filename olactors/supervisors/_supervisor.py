@@ -8,7 +8,8 @@ and its restart intensity.  :func:`supervise` runs it:
 * More than ``max_restarts`` restarts within ``period_s`` means restarting
   does not help: the supervisor stops and *escalates* — it calls
   ``on_escalate(name, cause)`` so the parent can react (report errors,
-  back off) instead of looping.
+  back off) instead of looping.  A crash with :class:`Unrecoverable` says
+  so itself and escalates at once, whatever the intensity.
 * Shutdown: :meth:`ChildHandle.stop` asks the child to finish (its
   ``request_stop`` hook, e.g. closing its inbox), waits up to a grace period,
   then cancels it ("kill").
@@ -19,7 +20,8 @@ treated as crashes.
 
 Every restart and escalation is logged on ``olactors.supervisor`` with the
 record attributes ``supervision`` ("restarted" / "escalated"), ``child``
-(the spec's name) and ``serial`` (the handle's), for whoever wants to follow
+(the spec's name) and ``serial`` (the handle's), and on an escalation
+``unrecoverable`` (whether the crash said so), for whoever wants to follow
 them (simulations do).
 """
 
@@ -36,6 +38,13 @@ import trio
 from .._restart import RestartIntensity
 
 log = logging.getLogger("olactors.supervisor")
+
+
+class Unrecoverable(Exception):
+    """A crash that restarting cannot fix (a deterministic failure, e.g. of a
+    function's own code): its supervisor escalates at once, whatever its
+    restart intensity, which measures failures in quick succession and so
+    would never see failures that each take longer than its period."""
 
 
 class Restart(enum.Enum):
@@ -105,19 +114,22 @@ async def supervise(
                 if spec.restart is Restart.TEMPORARY:
                     log.warning("%s crashed (temporary, not restarted): %r", spec.name, crashed)
                     return
-                if not intensity.record(trio.current_time()):
+                unrecoverable = isinstance(crashed, Unrecoverable)
+                if unrecoverable or not intensity.record(trio.current_time()):
                     cause = crashed or RuntimeError(f"{spec.name} kept exiting")
                     handle.escalated = cause
                     log.error(
-                        "%s: more than %d restarts in %.1f s; escalating: %s",
+                        "%s: %s; escalating: %s",
                         spec.name,
-                        spec.max_restarts,
-                        spec.period_s,
+                        "restarting cannot fix it"
+                        if unrecoverable
+                        else f"more than {spec.max_restarts} restarts in {spec.period_s:.1f} s",
                         cause,
                         extra={
                             "supervision": "escalated",
                             "child": spec.name,
                             "serial": handle.serial,
+                            "unrecoverable": unrecoverable,
                         },
                     )
                     on_escalate(spec.name, cause)

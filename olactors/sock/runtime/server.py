@@ -1,9 +1,13 @@
 """Sandbox runtime: leaf HTTP server or zygote fork server (stdlib only).
 
 Started as ``python -I -S /runtime/server.py '<json config>'`` with fd 3 being
-a SOCK_SEQPACKET socket on which the runtime reports ``{"ready": true}`` once
-its own socket listens.  Children forked by a zygote report on the fork
-request's connection instead, so in both cases "ready" means "listening".
+a SOCK_SEQPACKET socket on which the runtime reports its start.  Children
+forked by a zygote report on the fork request's connection instead.  A leaf
+reports two phases, so the worker can tell whose fault a slow start is:
+``{"started": true}`` once its own socket listens (the sandbox started: the
+worker bounds this by ``sandbox.ready_timeout_s``), then, after importing the
+function's code (the *init phase*, bounded by the function's ``limits.init_s``),
+``{"ready": true}``.  A zygote reports ``{"ready": true}`` once listening.
 
 Config keys: ``mode`` ("leaf" | "zygote"), ``entry`` (leaves: "" or missing
 for automatic selection, or "module:attr"; see ``load_entry``, and
@@ -573,7 +577,7 @@ def _preload(preload: list, ready: socket.socket) -> None:
 
 
 def run(config: dict, ready: socket.socket) -> None:
-    """Become a leaf or zygote, report ready on ``ready`` once listening, serve forever."""
+    """Become a leaf or zygote, report its phases on ``ready``, serve forever."""
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     sys.dont_write_bytecode = True
@@ -581,8 +585,9 @@ def run(config: dict, ready: socket.socket) -> None:
         if path not in sys.path:
             sys.path.append(path)
     if config["mode"] == "leaf":
-        app = load_entry(config.get("entry") or "")
         listener = _listen(LEAF_SOCKET, socket.SOCK_STREAM)
+        ready.send(b'{"started": true}')
+        app = load_entry(config.get("entry") or "")  # the init phase: function code runs
         ready.send(b'{"ready": true}')
         ready.close()
         serve_leaf(listener, app)
