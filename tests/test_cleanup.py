@@ -188,3 +188,17 @@ def test_cleanup_refuses_a_live_worker_dir(worker_dir):
         assert (worker_dir / "run" / "sandboxes" / "sb-1").is_dir()
     assert run_cli("cleanup", "--path", str(worker_dir)).returncode == 0
     assert not (worker_dir / "run").exists()
+
+
+def test_pool_on_a_worker_dir_that_does_not_exist_yet(tmp_path):
+    import trio
+
+    from olactors._config import build_config
+    from olactors.sock import open_sock_pool
+
+    async def start():
+        async with open_sock_pool(build_config(None), tmp_path / "new" / "worker"):
+            pass
+
+    trio.run(start)
+    assert (tmp_path / "new" / "worker" / "worker.lock").is_file()

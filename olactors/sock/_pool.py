@@ -237,6 +237,7 @@ async def open_sock_pool(config: Config, worker_dir: Path) -> AsyncIterator[Sock
     """
     prepare_worker_process()
     worker_dir = worker_dir.resolve()
+    worker_dir.mkdir(parents=True, exist_ok=True)
     with WorkerDirLock.acquire(worker_dir) as lock:
         for step in await recover_worker_dir(worker_dir, config, lock):
             log.warning("recovering from a worker that did not shut down: %s", step)
