@@ -39,14 +39,19 @@ from olactors.actors.evictor import run_evictor
 from olactors.actors.mempool import run_mempool
 from olactors.sock import (
     EventHub,
+    SafeSandbox,
     SandboxCreated,
+    SandboxDestroyed,
     SandboxMeta,
     SandboxState,
+    SandboxUsage,
     open_sock_pool,
     seccomp,
 )
+from olactors.sock._safe import ReleaseFailed
 from olactors.sock._suitability import InspectionFailed, unfit_to_fork
 from olactors.sock.simulated import (
+    ReleaseFails,
     SimulatedBehaviour,
     SimulatedPool,
     constant,
@@ -326,3 +331,222 @@ async def test_a_zygote_refuses_to_start_without_its_leaves_filter(pool):
     with trio.fail_after(60), pytest.raises(SandboxError, match="no leaf seccomp program"):
         await pool.create(None, False, None, None, SandboxMeta(label="zygote"))
     assert pool.sandboxes() == []
+
+
+# ------------------------------------------------- 5. failed sandbox releases
+class RawWithFailingRelease:
+    """A raw sandbox whose ``release`` raises ``failures`` in turn, then succeeds."""
+
+    def __init__(self, sid: str, failures: list[Exception], is_leaf: bool = True) -> None:
+        self.id = sid
+        self.is_leaf = is_leaf
+        self.meta = LEAF
+        self.failures = failures
+        self.releases = 0
+
+    async def invoke(self, request):
+        raise AssertionError("not called")
+
+    async def freeze(self) -> None:
+        pass
+
+    async def thaw(self) -> None:
+        pass
+
+    async def release(self, reason: str) -> None:
+        self.releases += 1
+        if self.failures:
+            raise self.failures.pop(0)
+
+    def usage(self) -> SandboxUsage:
+        return SandboxUsage()
+
+    async def diagnose(self, error):
+        return "diagnosed"
+
+
+def still_running(sid: str) -> ReleaseFailed:
+    return ReleaseFailed(sid, ("process 1 still running after kill",), processes_gone=False)
+
+
+def destroyed_events(events) -> list[SandboxDestroyed]:
+    out = []
+    while True:
+        try:
+            event = events.receive_nowait()
+        except trio.WouldBlock:
+            return out
+        if isinstance(event, SandboxDestroyed):
+            out.append(event)
+
+
+async def test_a_release_that_leaves_processes_is_not_reported_destroyed(caplog):
+    """Before: SandboxDestroyed came all the same (the memory pool then freed
+    memory that processes still used), and only a log line told otherwise."""
+    hub = EventHub()
+    events = hub.subscribe()
+    sb = SafeSandbox(RawWithFailingRelease("a", [still_running("a")]), hub, None)
+    with caplog.at_level(logging.ERROR, logger="olactors.sandbox"):
+        await sb.destroy("evicted")
+    assert sb.state is SandboxState.DEAD and not sb.released
+    assert sb.release_pending and "still running" in str(sb.release_failure)
+    assert destroyed_events(events) == []
+    assert hub.release_failures == 1 and set(hub.unreleased) == {"a"}
+    assert any("stays reserved" in r.getMessage() for r in caplog.records)
+    await sb.destroy("again")  # idempotent: no release attempt while it is pending
+    assert sb.raw.releases == 1
+    await sb.died()  # the pool saw its process exit at last: retried
+    assert sb.released and not sb.release_pending
+    assert destroyed_events(events) == [SandboxDestroyed(sb, "evicted")]
+    assert hub.unreleased == {} and hub.release_failures == 1
+
+
+async def test_leftovers_with_the_processes_gone_are_released_and_named():
+    hub = EventHub()
+    events = hub.subscribe()
+    leftover = ReleaseFailed("a", ("root or dir: busy",), processes_gone=True)
+    sb = SafeSandbox(RawWithFailingRelease("a", [leftover]), hub, None)
+    await sb.destroy("done")
+    assert sb.released and not sb.release_pending
+    assert destroyed_events(events) == [SandboxDestroyed(sb, "done", ("root or dir: busy",))]
+    assert hub.release_failures == 1 and hub.unreleased == {}
+
+
+async def test_an_unexpected_release_error_keeps_the_sandbox_unreleased():
+    hub = EventHub()
+    sb = SafeSandbox(RawWithFailingRelease("a", [OSError("EIO")]), hub, None)
+    await sb.destroy("done")
+    assert sb.release_pending and not sb.released
+    assert await sb.retry_release()
+
+
+async def test_a_zygote_waits_for_its_unreleased_child():
+    hub = EventHub()
+    zygote = SafeSandbox(RawWithFailingRelease("z", [], is_leaf=False), hub, None)
+    zygote.child_added()
+    child = SafeSandbox(RawWithFailingRelease("c", [still_running("c")]), hub, zygote)
+    await zygote.destroy("bye")
+    await child.destroy("bye")
+    assert not zygote.released and zygote.settled and child.settled
+    assert await child.retry_release()
+    assert zygote.released
+
+
+async def test_the_simulated_pool_keeps_memory_of_an_unreleased_sandbox(autojump_clock, caplog):
+    fault = ReleaseFails(times=1)
+    with trio.fail_after(60):
+        async with open_simulated_pool(behaviour(faults=[fault])) as pool:
+            async with trio.open_nursery() as nursery:
+                mem = await nursery.start(run_mempool, 1000, 5.0, pool)
+                events = pool.subscribe()
+                res = await mem.reserve(300, "test")
+                sb = await fresh(pool)
+                await mem.bind(res, sb)
+                await sb.destroy("done")
+                assert pool.fired(fault) == 1
+                assert pool.sandboxes() == [sb] and sb.state is SandboxState.DEAD
+                assert (await mem.snapshot()).used_mb == 300  # its process may still use it
+                assert pool.sandbox_anomalies()["unreleased"] == 1
+                assert destroyed_events(events) == []
+                pool.kill(sb, "finally exits")
+                await trio.sleep(1)
+                assert pool.sandboxes() == [] and sb.released
+                assert (await mem.snapshot()).used_mb == 0
+                assert destroyed_events(events) == [SandboxDestroyed(sb, "done")]
+                nursery.cancel_scope.cancel()
+
+
+async def test_a_closing_simulated_pool_gives_up_on_a_release_that_keeps_failing(
+    autojump_clock, caplog
+):
+    """Before: the closing pool looped forever on a sandbox it could not release."""
+    with trio.fail_after(60), caplog.at_level(logging.ERROR):
+        async with open_simulated_pool(behaviour(faults=[ReleaseFails()])) as pool:
+            zygote = await pool.create(None, False, None, None, SandboxMeta(label="z"))
+            leaf = await pool.create(zygote, True, None, None, LEAF)
+    assert leaf.release_pending and not zygote.released
+    assert pool.sandbox_anomalies()["release_failures"] == 2  # the destroy, then one retry
+    assert any("could not be released" in r.getMessage() for r in caplog.records)
+
+
+def sock_config():
+    return build_config(None, ["sandbox.cgroup_pool_size=0", "sandbox.kill_timeout_s=0.5"])
+
+
+async def next_destroyed(events) -> SandboxDestroyed:
+    async for event in events:
+        if isinstance(event, SandboxDestroyed):
+            return event
+    raise AssertionError("event channel closed")
+
+
+@pytest.mark.root
+async def test_a_sandbox_whose_processes_survive_release_keeps_its_memory(worker_dir, caplog):
+    """The kill step fails (the cgroup is not emptied): the sandbox is not
+    reported destroyed and its memory stays reserved until its process exits;
+    then the pool's watcher retries the release and all is given back."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with trio.fail_after(60):
+        async with open_sock_pool(sock_config(), worker_dir) as pool, trio.open_nursery() as n:
+            mem = await n.start(run_mempool, 1000, 5.0, pool)
+            events = pool.subscribe(100)
+            res = await mem.reserve(128, "test")
+            sb = await pool.create(None, False, None, None, SandboxMeta(label="zygote"))
+            await mem.bind(res, sb)
+            cgroups = pool._cgroups
+            kept = []
+
+            async def does_not_empty(cgroup, *, reuse: bool = True) -> None:
+                kept.append(cgroup)
+
+            cgroups.release = does_not_empty
+            try:
+                with caplog.at_level(logging.ERROR):
+                    await sb.destroy("test")
+                assert sb.state is SandboxState.DEAD and sb.release_pending
+                assert os.path.exists(f"/proc/{sb.raw.pid}")  # really still running
+                assert pool.sandboxes() == [sb]
+                assert (await mem.snapshot()).used_mb == 128
+                assert pool.sandbox_anomalies() == {
+                    "dropped_subscribers": 0,
+                    "listener_errors": 0,
+                    "release_failures": 1,
+                    "unreleased": 1,
+                }
+                assert destroyed_events(events) == []
+            finally:
+                del cgroups.release
+                for cgroup in kept:  # the kill works at last
+                    await cgroups.release(cgroup, reuse=False)
+            event = await next_destroyed(events)
+            assert event.sandbox is sb and event.leftovers == ()
+            assert pool.sandboxes() == [] and sb.released
+            assert (await mem.snapshot()).used_mb == 0
+            assert pool.sandbox_anomalies()["unreleased"] == 0
+            n.cancel_scope.cancel()
+
+
+@pytest.mark.root
+async def test_a_failed_unmount_is_named_in_the_event(pool):
+    root = None
+    try:
+        events = pool.subscribe(100)
+        sb = await pool.create(None, False, None, None, SandboxMeta(label="zygote"))
+        root = sb.raw.root
+
+        def busy() -> None:
+            raise OSError(errno.EBUSY, "simulated busy mount")
+
+        root.unmount = busy
+        with trio.fail_after(60):
+            await sb.destroy("test")
+        [event] = destroyed_events(events)
+        assert sb.released and event.sandbox is sb
+        assert len(event.leftovers) == 1 and "busy mount" in event.leftovers[0]
+        assert pool.sandbox_anomalies()["release_failures"] == 1
+        assert pool.sandbox_anomalies()["unreleased"] == 0
+    finally:
+        if root is not None:
+            del root.unmount
+            root.unmount()

@@ -141,8 +141,13 @@ class SandboxChildExited:
 
 @dataclass(frozen=True, slots=True)
 class SandboxDestroyed:
+    """``sandbox`` was released: its processes are gone and its memory free.
+    ``leftovers`` names what could not be cleaned up (a mount, a dir, a
+    cgroup; kept for a later retry or ``olactors cleanup``); empty if none."""
+
     sandbox: Sandbox
     reason: str
+    leftovers: tuple[str, ...] = ()
 
 
 SandboxEvent = (

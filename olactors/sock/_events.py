@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import trio
 
-from ._api import SandboxEvent
+from ._api import Sandbox, SandboxEvent
 
 log = logging.getLogger("olactors.sandbox")
 
@@ -39,6 +39,10 @@ class EventHub:
         self.dropped_subscribers = 0
         #: Exceptions raised by listeners (each logged with its traceback).
         self.listener_errors = 0
+        #: Sandbox releases that failed (each logged); see ``SafeSandbox``.
+        self.release_failures = 0
+        #: Sandboxes whose release failed while their processes may run: id -> why.
+        self.unreleased: dict[str, str] = {}
 
     @property
     def closed(self) -> bool:
@@ -90,6 +94,20 @@ class EventHub:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove(send)
 
+    def release_failed(self, sandbox: Sandbox, failure: str, processes_gone: bool) -> None:
+        """Count and log a failed release of ``sandbox``; with its processes
+        maybe alive it is listed in ``unreleased`` until :meth:`released`."""
+        self.release_failures += 1
+        if processes_gone:
+            log.error("%s; released with leftovers", failure)
+        else:
+            self.unreleased[sandbox.id] = failure
+            log.error("%s; its memory stays reserved until a retry succeeds", failure)
+
+    def released(self, sandbox: Sandbox) -> None:
+        if self.unreleased.pop(sandbox.id, None) is not None:
+            log.warning("sandbox %s released at last after a failed release", sandbox.id)
+
     def close(self) -> None:
         self._closed = True
         for send in self._subscribers:
@@ -110,9 +128,12 @@ class PoolEvents:
         return self._hub.listen(listener)
 
     def sandbox_anomalies(self) -> dict[str, int]:
-        """Anomalies of event delivery (for ``/stats``): subscribers dropped
-        for falling behind, exceptions raised by listeners."""
+        """What went wrong unseen otherwise (for ``/stats``): subscribers
+        dropped for falling behind, exceptions raised by listeners, failed
+        sandbox releases, and sandboxes not released yet after one."""
         return {
             "dropped_subscribers": self._hub.dropped_subscribers,
             "listener_errors": self._hub.listener_errors,
+            "release_failures": self._hub.release_failures,
+            "unreleased": len(self._hub.unreleased),
         }

@@ -46,8 +46,8 @@ from ._rootfs import (
     python_executable,
     remove_tree_safely,
 )
-from ._safe import SafeSandbox, check_create
-from ._sock import SockSandbox, remove_sandbox_dir, start
+from ._safe import SafeSandbox, check_create, destroy_all
+from ._sock import ReleaseReport, SockSandbox, release_sandbox, start
 from ._watchdog import start_watchdog
 from .cgroups import (
     CgroupAnomalies,
@@ -181,37 +181,29 @@ class SockPool(PoolEvents):
             packages=sb.meta.packages,
         )
 
-    async def release_resources(self, sb: SockSandbox, *, reuse_cgroup: bool = True) -> None:
-        """Kill the sandbox's processes and free its cgroup, mounts and dirs.
-
-        Shielded and best effort: a failure in one step is logged and the
-        other steps still run.  The cgroup of a sandbox that failed to start
-        is removed, never reused: a child still starting could join it later.
+    async def release_resources(
+        self, sb: SockSandbox, *, reuse_cgroup: bool = True
+    ) -> ReleaseReport:
+        """Kill the sandbox's processes and free its cgroup, mounts and dirs
+        (:func:`release_sandbox`: every step runs, the report names what
+        stayed).  The sandbox leaves the pool's list only once its processes
+        are gone.  The cgroup of a sandbox that failed to start is removed,
+        never reused: a child still starting could join it later.
         """
         with trio.CancelScope(shield=True):
-            if sb.cgroup is not None:
-                cg, sb.cgroup = sb.cgroup, None
-                try:
-                    await self._cgroups.release(cg, reuse=reuse_cgroup)
-                except Exception:
-                    log.exception("releasing cgroup of %s failed", sb.id)
-            await sb.await_exit(self.config.sandbox.kill_timeout_s)
-            try:
-                sb.root.unmount()
-                await trio.to_thread.run_sync(remove_sandbox_dir, sb)
-            except Exception:
-                log.exception("removing the root of %s failed", sb.id)
-            self._live.pop(sb.id, None)
+            report = await release_sandbox(
+                sb, self._cgroups, self.config.sandbox.kill_timeout_s, reuse_cgroup=reuse_cgroup
+            )
+            if report.processes_gone:
+                self._live.pop(sb.id, None)
+            return report
 
     async def aclose(self) -> None:
         """Destroy every sandbox: leaves first, then zygotes (which are only
         released once their last child is gone).  Sandboxes whose creation was
         in flight see ``closing`` and destroy themselves."""
         self.closing = True
-        while self._live:
-            for sb in sorted(self._live.values(), key=lambda s: s.is_leaf, reverse=True):
-                await sb.destroy("worker shutting down")
-            await trio.lowlevel.checkpoint()
+        await destroy_all(self._live, "worker shutting down")
         self._hub.close()
 
 

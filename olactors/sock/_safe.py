@@ -7,6 +7,18 @@ adds, once for every implementation: serialised calls, the paused/dead state
 machine, destroy-on-any-error, harmless calls after death, zygote reference
 counting (a zygote's resources are released only when it and all its
 descendants are gone) and lifecycle events.
+
+A release that fails is never reported as a clean one.  The raw sandbox
+raises :class:`ReleaseFailed`, saying whether its processes are gone:
+
+* gone: the sandbox is released all the same (``SandboxDestroyed``, so its
+  memory returns to the pool) with the ``leftovers`` named in the event;
+* maybe not: it is *not* released.  It stays in its pool's list, dead, with
+  its memory still reserved (processes that may run still use it), until a
+  retry succeeds: when the pool sees its process exit (``died``), on
+  :meth:`SafeSandbox.retry_release`, or when the pool closes.
+
+Either way the failure is logged and counted (``EventHub.release_failures``).
 """
 
 from __future__ import annotations
@@ -38,7 +50,28 @@ from ._events import EventHub
 log = logging.getLogger("olactors.sandbox")
 
 
+class ReleaseFailed(SandboxError):
+    """A raw sandbox's ``release`` could not free everything.
+
+    ``processes_gone``: its processes are known to be gone (only files,
+    mounts or cgroups were left); ``leftovers`` names what stayed.
+    """
+
+    def __init__(self, sandbox_id: str, leftovers: tuple[str, ...], processes_gone: bool) -> None:
+        self.sandbox_id = sandbox_id
+        self.leftovers = leftovers
+        self.processes_gone = processes_gone
+        state = "its processes are gone" if processes_gone else "its processes may still run"
+        super().__init__(
+            f"releasing sandbox {sandbox_id} left {', '.join(leftovers) or 'something'} ({state})"
+        )
+
+
 class RawSandbox(Protocol):
+    """The mechanics of one sandbox.  ``release`` frees everything; it raises
+    :class:`ReleaseFailed` when something stays and may be called again (a
+    retry then does what is left)."""
+
     id: str
     is_leaf: bool
     meta: SandboxMeta
@@ -126,6 +159,9 @@ class SafeSandbox:
         self._reason: str | None = None
         self._children = 0
         self._released = False
+        self._releasing = False
+        #: The last release failure, while the sandbox's processes may still run.
+        self.release_failure: ReleaseFailed | None = None
         #: When it was last used: created, a call started, unpaused, or (a zygote) forked.
         self.last_used = trio.current_time()
         #: How often it was used: calls started, plus forks for a zygote.
@@ -161,6 +197,21 @@ class SafeSandbox:
     @property
     def released(self) -> bool:
         return self._released
+
+    @property
+    def release_pending(self) -> bool:
+        """Dead, but its release failed while its processes may run (retried later)."""
+        return self.release_failure is not None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen to it without outside help: released, or
+        dead and waiting only on a failed release or on live children."""
+        return self._released or (
+            self._state is SandboxState.DEAD
+            and not self._releasing
+            and (self.release_failure is not None or self._children > 0)
+        )
 
     def usage(self) -> SandboxUsage:
         if self._released:
@@ -259,8 +310,11 @@ class SafeSandbox:
                 return True
 
     async def died(self, exc: BaseException | None = None) -> None:
-        """Called by the pool's watcher when the sandbox's process exited on its own."""
+        """Called by the pool's watcher when the sandbox's process exited (on
+        its own, or at last after a release that found it still running)."""
         if self._state is SandboxState.DEAD:
+            if self.release_failure is not None:
+                await self.retry_release()
             return
         reason = await self.raw.diagnose(exc)
         await self.destroy(reason)
@@ -290,16 +344,76 @@ class SafeSandbox:
         self._reason = reason
         await self._release_if_unreferenced()
 
+    async def retry_release(self) -> bool:
+        """Try again to release a sandbox whose release failed while its
+        processes may have run; True once it is released."""
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if self.release_failure is not None:
+                    await self._release_if_unreferenced()
+        return self._released
+
     async def _release_if_unreferenced(self) -> None:
-        if self._state is not SandboxState.DEAD or self._children > 0 or self._released:
+        if (
+            self._state is not SandboxState.DEAD
+            or self._children > 0
+            or self._released
+            or self._releasing
+        ):
             return
-        self._released = True
+        self._releasing = True
         reason = self._reason or "destroyed"
         with trio.CancelScope(shield=True):
             try:
-                await self.raw.release(reason)
-            except Exception:  # a failed cleanup is logged, never raised to a destroy caller
-                log.exception("releasing sandbox %s failed", self.id)
-            self._hub.emit(SandboxDestroyed(self, reason))
+                failure = await self._raw_release(reason)
+            finally:
+                self._releasing = False
+            if failure is not None:
+                self._hub.release_failed(self, str(failure), failure.processes_gone)
+                if not failure.processes_gone:
+                    self.release_failure = failure  # stays reserved, listed and dead
+                    return
+            self.release_failure = None
+            self._released = True
+            self._hub.released(self)
+            leftovers = () if failure is None else failure.leftovers
+            self._hub.emit(SandboxDestroyed(self, reason, leftovers))
             if self.parent is not None:
                 await self.parent.child_gone(self)
+
+    async def _raw_release(self, reason: str) -> ReleaseFailed | None:
+        """The raw release; what it failed to free (never raised to a destroy caller)."""
+        try:
+            await self.raw.release(reason)
+        except ReleaseFailed as exc:
+            return exc
+        except Exception as exc:  # unknown state: its processes may still run
+            log.exception("releasing sandbox %s failed unexpectedly", self.id)
+            failure = ReleaseFailed(self.id, (f"{type(exc).__name__}: {exc}",), False)
+            failure.__cause__ = exc
+            return failure
+        return None
+
+
+async def destroy_all(live: Mapping[str, SafeSandbox], reason: str) -> list[SafeSandbox]:
+    """Destroy every sandbox in ``live`` (a closing pool's list), leaves first:
+    a zygote is released only after its last child.
+
+    Loops until every sandbox is settled (creations in flight add more).  A
+    sandbox whose release failed gets one more try; those still unreleased
+    are logged and returned (their processes may run: ``olactors cleanup``).
+    """
+    while unsettled := [sb for sb in live.values() if not sb.settled]:
+        for sb in sorted(unsettled, key=lambda s: s.is_leaf, reverse=True):
+            await sb.destroy(reason)
+        await trio.lowlevel.checkpoint()
+    for sb in sorted(live.values(), key=lambda s: s.is_leaf, reverse=True):
+        await sb.retry_release()
+    stuck = list(live.values())
+    if stuck:
+        log.error(
+            "%d sandboxes could not be released (their processes may still run): %s",
+            len(stuck),
+            "; ".join(f"{sb.id}: {sb.release_failure or 'waits on its children'}" for sb in stuck),
+        )
+    return stuck

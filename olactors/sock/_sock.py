@@ -34,8 +34,9 @@ from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, Zygote
 from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
 from ._client import LeafClient
 from ._rootfs import SandboxRoot
-from ._safe import SafeSandbox
+from ._safe import ReleaseFailed, SafeSandbox
 from ._suitability import unfit_to_fork
+from .cgroups import CgroupPool
 
 log = logging.getLogger("olactors.sandbox")
 RUNTIME_ARGV_SCRIPT = "/runtime/server.py"
@@ -171,9 +172,14 @@ class SockSandbox:
         return "; ".join(parts)
 
     async def release(self, reason: str) -> None:
+        """Kill, unmount, remove (see :func:`release_sandbox`); raises
+        ReleaseFailed when something stays.  A retry does what is left."""
         if self.client is not None:
-            await self.client.aclose()
-        await self.pool.release_resources(self)
+            client, self.client = self.client, None
+            await client.aclose()
+        report = await self.pool.release_resources(self)
+        if report.leftovers:
+            raise ReleaseFailed(self.id, report.leftovers, report.processes_gone)
 
     # ------------------------------------------------------------- watching
     def reap(self, *, block: bool) -> bool:
@@ -209,19 +215,23 @@ class SockSandbox:
         self.reap(block=True)
         await on_exit()
 
-    async def await_exit(self, timeout: float) -> None:
-        """After a kill: wait (bounded) for the init process to be gone and reaped."""
+    async def await_exit(self, timeout: float) -> bool:
+        """After a kill: wait (bounded) for the init process to be gone and reaped.
+
+        True once it is gone: every process of the sandbox is then gone too
+        (the init of a PID namespace takes the others with it).  False if it
+        still runs; its pidfd is kept (still watched), so a retry can wait again.
+        """
         with trio.move_on_after(timeout):
             if self.watching:
                 await self.exited.wait()
             elif self.pidfd >= 0:
                 await trio.lowlevel.wait_readable(self.pidfd)
                 self.reap(block=True)
-        if self.pidfd >= 0 and not self.watching:
+        gone = self.exited.is_set() or (self.pidfd < 0 and not self.watching)
+        if not gone:
             log.error("sandbox %s: process %d did not exit after kill", self.id, self.pid)
-            trio.lowlevel.notify_closing(self.pidfd)
-            os.close(self.pidfd)
-            self.pidfd = -1
+        return gone
 
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
@@ -492,10 +502,53 @@ def first_hierarchy_pids(cgroup) -> list[int]:
 
 def remove_sandbox_dir(sb: SockSandbox) -> None:
     """Delete the sandbox dir, but never through a mount point (the root must be
-    unmounted first; if it still is a mount the dir is left and reported)."""
+    unmounted first; if it still is a mount the dir is left and reported).
+    Raises SandboxError if the dir is still there afterwards."""
     if sb.scratch_fd >= 0:
         os.close(sb.scratch_fd)
         sb.scratch_fd = -1
     if sb.root.mounted or os.path.ismount(sb.root.path):
         raise SandboxError(f"{sb.id}: root still mounted, not removing {sb.dir}")
     shutil.rmtree(sb.dir, ignore_errors=True)
+    if os.path.lexists(sb.dir):
+        raise SandboxError(f"{sb.id}: could not remove {sb.dir}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseReport:
+    """What :func:`release_sandbox` could not free (``leftovers``, empty if
+    nothing) and whether the sandbox's processes are gone."""
+
+    processes_gone: bool
+    leftovers: tuple[str, ...] = ()
+
+
+async def release_sandbox(
+    sb: SockSandbox, cgroups: CgroupPool, kill_timeout_s: float, *, reuse_cgroup: bool
+) -> ReleaseReport:
+    """Kill the sandbox's processes and free its cgroup, mounts and dir.
+
+    Every step runs even if one before failed; each failure is logged and
+    named in the report.  Safe to call again after a failure: the cgroup is
+    handed back once (a cgroup that does not empty is kept by the cgroup pool,
+    which retries its removal), the wait for the processes and the removal of
+    the root and dir are retried.  The caller shields it from cancellation.
+    """
+    leftovers = []
+    if sb.cgroup is not None:
+        cg, sb.cgroup = sb.cgroup, None
+        try:
+            await cgroups.release(cg, reuse=reuse_cgroup)
+        except Exception as exc:
+            log.exception("releasing cgroup of %s failed", sb.id)
+            leftovers.append(f"cgroup: {exc}")
+    gone = await sb.await_exit(kill_timeout_s)
+    if not gone:
+        leftovers.append(f"process {sb.pid} still running after kill")
+    try:
+        sb.root.unmount()
+        await trio.to_thread.run_sync(remove_sandbox_dir, sb)
+    except Exception as exc:
+        log.exception("removing the root of %s failed", sb.id)
+        leftovers.append(f"root or dir: {exc}")
+    return ReleaseReport(gone, tuple(leftovers))

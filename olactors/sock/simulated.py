@@ -24,7 +24,9 @@ Random draws happen in a fixed order per operation:
   :class:`Hang`, :class:`OOM`; the first that fires wins), then the
   handler's own draws, then (on success) the reported memory and each
   :class:`CrashWhileIdle` fault;
-* pause, unpause, destroy: their latency.
+* pause, unpause: their latency;
+* destroy (each release attempt): its latency, then each :class:`ReleaseFails`
+  fault.
 
 A fault draws from the rng only when it is eligible (``times`` not used up,
 ``match`` true) and ``0 < p < 1``.  A single task replaying a script
@@ -57,7 +59,7 @@ from ._api import (
     SandboxUsage,
 )
 from ._events import EventHub, PoolEvents
-from ._safe import SafeSandbox, check_create
+from ._safe import ReleaseFailed, SafeSandbox, check_create, destroy_all
 
 __all__ = [
     "CrashDuringCall",
@@ -66,6 +68,7 @@ __all__ = [
     "Fault",
     "Hang",
     "OOM",
+    "ReleaseFails",
     "SimulatedBehaviour",
     "SimulatedCrash",
     "SimulatedPool",
@@ -187,16 +190,47 @@ class CreateFails(_FaultBase):
 
 
 @dataclass(frozen=True, eq=False)
+class ReleaseFails(_FaultBase):
+    """Releasing the sandbox fails (``release`` raises ReleaseFailed, as the
+    real pool's does when a cgroup will not empty or an unmount fails).
+
+    With ``processes_gone`` its process is gone anyway (only leftovers stay:
+    the sandbox is released, the event names them); without, the process
+    still runs: the sandbox stays in the pool, dead and unreleased, until a
+    retry succeeds (:meth:`SimulatedPool.kill` makes it exit at last)."""
+
+    processes_gone: bool = False
+
+
+@dataclass(frozen=True, eq=False)
 class OOM(_FaultBase):
     """``invoke`` sleeps ``delay_s``, then the sandbox is killed at its memory limit."""
 
     delay_s: float = 0.0
 
 
-Fault = CrashDuringCall | CrashWhileIdle | Hang | SlowCreate | SlowInit | CreateFails | OOM
+Fault = (
+    CrashDuringCall
+    | CrashWhileIdle
+    | Hang
+    | SlowCreate
+    | SlowInit
+    | CreateFails
+    | OOM
+    | ReleaseFails
+)
 _CALL_FAULTS = (CrashDuringCall, Hang, OOM)
 _CREATE_FAULTS = (SlowCreate, CreateFails)
-_FAULT_KINDS = (CrashDuringCall, CrashWhileIdle, Hang, SlowCreate, SlowInit, CreateFails, OOM)
+_FAULT_KINDS = (
+    CrashDuringCall,
+    CrashWhileIdle,
+    Hang,
+    SlowCreate,
+    SlowInit,
+    CreateFails,
+    OOM,
+    ReleaseFails,
+)
 
 
 def _counter_key(fault: Fault) -> str:
@@ -303,9 +337,14 @@ class SimulatedSandbox:
 
     async def release(self, reason: str) -> None:
         await trio.sleep(self.pool.behaviour.destroy_s(self.rng))
+        failure = self.pool._release_fault(self)
+        if failure is not None and not failure.processes_gone:
+            raise ReleaseFailed(self.id, ("simulated: process still running",), False)
         self.released = True
         self.idle_generation += 1
         self.pool._released(self)
+        if failure is not None:
+            raise ReleaseFailed(self.id, ("simulated: leftover mount",), True)
 
     def usage(self) -> SandboxUsage:
         return SandboxUsage(
@@ -433,11 +472,16 @@ class SimulatedPool(PoolEvents):
         The death goes through ``SafeSandbox.died`` (as from a real pool's
         watcher); a call in progress fails with SandboxDead(``reason``).  A
         zygote's death also kills its descendants (they nest in its PID
-        namespace).  Killing a sandbox whose process is already gone does nothing.
+        namespace).  Killing a sandbox whose process is already gone does nothing,
+        unless its release failed with the process running: the process exits
+        at last and the release is retried (as the real pool's watcher does).
         """
         if not isinstance(sandbox, SafeSandbox) or self._live.get(sandbox.id) is not sandbox:
             raise SandboxError(f"{sandbox!r} is not a live sandbox of this pool")
         raw = sandbox.raw
+        if sandbox.release_pending:
+            self._nursery.start_soon(self._report_deaths, [sandbox])
+            return
         if raw.dead_reason is not None:
             return
         self.counters["killed"] += 1
@@ -445,12 +489,10 @@ class SimulatedPool(PoolEvents):
 
     async def aclose(self) -> None:
         """Destroy every sandbox, leaves first (zygotes are released once their
-        last child is gone), then close every subscriber's channel."""
+        last child is gone), then close every subscriber's channel.  A sandbox
+        whose release keeps failing is left listed (and logged)."""
         self.closing = True
-        while self._live:
-            for sb in sorted(self._live.values(), key=lambda s: s.is_leaf, reverse=True):
-                await sb.destroy("worker shutting down")
-            await trio.lowlevel.checkpoint()
+        await destroy_all(self._live, "worker shutting down")
         self._hub.close()
         self._timer_wakeup.set()
 
@@ -571,6 +613,14 @@ class SimulatedPool(PoolEvents):
         """The watcher's part: report each death, one after the other."""
         for safe in dead:
             await safe.died()
+
+    def _release_fault(self, raw: SimulatedSandbox) -> ReleaseFails | None:
+        """The first :class:`ReleaseFails` fault that fires for this release attempt."""
+        for fault in list(self.behaviour.faults):
+            if isinstance(fault, ReleaseFails) and self._fires(fault, raw):
+                self._record(fault)
+                return fault
+        return None
 
     def _released(self, raw: SimulatedSandbox) -> None:
         self.counters["destroyed"] += 1
