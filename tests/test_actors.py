@@ -295,6 +295,31 @@ async def test_init_timeout_is_answered_once_and_escalates_at_once(worker_dir, c
         assert (m.sandbox_starts, m.init_timeouts, worker.metrics.escalations) == (2, 2, 2)
 
 
+async def test_init_timeouts_do_not_scale_the_function_out(worker_dir, clock):
+    fn(worker_dir, "heavy", "limits:\n  init_s: 3\n")
+    slow = SlowInit(import_s=4, match=labelled("heavy"))
+    async with sim_worker(worker_dir, faults=[slow]) as (worker, _):
+        with pytest.raises(InitTimeout):
+            await call(worker, "heavy")
+        await trio.sleep(5)  # the cool-down
+        outcomes = []
+
+        async def one():
+            try:
+                await call(worker, "heavy")
+            except (InitTimeout, FunctionFailing) as exc:
+                outcomes.append(exc.code)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(one)
+                await trio.sleep(0.2)
+        # The 3 s the first call took were no handler's time: one instance tries
+        # (not functions.max_instances, each spending init_s), the rest cool down.
+        assert sorted(outcomes) == ["function_failing"] * 5 + ["init_timeout"]
+        assert worker.metrics.function("heavy").sandbox_starts == 2
+
+
 async def test_init_within_its_limit_serves_and_does_not_hold_the_zygote(worker_dir, clock):
     fn(worker_dir, "heavy", "limits:\n  init_s: 10\n")
     fn(worker_dir, "light")

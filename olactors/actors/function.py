@@ -321,7 +321,8 @@ class FunctionActor:
         """Apply one notice; returns a code version no instance uses any more."""
         if isinstance(notice, CallDone):
             slot = self.slots.get(notice.instance_id)
-            self.durations.add(notice.duration_ms)
+            if notice.duration_ms is not None:  # None: no handler ran (an init timeout)
+                self.durations.add(notice.duration_ms)
             self.last_activity = max(self.last_activity, notice.finished_at)
             if slot is None:
                 return None

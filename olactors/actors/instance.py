@@ -84,10 +84,15 @@ class InitFailure(Unrecoverable):
 
 @dataclass(frozen=True, slots=True)
 class CallDone:
-    """Notice to the function: the instance finished a call (and is idle again)."""
+    """Notice to the function: the instance finished a call (and is idle again).
+
+    ``duration_ms`` is None for a call whose sandbox's import timed out: it
+    never reached the handler, and ``init_s`` taken as a handler's time would
+    scale the function out to more sandboxes, each spending ``init_s`` again.
+    """
 
     instance_id: int
-    duration_ms: float
+    duration_ms: float | None
     finished_at: float
 
 
@@ -147,14 +152,19 @@ class Instance:
 
     async def _serve(self, req: CallRequest) -> None:
         start = trio.current_time()
+        handled = True
         try:
             await self._call(req)
+        except InitFailure:
+            handled = False
+            raise
         finally:
             if not req.reply.answered:  # never leave a caller hanging
                 req.reply.fail(SandboxUnavailable("the instance stopped before answering"))
             now = trio.current_time()
+            duration_ms = (now - start) * 1000 if handled else None
             try:
-                self.notices.send_nowait(CallDone(self.id, (now - start) * 1000, now))
+                self.notices.send_nowait(CallDone(self.id, duration_ms, now))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the function is gone (shutdown)
 
