@@ -23,10 +23,12 @@ from olactors._errors import (
     HandlerTimeout,
     InitTimeout,
     MethodNotAllowed,
+    PackageInstallFailed,
     QueueFull,
     SandboxDied,
     ShuttingDown,
 )
+from olactors.packages import Pin
 from olactors.sock import Invocation, InvocationResult, SandboxState
 from olactors.sock.simulated import (
     CrashDuringCall,
@@ -318,6 +320,18 @@ async def test_init_timeouts_do_not_scale_the_function_out(worker_dir, clock):
         # (not functions.max_instances, each spending init_s), the rest cool down.
         assert sorted(outcomes) == ["function_failing"] * 5 + ["init_timeout"]
         assert worker.metrics.function("heavy").sandbox_starts == 2
+
+
+async def test_an_installer_whose_start_times_out_is_a_failed_install(worker_dir, tmp_path, clock):
+    slow = SlowInit(import_s=999, match=lambda sb: sb.meta.label.startswith("installer"))
+    async with sim_worker(worker_dir, faults=[slow]) as (worker, pool):
+        puller = worker.package_puller
+        puller.pip_dir = tmp_path  # as if pip were copied for installers
+        with pytest.raises(PackageInstallFailed) as info:
+            await puller._run_installer(Pin("alpha", "1.0"), tmp_path / "staging")
+        assert info.value.status == 500 and "the installer did not start" in info.value.message
+        assert "limits.init_s" in info.value.message
+        assert pool.sandboxes() == [] and (await worker.mempool.snapshot()).used_mb == 0
 
 
 async def test_init_within_its_limit_serves_and_does_not_hold_the_zygote(worker_dir, clock):

@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from .._config import Config
-from .._errors import OlactorsError, SandboxError
+from .._errors import InitFailed, OlactorsError, SandboxError
 from ..packages import FunctionPackages, IndexOptions, Pin, resolve_async
 from ..packages._install import (
     INSTALLER_ENTRY,
@@ -303,7 +303,7 @@ class PackagePuller:
             sandbox = await self.pool.create(None, True, None, str(staging), meta)
         except BaseException as exc:
             await self.mempool.release(res)
-            if isinstance(exc, SandboxError):
+            if isinstance(exc, (SandboxError, InitFailed)):  # not the caller's function
                 raise install_failed(
                     pin, f"the installer did not start: {exc.message}", "", 500
                 ) from exc
