@@ -97,13 +97,14 @@ class _BoundedLoader(yaml.SafeLoader):
         self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark
         if isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
             if target is not None and id(target) not in self._sizes:
                 raise YamlTooComplex(
                     problem=f"alias *{event.anchor} refers to its own anchor",
-                    problem_mark=event.start_mark,
+                    problem_mark=mark,
                 )
             return super().compose_node(parent, index)
         self._depth += 1
@@ -111,9 +112,9 @@ class _BoundedLoader(yaml.SafeLoader):
             if self._depth > YAML_MAX_DEPTH:
                 raise YamlTooComplex(
                     problem=f"nested deeper than {YAML_MAX_DEPTH} levels",
-                    problem_mark=event.start_mark,
+                    problem_mark=mark,
                 )
-            node = super().compose_node(parent, index)
+            node: Any = super().compose_node(parent, index)
         finally:
             self._depth -= 1
         if isinstance(node, yaml.SequenceNode):
