@@ -340,3 +340,41 @@ def test_a_live_workers_dir_is_refused_and_untouched(tmp_path: Path) -> None:
     finally:
         worker.stop()
     assert worker.proc.returncode == 0
+
+
+def test_watchdog_never_touches_a_subtree_made_again(tmp_path: Path) -> None:
+    """The dead worker's watchdog kills below the subtree it was started for, never below
+    one made again at the same path (a new worker that recovered the dir): cgroupfs never
+    reuses an inode number, so the root's identity tells them apart."""
+    from olactors.sock._watchdog import _identity, kill_subtrees
+
+    from .conftest import v1_layout
+
+    layout = v1_layout()
+    if layout is None:
+        pytest.skip("needs the cgroup v1 pids hierarchy")
+    own = layout.hierarchy_for("pids").own_dir
+    root = Path(own) / f"olactors-watchdog-test-{os.getpid()}"
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (root / "cg-1").mkdir(parents=True)
+        started_for = {str(root): _identity(str(root))}
+        (root / "cg-1").rmdir()
+        root.rmdir()
+        (root / "cg-1").mkdir(parents=True)  # the new worker's subtree, same path
+        (root / "cg-1" / "cgroup.procs").write_text(str(victim.pid))
+        assert _identity(str(root)) != started_for[str(root)]
+        assert kill_subtrees(started_for)
+        time.sleep(0.1)
+        assert victim.poll() is None, "the watchdog killed a process of another subtree"
+    finally:
+        victim.kill()
+        victim.wait()
+        for path in (root / "cg-1", root):
+            deadline = time.monotonic() + 5
+            while path.exists():
+                try:
+                    path.rmdir()
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)

@@ -128,11 +128,25 @@ def _kill_round(cgroups: list[str]) -> None:
             _write(os.path.join(cg, "cgroup.freeze"), "0")
 
 
-def kill_subtrees(subtrees: list[str]) -> bool:
-    """Kill every process below ``subtrees`` until none is left; True if none is."""
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def kill_subtrees(subtrees: dict[str, tuple[int, int] | None]) -> bool:
+    """Kill every process below ``subtrees`` until none is left; True if none is.
+
+    ``subtrees`` maps each root to its identity when the worker started: a
+    root removed and made again since (a new worker recovered the dir and
+    started) is someone else's and never touched.
+    """
     deadline = time.monotonic() + KILL_DEADLINE_S
     while True:
-        cgroups = _cgroups(subtrees)
+        ours = [root for root, ident in subtrees.items() if _identity(root) == ident]
+        cgroups = _cgroups(ours)
         if not any(_pids(cg) for cg in cgroups):
             return True
         if time.monotonic() > deadline:
@@ -144,7 +158,8 @@ def kill_subtrees(subtrees: list[str]) -> bool:
 def main(argv: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    read_fd, subtrees = int(argv[1]), argv[2:]
+    read_fd = int(argv[1])
+    subtrees = {root: _identity(root) for root in argv[2:]}  # the worker's, made before us
     said = b""
     while chunk := os.read(read_fd, 64):
         said += chunk
@@ -152,7 +167,7 @@ def main(argv: list[str]) -> int:
         return 0
     if kill_subtrees(subtrees):
         return 0
-    print(f"olactors watchdog: processes left below {subtrees}", file=sys.stderr)
+    print(f"olactors watchdog: processes left below {list(subtrees)}", file=sys.stderr)
     return 1
 
 
