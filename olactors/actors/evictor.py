@@ -58,6 +58,12 @@ from .mempool import MemPoolRef
 log = logging.getLogger("olactors.evictor")
 
 
+def _sandbox_id(key: Hashable) -> str:
+    """The evictor's candidates and queue items are keyed by sandbox id."""
+    assert isinstance(key, str)
+    return key
+
+
 @dataclass(slots=True)
 class Tracked:
     sandbox: Sandbox
@@ -175,7 +181,7 @@ class Evictor:
         )
 
     def _still_paused(self, sid: Hashable) -> Tracked | None:
-        tracked = self.tracked.get(sid)  # type: ignore[call-overload]
+        tracked = self.tracked.get(_sandbox_id(sid))
         if tracked is None or tracked.sandbox.state is not SandboxState.PAUSED:
             return None
         return tracked
@@ -202,7 +208,8 @@ class Evictor:
             tracked = self._still_paused(sid)
             if tracked is None:
                 return True  # stale: taken out of the queue, skipped below
-            return not tracked.sandbox.live_children and self.mempool.reserved_mb(sid) > 0
+            reserved = self.mempool.reserved_mb(_sandbox_id(sid))
+            return not tracked.sandbox.live_children and reserved > 0
 
         for sid, key in self.paused.take(evictable):
             tracked = self._still_paused(sid)
@@ -229,8 +236,9 @@ class Evictor:
         if self.audit is not None:
             self.audit(EvictionRound(trio.current_time(), need, critical, slots, tuple(victims)))
         for victim in victims:
-            self.evicting[victim.key] = victim.mem_mb
-            nursery.start_soon(self._evict, self.tracked[victim.key].sandbox, victim, need)
+            sid = _sandbox_id(victim.key)
+            self.evicting[sid] = victim.mem_mb
+            nursery.start_soon(self._evict, self.tracked[sid].sandbox, victim, need)
 
     async def _evict(self, sandbox: Sandbox, victim: Candidate, need: int) -> None:
         reason = f"evicted: the memory pool needed {need} MB"
@@ -246,7 +254,7 @@ class Evictor:
         except Exception:
             log.exception("evicting %s failed", sandbox.id)
         finally:
-            self.evicting.pop(victim.key, None)
+            self.evicting.pop(_sandbox_id(victim.key), None)
             self.wake()
 
 

@@ -194,9 +194,9 @@ class SockPool(PoolEvents):
             report = await release_sandbox(
                 sb, self._cgroups, self.config.sandbox.kill_timeout_s, reuse_cgroup=reuse_cgroup
             )
-            if report.processes_gone:
-                self._live.pop(sb.id, None)
-            return report
+        if report.processes_gone:
+            self._live.pop(sb.id, None)
+        return report
 
     async def aclose(self) -> None:
         """Destroy every sandbox: leaves first, then zygotes (which are only

@@ -76,6 +76,9 @@ class RawSandbox(Protocol):
     is_leaf: bool
     meta: SandboxMeta
 
+    @property
+    def network(self) -> str: ...
+
     async def invoke(self, request: Invocation) -> InvocationResult: ...
 
     async def freeze(self) -> None: ...
@@ -294,20 +297,20 @@ class SafeSandbox:
         under the call lock, so nothing can slip in between); True if destroyed."""
         with trio.CancelScope(shield=True):
             async with self._lock:
-                if self._state is not SandboxState.PAUSED or self._children:
-                    return False
-                await self._destroy_locked(reason)
-                return True
+                destroyed = self._state is SandboxState.PAUSED and not self._children
+                if destroyed:
+                    await self._destroy_locked(reason)
+        return destroyed
 
     async def destroy_if_childless(self, reason: str) -> bool:
         """Destroy, paused or running, only if it has no live children (checked
         under the call lock: a fork in progress finishes first); True if destroyed."""
         with trio.CancelScope(shield=True):
             async with self._lock:
-                if self._state is SandboxState.DEAD or self._children:
-                    return False
-                await self._destroy_locked(reason)
-                return True
+                destroyed = self._state is not SandboxState.DEAD and not self._children
+                if destroyed:
+                    await self._destroy_locked(reason)
+        return destroyed
 
     async def died(self, exc: BaseException | None = None) -> None:
         """Called by the pool's watcher when the sandbox's process exited (on

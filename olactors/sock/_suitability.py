@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Collection
 
 from .._errors import SandboxError
 
@@ -49,7 +50,7 @@ class InspectionFailed(SandboxError):
 
 
 def unfit_to_fork(
-    pid: int, ignore_fds: set[object] = frozenset(), proc_root: str = "/proc"
+    pid: int, ignore_fds: Collection[object] = frozenset(), proc_root: str = "/proc"
 ) -> list[str]:
     """What makes process ``pid`` unfit to fork (empty: fit); ``ignore_fds``
     are the runtime's own (stdio and its channel to the worker).
