@@ -9,6 +9,7 @@ worker is refused and touches nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -378,3 +379,23 @@ def test_watchdog_never_touches_a_subtree_made_again(tmp_path: Path) -> None:
                 except OSError:
                     assert time.monotonic() < deadline
                     time.sleep(0.02)
+
+
+def test_die_with_parent_is_refused_off_the_main_thread() -> None:
+    """PR_SET_PDEATHSIG follows the creating *thread*: a spawn from a trio.to_thread
+    worker thread would lose its sandbox when that idle thread exits."""
+    from olactors import native
+
+    spec = native.SpawnSpec(path=sys.executable, argv=[sys.executable, "-c", ""], env={})
+    errors: list[BaseException] = []
+
+    def spawn() -> None:
+        try:
+            native.spawn(dataclasses.replace(spec, die_with_parent=True))
+        except ValueError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=spawn)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and "main thread" in str(errors[0])

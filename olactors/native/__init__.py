@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,10 +65,11 @@ class SpawnSpec:
     ``die_with_parent``: the child gets SIGKILL when the *thread* that called
     :func:`spawn` exits (``PR_SET_PDEATHSIG`` follows the creating thread, not
     the process), and does not start at all if the caller died before the
-    signal was set.  So call it from a thread that lives as long as the child
-    should (the trio thread), never from ``trio.to_thread``'s cached worker
-    threads, which exit when idle.  Even a SIGKILLed worker then takes its
-    sandboxes with it (a frozen child dies only once thawed).
+    signal was set.  So it must be called on the main thread (where the CLI
+    runs trio), never from ``trio.to_thread``'s cached worker threads, which
+    exit when idle and would kill the child with them; :func:`spawn` refuses
+    otherwise.  Even a SIGKILLed worker then takes its sandboxes with it (a
+    frozen child dies only once thawed).
     """
 
     path: str
@@ -93,8 +95,14 @@ def spawn(spec: SpawnSpec) -> int:
 
     Returns once the child has exec'd (the parent is suspended until then), so
     a failure in any setup step raises here with the step named.  The caller
-    owns the child and must reap it.
+    owns the child and must reap it.  With ``die_with_parent`` it must run on
+    the main thread (ValueError otherwise; see :class:`SpawnSpec`).
     """
+    if spec.die_with_parent and threading.current_thread() is not threading.main_thread():
+        raise ValueError(
+            "spawn(die_with_parent=True) off the main thread: the child would be killed "
+            "when this thread exits (PR_SET_PDEATHSIG follows the creating thread)"
+        )
     keep: list[object] = []
 
     def cstr(s: str) -> object:
