@@ -16,8 +16,9 @@ What a dead worker can leave behind, and what becomes of it:
   every process of its PID namespace (its forked leaves, spares and child
   zygotes).  A *frozen* process does not die of a pending SIGKILL until it is
   thawed (cgroup v1), nor does a zygote whose namespace holds one finish
-  dying; recovery kills and thaws every process of the recorded cgroup
-  subtree, then removes the subtree.
+  dying.  The worker's watchdog (:mod:`._watchdog`) kills and thaws them
+  within milliseconds of the death; recovery does it again (the watchdog may
+  have been killed along with the worker) and removes the subtree.
 - mounts: they live in the worker's private mount namespace, which the
   kernel frees with its last process (the worker's and its sandboxes'); mounts
   below the worker dir in the caller's namespace (a worker run without the
