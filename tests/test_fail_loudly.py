@@ -57,6 +57,7 @@ from olactors.sock.simulated import (
     constant,
     open_simulated_pool,
 )
+from olactors.worker import open_worker
 
 LEAF = SandboxMeta(label="leaf")
 
@@ -550,3 +551,34 @@ async def test_a_failed_unmount_is_named_in_the_event(pool):
         if root is not None:
             del root.unmount
             root.unmount()
+
+
+@pytest.fixture
+def threads_clock():
+    """Virtual time that jumps only after 20 ms of real idleness (the worker starts threads)."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
+
+
+async def test_the_worker_stats_show_every_anomaly(worker_dir, threads_clock):
+    """/stats shows what would otherwise go unseen: failed and pending
+    releases, listener errors, dropped subscribers, evictor resyncs."""
+    config = build_config(None, ["memory.pool_mb=1024", "memory.free_goal_mb=0"])
+    with trio.fail_after(60):
+        async with open_simulated_pool(behaviour(faults=[ReleaseFails(times=1)])) as pool:
+            async with open_worker(config, worker_dir, pool=pool) as worker:
+                sb = await fresh(pool)
+                await sb.destroy("test")
+                stats = await worker.stats()
+                assert stats["sandbox_anomalies"] == {
+                    "dropped_subscribers": 0,
+                    "listener_errors": 0,
+                    "release_failures": 1,
+                    "unreleased": 1,
+                }
+                assert stats["sandboxes"] == {"leaf_dead": 1}
+                assert stats["evictions"]["resyncs"] == 0
+                pool.kill(sb, "exits at last")
+                await trio.sleep(1)
+                stats = await worker.stats()
+                assert stats["sandbox_anomalies"]["unreleased"] == 0
+                assert stats["sandboxes"] == {}
