@@ -138,13 +138,31 @@ async def test_an_import_error_is_answered_by_one_sandbox_never_retried(worker_d
             assert (stats["sandbox_starts"], stats["sandbox_failures"]) == (1, 0)
 
 
-async def test_a_death_during_the_import_is_a_502_not_retried(worker_dir):
+@pytest.mark.parametrize("start", ["fresh", "forked"])
+async def test_a_death_during_the_import_is_a_502_not_retried(worker_dir, start):
+    cache = "import_cache.enabled=" + ("false" if start == "fresh" else "true")
     with trio.fail_after(60):
-        async with serving(worker_dir, "import_cache.enabled=false") as served:
+        async with serving(worker_dir, cache) as served:
             write_fn(served, "dies", "import os\nos._exit(7)\n")
             response, elapsed = await timed_post(served, "dies")
             body = assert_json_error(response, 502, "sandbox_died")
-            assert "while importing the function's code" in body["message"]
-            assert "exited with status 7" in body["message"] and elapsed < 5
+            assert "while importing the function's code" in body["message"] and elapsed < 5
+            # a forked leaf's exit status goes to its zygote, not to the worker
+            detail = "exited with status 7" if start == "fresh" else "exited unexpectedly"
+            assert detail in body["message"]
             stats = await stats_of(served, "dies")
             assert (stats["sandbox_starts"], stats["sandbox_failures"]) == (1, 1)
+            if start == "forked":
+                [zygote] = await sandboxes(served)  # alive, and the child is not counted
+                assert (zygote["kind"], zygote["children"]) == ("zygote", 0)
+
+
+async def test_an_import_beyond_the_memory_limit_is_diagnosed(worker_dir):
+    with trio.fail_after(60):
+        async with serving(worker_dir) as served:
+            model = "WEIGHTS = b'x' * (256 << 20)\n\ndef f(event):\n    return len(WEIGHTS)\n"
+            write_fn(served, "big", model, "limits:\n  mem_mb: 64\n")
+            response, _ = await timed_post(served, "big")
+            body = assert_json_error(response, 502, "sandbox_died")
+            assert "oom: killed at its memory limit of 64 MB" in body["message"]
+            assert (await stats_of(served, "big"))["sandbox_starts"] == 1

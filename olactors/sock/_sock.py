@@ -400,7 +400,7 @@ async def _init_phase(
         try:
             pid = await next_report(sock, "ready", what)
         except RuntimeClosed as exc:
-            raise await _init_death(sb, pool, zygote, what, exc) from exc
+            raise await _init_death(sb, pool, zygote, what) from exc
         if pid != sb.pid:
             raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
         _check_open(pool)
@@ -409,7 +409,7 @@ async def _init_phase(
 
 
 async def _init_death(
-    sb: SockSandbox, pool, zygote: SockSandbox | None, what: str, exc: RuntimeClosed
+    sb: SockSandbox, pool, zygote: SockSandbox | None, what: str
 ) -> OlactorsError:
     """Whose fault is a death during the init phase?  The function's
     (:class:`InitDied`, with the diagnosis), unless the pool is closing or
@@ -426,7 +426,7 @@ async def _init_death(
     if sb.pidfd >= 0:
         with trio.move_on_after(EXIT_GRACE_S):
             await trio.lowlevel.wait_readable(sb.pidfd)  # exited: its status is readable
-    reason = await sb.diagnose(exc)
+    reason = await sb.diagnose(None)  # the kernel's verdict, else "exited unexpectedly"
     tail = sb.log_tail()
     detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
     return InitDied(
