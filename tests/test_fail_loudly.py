@@ -582,3 +582,25 @@ async def test_the_worker_stats_show_every_anomaly(worker_dir, threads_clock):
                 stats = await worker.stats()
                 assert stats["sandbox_anomalies"]["unreleased"] == 0
                 assert stats["sandboxes"] == {}
+
+
+@pytest.mark.root
+def test_serve_refuses_to_start_with_an_empty_leaf_program(tmp_path):
+    """The worker refuses to start, with a clear message and no traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    script = (
+        "import sys\n"
+        "from olactors.sock import seccomp\n"
+        "real = seccomp.compile_profile\n"
+        "seccomp.compile_profile = lambda kind, path=None: "
+        "b'' if kind == 'leaf' else real(kind, path)\n"
+        "from olactors.cli import main\n"
+        f"sys.exit(main(['serve', '--path', {str(tmp_path / 'worker')!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert "olactors serve: seccomp: the leaf program is empty" in done.stderr
+    assert "Traceback" not in done.stderr
