@@ -35,7 +35,7 @@ from olactors.simulation import (
     function_name,
     run_scenario,
 )
-from olactors.sock.simulated import CrashDuringCall, CrashWhileIdle, Hang
+from olactors.sock.simulated import CrashDuringCall, CrashWhileIdle, Hang, SlowInit
 from simulations import SCENARIOS
 
 #: Scales small enough for a run to take about a second (``steady`` has the
@@ -555,6 +555,32 @@ def test_request_dispatched_to_an_escalating_instance_is_answered(seed):
     assert result.summary["requests"] == 6
     assert result.summary["escalations"] == 1
     assert_clean(result)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_init_timeouts_escalate_at_once_within_the_invariants(seed):
+    """A function whose import always outlasts its init limit: every call
+    gets one clear answer (504 init_timeout, or 503 function_failing while
+    it cools down), each timeout escalates at once (the checker accepts it
+    only as unrecoverable), and a healthy function beside it is unaffected."""
+    slow = function_name(0)
+    scenario = Scenario(
+        name="init-timeouts",
+        description="",
+        duration_s=60.0,
+        functions=2,
+        workload=lambda seed: sorted(
+            [Call(0.5 + 2.0 * i, function_name(i % 2)) for i in range(29)],
+            key=lambda call: call.at,
+        ),
+        settings=("limits.init_s=3", "functions.failure_cooldown_s=5"),
+        faults=lambda: [SlowInit(import_s=10, match=lambda sb: sb.meta.label == slow)],
+        interval_s=60.0,
+    )
+    result = simulate(scenario, seed)
+    assert_clean(result)
+    assert result.summary["requests"] == 29
+    assert result.summary["escalations"] >= 3 and result.summary["restarts"] == 0
 
 
 # ------------------------------------------------------------- hypothesis
