@@ -216,6 +216,21 @@ def test_ol_yaml_hostile_values(text: str, named: str) -> None:
     assert named in caught.value.message, caught.value.message
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b"limits: " + b"[" * 5000, b"limits: &a [*a]\n", b"\xff\xfe", b"limits: {runtime_s: .nan}\n"],
+    ids=["deep", "recursive", "not-utf8", "nan"],
+)
+def test_function_dir_with_hostile_ol_yaml(tmp_path: Path, data: bytes) -> None:
+    """What an upload (admin POST /registry/<name>) validates: a BadFunction, so a 400."""
+    from olactors.registry import validate_function_dir
+
+    (tmp_path / "f.py").write_text("def f(event):\n    return event\n")
+    (tmp_path / "ol.yaml").write_bytes(data)
+    with pytest.raises(BadFunction, match="ol.yaml"):
+        validate_function_dir(tmp_path)
+
+
 def test_ol_yaml_huge_float_is_not_truncated_to_inf() -> None:
     """runtime_s is stored as a float: an int too big for one is refused, not an OverflowError."""
     config = parse_function_config("limits:\n  runtime_s: 12\n")
