@@ -48,7 +48,7 @@ from olactors.sock import (
     open_sock_pool,
     seccomp,
 )
-from olactors.sock._safe import ReleaseFailed
+from olactors.sock._safe import ReleaseFailed, destroy_all
 from olactors.sock._suitability import InspectionFailed, unfit_to_fork
 from olactors.sock.simulated import (
     ReleaseFails,
@@ -431,6 +431,22 @@ async def test_a_zygote_waits_for_its_unreleased_child():
     assert not zygote.released and zygote.settled and child.settled
     assert await child.retry_release()
     assert zygote.released
+
+
+class Interrupted(BaseException):
+    """Not an Exception: goes through every handler, like KeyboardInterrupt."""
+
+
+async def test_a_release_cut_short_is_completed_by_the_next_destroy():
+    """Before: a closing pool looped forever on such a sandbox (dead, not
+    released, and every later destroy a no-op)."""
+    sb = SafeSandbox(RawWithFailingRelease("a", [Interrupted()]), EventHub(), None)
+    with pytest.raises(Interrupted):
+        await sb.destroy("x")
+    assert not sb.released and not sb.release_pending
+    with trio.fail_after(5):
+        assert await destroy_all({"a": sb}, "closing") == []
+    assert sb.released and sb.raw.releases == 2
 
 
 async def test_the_simulated_pool_keeps_memory_of_an_unreleased_sandbox(autojump_clock, caplog):

@@ -342,6 +342,8 @@ class SafeSandbox:
 
     async def _destroy_locked(self, reason: str) -> None:
         if self._state is SandboxState.DEAD:
+            if self.release_failure is None:  # a failed one waits for an explicit retry
+                await self._release_if_unreferenced()  # one cut short (not by a failure)
             return
         self._state = SandboxState.DEAD
         self._reason = reason
@@ -412,7 +414,7 @@ async def destroy_all(live: Mapping[str, SafeSandbox], reason: str) -> list[Safe
         await trio.lowlevel.checkpoint()
     for sb in sorted(live.values(), key=lambda s: s.is_leaf, reverse=True):
         await sb.retry_release()
-    stuck = list(live.values())
+    stuck = [sb for sb in live.values() if not sb.released]
     if stuck:
         log.error(
             "%d sandboxes could not be released (their processes may still run): %s",
