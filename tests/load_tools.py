@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -32,6 +33,7 @@ from .conftest import REPO, cgroup_dirs_named
 from .test_http_api import alive, wait_for_file
 
 OK = "200 ok"
+KEEPALIVE_S = 2.0  # the raw client reconnects after this long idle, well before the server
 
 
 # ------------------------------------------------------------------ calls
@@ -46,6 +48,7 @@ class Outcome:
     label: str
     latency_s: float
     request_id: str | None = None
+    message: str = ""  # an error answer's message
 
 
 @dataclass
@@ -65,6 +68,14 @@ class LoadRecord:
         if not values:
             return 0.0
         return 1000 * values[min(len(values) - 1, int(q * len(values)))]
+
+    def examples(self) -> dict[str, str]:
+        """One error message per label (the first seen)."""
+        found: dict[str, str] = {}
+        for o in self.outcomes:
+            if o.label != OK:
+                found.setdefault(o.label, f"{o.function}: {o.message}"[:300])
+        return found
 
     def duplicate_request_ids(self) -> list[str]:
         counts = Counter(o.request_id for o in self.outcomes if o.request_id)
@@ -113,7 +124,8 @@ def judge(
         ok = isinstance(body, dict) and body.get("id") == event.get("id")
         return Outcome(name, OK if ok else "200 wrong answer", elapsed, rid)
     code = body.get("error") if isinstance(body, dict) else None
-    return Outcome(name, f"{status} {code}", elapsed, rid)
+    message = str(body.get("message", "")) if isinstance(body, dict) else ""
+    return Outcome(name, f"{status} {code}", elapsed, rid, message)
 
 
 async def open_loop(
@@ -192,8 +204,15 @@ class RawClient:
     async def _connection(self) -> None:
         stream: trio.SocketStream | None = None
         buffer = b""
+        idle_since = 0.0
         async for request, (done, event_done) in self._receive:
             try:
+                if stream is not None and (
+                    trio.current_time() - idle_since > KEEPALIVE_S or _closed_by_peer(stream)
+                ):
+                    # Never race the server's own keep-alive timeout (hypercorn: 5 s).
+                    await stream.aclose()
+                    stream = None
                 if stream is None:
                     stream = await trio.open_tcp_stream(self.host, self.port)
                     buffer = b""
@@ -211,6 +230,7 @@ class RawClient:
                     buffer += await _receive(stream)
                 body, buffer = buffer[:length], buffer[length:]
                 done.append((int(lines[0].split()[1]), headers, body))
+                idle_since = trio.current_time()
                 if headers.get("connection", "").lower() == "close":
                     await stream.aclose()
                     stream = None
@@ -223,6 +243,19 @@ class RawClient:
                 event_done.set()
         if stream is not None:
             await stream.aclose()
+
+
+def _closed_by_peer(stream: trio.SocketStream) -> bool:
+    """Whether the peer closed ``stream`` (EOF waiting, seen without consuming data)."""
+    peek = socket.socket(fileno=os.dup(stream.socket.fileno()))
+    try:
+        return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        peek.close()
 
 
 async def _receive(stream: trio.SocketStream) -> bytes:

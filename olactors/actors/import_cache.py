@@ -36,6 +36,8 @@ from .mempool import MemPoolRef
 from .package_puller import NO_PACKAGES, PackageSet
 
 log = logging.getLogger("olactors.import_cache")
+#: Forks from one zygote that may fail in a row before it is given up and rebuilt.
+FORK_FAILURES_TO_REBUILD = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,8 @@ class Acquire:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseLease:
-    pass
+    sandbox_id: str
+    fork_failed: bool = False  # the leaseholder's fork from this zygote failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,20 +69,33 @@ class ZygoteRef:
         """The running zygote, leased until :meth:`release`."""
         return await ask(self._inbox, Acquire(Reply()))
 
-    async def release(self) -> None:
+    async def release(self, sandbox: Sandbox, fork_failed: bool = False) -> None:
+        """End a lease of ``sandbox``; ``fork_failed`` tells the zygote a fork from it failed."""
         with trio.CancelScope(shield=True):
             try:
-                await self._inbox.send(ReleaseLease())
+                await self._inbox.send(ReleaseLease(sandbox.id, fork_failed))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[Sandbox]:
-        sandbox = await self.acquire()
+        """The running zygote, leased while the block runs (see :meth:`holding`)."""
+        async with self.holding(await self.acquire()) as sandbox:
+            yield sandbox
+
+    @asynccontextmanager
+    async def holding(self, sandbox: Sandbox) -> AsyncIterator[Sandbox]:
+        """Release the lease of ``sandbox`` (acquired) when the block ends.  A
+        SandboxError out of the block counts as a failed fork from it (see
+        :data:`FORK_FAILURES_TO_REBUILD`)."""
+        failed = False
         try:
             yield sandbox
+        except SandboxError:
+            failed = True
+            raise
         finally:
-            await self.release()
+            await self.release(sandbox, failed)
 
 
 def _none_unsuitable() -> frozenset[str]:
@@ -119,10 +135,8 @@ class ImportCacheRef:
                 tried.add(node.name)
                 continue
             break
-        try:
+        async with ref.holding(sandbox):
             yield sandbox
-        finally:
-            await ref.release()
 
 
 class Zygote:
@@ -152,6 +166,7 @@ class Zygote:
         self.builds = 0
         self.failed_until = -float("inf")
         self.last_error: OlactorsError | None = None
+        self.fork_failures = 0  # in a row, from the current sandbox
 
     @property
     def label(self) -> str:
@@ -190,6 +205,7 @@ class Zygote:
 
     async def _build(self) -> Sandbox:
         self.sandbox = None
+        self.fork_failures = 0
         now = trio.current_time()
         if now < self.failed_until and self.last_error is not None:
             raise self.last_error
@@ -222,6 +238,31 @@ class Zygote:
             raise
         await self.mempool.bind(res, sb)
         return sb
+
+    async def fork_done(self, sandbox_id: str, failed: bool) -> None:
+        """Count forks from the current sandbox that failed in a row; give the
+        zygote up after :data:`FORK_FAILURES_TO_REBUILD` of them.
+
+        A zygote can look alive and still be unable to fork: SIGKILLed, its
+        process cannot finish exiting (so its death is not seen) while a child
+        in its PID namespace is frozen, yet its socket is already closed.
+        Every fork from it would fail and fall back to a fresh sandbox until
+        the children happen to be thawed; the next lease builds a new one.
+        """
+        sb = self.sandbox
+        if sb is None or sb.id != sandbox_id:
+            return  # a sandbox given up already
+        self.fork_failures = self.fork_failures + 1 if failed else 0
+        if self.fork_failures >= FORK_FAILURES_TO_REBUILD:
+            log.warning(
+                "%s: %d forks from %s failed in a row; building a new zygote",
+                self.label,
+                self.fork_failures,
+                sb.id,
+            )
+            self.sandbox = None
+            self.fork_failures = 0
+            await sb.destroy(f"{FORK_FAILURES_TO_REBUILD} forks from it failed in a row")
 
     async def pause_if_unused(self) -> None:
         sb = self.sandbox
@@ -262,6 +303,7 @@ async def run_zygote(
                     zygote.leases -= 1  # the caller gave up meanwhile
             elif isinstance(msg, ReleaseLease):
                 zygote.leases -= 1
+                await zygote.fork_done(msg.sandbox_id, msg.fork_failed)
     finally:
         inbox.close()
         for msg in drain(inbox):
