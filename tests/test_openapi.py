@@ -49,6 +49,16 @@ UNDESCRIBED = (
 )
 
 
+def resolve(spec: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj``, or what its local ``$ref`` points at."""
+    while "$ref" in obj:
+        node: Any = spec
+        for part in obj["$ref"].removeprefix("#/").split("/"):
+            node = node[part]
+        obj = node
+    return obj
+
+
 def error_schema(spec: dict[str, Any]) -> dict[str, Any]:
     return spec["components"]["schemas"]["Error"]
 
@@ -63,7 +73,8 @@ def test_spec_is_valid_openapi_31(surface: str) -> None:
         for method, operation in item.items():
             if method.upper() not in HTTP_METHODS:
                 continue
-            for status, response in operation["responses"].items():
+            for status, reference in operation["responses"].items():
+                response = resolve(spec, reference)
                 where = f"{surface} {method.upper()} {path} {status}"
                 assert "X-Request-Id" in response.get("headers", {}), where
                 health = path == "/status" and status == "503"  # a Status body, by design
