@@ -17,6 +17,7 @@ the kernel decides runs on real sandboxes (root).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -49,6 +50,7 @@ from olactors.sock import (
     seccomp,
 )
 from olactors.sock._safe import ReleaseFailed, destroy_all
+from olactors.sock._sock import first_hierarchy_pids
 from olactors.sock._suitability import InspectionFailed, unfit_to_fork
 from olactors.sock.simulated import (
     ReleaseFails,
@@ -620,3 +622,40 @@ def test_serve_refuses_to_start_with_an_empty_leaf_program(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "olactors serve: seccomp: the leaf program is empty" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.root
+async def test_a_failed_start_that_leaves_a_process_is_counted_and_listed(worker_dir, tmp_path):
+    """A create cancelled during the function's import, and the kill fails:
+    no SafeSandbox exists to report it, so the pool does."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    code = tmp_path / "slow"
+    code.mkdir()
+    (code / "f.py").write_text("import time\ntime.sleep(60)\n\ndef f(event):\n    return event\n")
+    kept = []
+    async with open_sock_pool(sock_config(), worker_dir) as pool:
+        cgroups = pool._cgroups
+
+        async def does_not_empty(cgroup, *, reuse: bool = True) -> None:
+            kept.append(cgroup)
+
+        cgroups.release = does_not_empty
+        pids: list[int] = []
+        try:
+            with trio.fail_after(60):
+                with trio.move_on_after(3):  # the import takes a minute
+                    await pool.create(None, True, str(code), None, SandboxMeta(label="slow"))
+                assert len(kept) == 1
+                pids = first_hierarchy_pids(kept[0])
+                assert pids  # still running
+                assert pool.sandbox_anomalies()["release_failures"] == 1
+                assert pool.sandbox_anomalies()["unreleased"] == 1
+                assert pool.sandboxes() == []
+        finally:
+            del cgroups.release
+            for cgroup in kept:
+                await cgroups.release(cgroup, reuse=False)
+            for pid in pids:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)

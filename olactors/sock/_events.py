@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import trio
 
-from ._api import Sandbox, SandboxEvent
+from ._api import SandboxEvent
 
 log = logging.getLogger("olactors.sandbox")
 
@@ -94,19 +94,19 @@ class EventHub:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._subscribers.remove(send)
 
-    def release_failed(self, sandbox: Sandbox, failure: str, processes_gone: bool) -> None:
-        """Count and log a failed release of ``sandbox``; with its processes
-        maybe alive it is listed in ``unreleased`` until :meth:`released`."""
+    def release_failed(self, sandbox_id: str, failure: str, processes_gone: bool) -> None:
+        """Count and log a failed release of sandbox ``sandbox_id``; with its
+        processes maybe alive it is listed in ``unreleased`` until :meth:`released`."""
         self.release_failures += 1
         if processes_gone:
             log.error("%s; released with leftovers", failure)
         else:
-            self.unreleased[sandbox.id] = failure
+            self.unreleased[sandbox_id] = failure
             log.error("%s; its memory stays reserved until a retry succeeds", failure)
 
-    def released(self, sandbox: Sandbox) -> None:
-        if self.unreleased.pop(sandbox.id, None) is not None:
-            log.warning("sandbox %s released at last after a failed release", sandbox.id)
+    def released(self, sandbox_id: str) -> None:
+        if self.unreleased.pop(sandbox_id, None) is not None:
+            log.warning("sandbox %s released at last after a failed release", sandbox_id)
 
     def close(self) -> None:
         self._closed = True

@@ -46,7 +46,7 @@ from ._rootfs import (
     python_executable,
     remove_tree_safely,
 )
-from ._safe import SafeSandbox, check_create, destroy_all
+from ._safe import ReleaseFailed, SafeSandbox, check_create, destroy_all
 from ._sock import ReleaseReport, SockSandbox, release_sandbox, start
 from ._watchdog import start_watchdog
 from .cgroups import (
@@ -188,14 +188,20 @@ class SockPool(PoolEvents):
         (:func:`release_sandbox`: every step runs, the report names what
         stayed).  The sandbox leaves the pool's list only once its processes
         are gone.  The cgroup of a sandbox that failed to start is removed,
-        never reused: a child still starting could join it later.
+        never reused: a child still starting could join it later; what such a
+        sandbox leaves is counted and listed here (no SafeSandbox reports it).
         """
+        handed_out = sb.id in self._live
         with trio.CancelScope(shield=True):
             report = await release_sandbox(
                 sb, self._cgroups, self.config.sandbox.kill_timeout_s, reuse_cgroup=reuse_cgroup
             )
         if report.processes_gone:
             self._live.pop(sb.id, None)
+        if report.leftovers and not handed_out:
+            gone = report.processes_gone
+            failure = ReleaseFailed(sb.id, report.leftovers, gone)
+            self._hub.release_failed(sb.id, f"{failure} after a failed start", gone)
         return report
 
     async def aclose(self) -> None:

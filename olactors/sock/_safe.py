@@ -374,13 +374,13 @@ class SafeSandbox:
             finally:
                 self._releasing = False
             if failure is not None:
-                self._hub.release_failed(self, str(failure), failure.processes_gone)
+                self._hub.release_failed(self.id, str(failure), failure.processes_gone)
                 if not failure.processes_gone:
                     self.release_failure = failure  # stays reserved, listed and dead
                     return
             self.release_failure = None
             self._released = True
-            self._hub.released(self)
+            self._hub.released(self.id)
             leftovers = () if failure is None else failure.leftovers
             self._hub.emit(SandboxDestroyed(self, reason, leftovers))
             if self.parent is not None:

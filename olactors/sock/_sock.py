@@ -106,6 +106,8 @@ class SockSandbox:
     exited: trio.Event = field(default_factory=trio.Event)
     watching: bool = False
     client: LeafClient | None = None
+    #: Its process did not exit after a kill and is no longer watched.
+    lost: bool = False
 
     # ------------------------------------------------------------ mechanics
     async def connect(self) -> trio.SocketStream:
@@ -220,7 +222,9 @@ class SockSandbox:
 
         True once it is gone: every process of the sandbox is then gone too
         (the init of a PID namespace takes the others with it).  False if it
-        still runs; its pidfd is kept (still watched), so a retry can wait again.
+        still runs: a watched sandbox keeps its pidfd, so a retry can wait
+        again; an unwatched one (it failed to start) is given up on: its
+        pidfd is closed and it stays ``lost``.
         """
         with trio.move_on_after(timeout):
             if self.watching:
@@ -228,10 +232,15 @@ class SockSandbox:
             elif self.pidfd >= 0:
                 await trio.lowlevel.wait_readable(self.pidfd)
                 self.reap(block=True)
-        gone = self.exited.is_set() or (self.pidfd < 0 and not self.watching)
-        if not gone:
-            log.error("sandbox %s: process %d did not exit after kill", self.id, self.pid)
-        return gone
+        if self.exited.is_set() or (self.pidfd < 0 and not self.watching and not self.lost):
+            return True  # gone, or there never was a process to wait for
+        log.error("sandbox %s: process %d did not exit after kill", self.id, self.pid)
+        if not self.watching and self.pidfd >= 0:
+            trio.lowlevel.notify_closing(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = -1
+            self.lost = True
+        return False
 
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
