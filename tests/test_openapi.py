@@ -15,6 +15,7 @@ validates against the documents' Error schema.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,35 @@ def test_spec_is_valid_openapi_31(surface: str) -> None:
                     assert schema == {"$ref": "#/components/schemas/Error"}, where
                 if status == "405":
                     assert "Allow" in response["headers"], where
+
+
+#: Error codes only the command line reports (never an HTTP answer).
+CLI_ONLY_CODES = {"already_running", "not_running", "bad_config"}
+
+
+def test_every_error_code_is_documented() -> None:
+    """Each OlactorsError's code is listed in the Error schema of both documents."""
+    import importlib
+    import pkgutil
+
+    import olactors
+    from olactors._errors import OlactorsError
+
+    for module in pkgutil.walk_packages(olactors.__path__, "olactors."):
+        if not any(part in module.name for part in ("runtime", "simulation", "bench", "examples")):
+            importlib.import_module(module.name)
+
+    def subclasses(cls: type) -> set[type]:
+        found = set(cls.__subclasses__())
+        return found.union(*(subclasses(sub) for sub in found))
+
+    codes = {cls.code for cls in subclasses(OlactorsError)} - CLI_ONLY_CODES
+    assert "queue_full" in codes and "registry_read_only" in codes
+    for surface in SURFACES:
+        description = error_schema(load_spec(surface))["properties"]["error"]["description"]
+        documented = set(re.findall(r"[a-z][a-z0-9_]*", description))
+        missing = sorted(codes - documented)
+        assert not missing, f"{surface}.json does not document {missing}"
 
 
 def test_admin_dispatch_table_is_the_spec() -> None:
