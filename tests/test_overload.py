@@ -26,7 +26,7 @@ from .load_tools import (
     serve_process,
     timed_call,
 )
-from .test_http_api import write_fn
+from .test_http_api import serving, write_fn
 
 pytestmark = pytest.mark.root
 
@@ -123,3 +123,32 @@ async def test_overload_twenty_times_capacity(tmp_path: Path, processes: list) -
     assert recovery.by_label() == {OK: 10}, recovery.by_label()
     assert recovery.latency_ms(1.0) < 1000, recovery.summary()
     assert served.proc.returncode == 0, served.log.read_text()[-3000:]
+
+
+async def test_a_call_waits_in_the_queue_at_most_its_runtime_limit(worker_dir: Path) -> None:
+    """One instance, a handler taking most of its 1 s runtime limit, and ten calls
+    at once: those that would wait longer than the runtime limit for the
+    instance get 429 queue_full (naming the limit) instead of waiting on."""
+    write_fn(
+        worker_dir / "registry",
+        "busy",
+        "import time\n\ndef f(event):\n    time.sleep(0.6)\n    return {'id': event['id']}\n",
+        "limits:\n  runtime_s: 1\n",
+    )
+    record = LoadRecord()
+    async with serving(worker_dir, "functions.max_instances=1") as served:
+        async with served.client() as client:
+            assert (await timed_call(client, "busy", {"id": -1}, 60)).label == OK
+
+            async def one(i: int) -> None:
+                record.add(await timed_call(client, "busy", {"id": i}, 30))
+
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(one, i)
+    labels = record.by_label()
+    assert labels[OK] >= 1 and labels["429 queue_full"] >= 5, labels
+    assert set(labels) == {OK, "429 queue_full"}, labels
+    assert "runtime limit of 1 s" in record.examples()["429 queue_full"]
+    # Queued at most 1 s, then the sandbox's call itself (0.6 s), with slack for a loaded host.
+    assert record.latency_ms(1.0) < 4000, record.summary()

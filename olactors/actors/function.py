@@ -8,6 +8,9 @@ its answer is reused until it expires), applies the ol.yaml method filter,
 and hands the request to an idle instance, waiting for one if all are
 busy.  While waiting it scales with :class:`olactors._scaling.Scaler`
 (OpenLambda's rule, one step per ``functions.scale_interval_s``).
+A call that waits longer than the function's runtime limit for an instance
+to take it gets 429 ``queue_full`` then: a function that cannot keep up
+tells its callers so instead of keeping them waiting without bound.
 
 Each instance runs under a supervisor (:func:`olactors.supervisors.supervise`,
 transient, ``functions.restart_intensity`` within ``restart_period_s``).  An
@@ -224,9 +227,26 @@ class FunctionActor:
             raise MethodNotAllowed(
                 f"function {self.name!r} accepts {', '.join(methods)}, not {method}", methods
             )
-        slot = await self._idle_instance()
+        self._check_waited(req)
+        slot = await self._idle_instance(req)
         slot.busy = True
         slot.requests.send_nowait(req)
+
+    def _check_waited(self, req: CallRequest) -> None:
+        """QueueFull (429) for a call that has waited longer than its function's
+        runtime limit without an instance to take it: the function cannot keep up,
+        and the caller hears so instead of waiting on (its whole call then takes
+        at most about twice the runtime limit plus the sandbox's start)."""
+        assert self.limits is not None
+        waited = trio.current_time() - req.submitted
+        if waited > self.limits.runtime_s:
+            raise QueueFull(
+                f"function {self.name!r} could not start this call within its runtime limit "
+                f"of {self.limits.runtime_s:g} s (limits.runtime_s): all its instances were "
+                "busy or starting; retry later",
+                self.ref.retry_after_s,
+                self.ref.queue_depth(),
+            )
 
     def _check_failing(self) -> None:
         failing = self._failing()
@@ -257,10 +277,11 @@ class FunctionActor:
             if slot.version != code.version:
                 self._retire(slot)
 
-    async def _idle_instance(self) -> Slot:
+    async def _idle_instance(self, req: CallRequest) -> Slot:
         interval = self.deps.config.functions.scale_interval_s
         while True:
             self._check_failing()
+            self._check_waited(req)
             current = [s for s in self.slots.values() if not s.retiring]
             busy = sum(1 for s in current if s.busy)
             outstanding = self.ref.queue_depth() + 1 + busy
