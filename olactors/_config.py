@@ -194,7 +194,8 @@ class Config:
 
 def load_defaults() -> dict[str, dict[str, Any]]:
     with open(DEFAULTS_PATH) as f:
-        return yaml.safe_load(f)
+        defaults: dict[str, dict[str, Any]] = yaml.safe_load(f)
+    return defaults
 
 
 def _type_ok(default: Any, value: Any) -> bool:

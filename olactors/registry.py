@@ -242,8 +242,8 @@ def _add_path(
             raise BadFunction(
                 f"member {name!r} is inside {'/'.join(prefix)!r}, which is not a directory"
             )
-    found = kinds.get(parts)
-    if found is not None and not (found == "dir" and kind == "dir"):
+    existing = kinds.get(parts)
+    if existing is not None and not (existing == "dir" and kind == "dir"):
         raise BadFunction(f"member {name!r} appears more than once in the archive")
     kinds[parts] = kind
 

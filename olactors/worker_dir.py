@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ._config import DEFAULTS_PATH, Config, load_worker_config
@@ -25,7 +26,7 @@ log = logging.getLogger("olactors.worker_dir")
 DEFAULT_PATH = Path("olactors-worker")
 
 
-def init_worker_dir(path: Path, overrides: list[str] = ()) -> Config:
+def init_worker_dir(path: Path, overrides: Sequence[str] = ()) -> Config:
     """Create the worker dir (idempotent); an existing worker.yaml is validated, not replaced."""
     path.mkdir(parents=True, exist_ok=True)
     config_file = path / "worker.yaml"

@@ -27,7 +27,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import trio
 
@@ -92,9 +92,12 @@ class RawSandbox(Protocol):
     async def diagnose(self, error: BaseException | None) -> str: ...
 
 
+R = TypeVar("R", bound=RawSandbox)
+
+
 def check_create(
-    live: Mapping[str, SafeSandbox], parent: object, meta: SandboxMeta
-) -> SafeSandbox | None:
+    live: Mapping[str, SafeSandbox[R]], parent: object, meta: SandboxMeta
+) -> SafeSandbox[R] | None:
     """The checks every pool's ``create`` makes before it builds anything.
 
     Returns the zygote to fork from (None for a fresh sandbox).  ``parent``
@@ -144,14 +147,15 @@ def check_package_mounts(mounts: tuple[PackageMount, ...]) -> None:
         seen.add(target)
 
 
-class SafeSandbox:
-    """Implements :class:`olactors.sock.Sandbox` around a :class:`RawSandbox`."""
+class SafeSandbox(Generic[R]):
+    """Implements :class:`olactors.sock.Sandbox` around a :class:`RawSandbox`
+    (generic in the pool's raw sandbox type, which each pool sees as its own)."""
 
     def __init__(
         self,
-        raw: RawSandbox,
+        raw: R,
         hub: EventHub,
-        parent: SafeSandbox | None,
+        parent: SafeSandbox[R] | None,
         startup_s: float = 0.0,
     ) -> None:
         self.raw = raw

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -36,7 +37,10 @@ from ._client import LeafClient
 from ._rootfs import SandboxRoot
 from ._safe import ReleaseFailed, SafeSandbox
 from ._suitability import unfit_to_fork
-from .cgroups import CgroupPool
+from .cgroups import Cgroup, CgroupPool
+
+if TYPE_CHECKING:
+    from ._pool import SockPool
 
 log = logging.getLogger("olactors.sandbox")
 RUNTIME_ARGV_SCRIPT = "/runtime/server.py"
@@ -96,8 +100,8 @@ class SockSandbox:
     scratch: Path
     root: SandboxRoot
     code_dir: str | None
-    cgroup: object  # olactors.sock.cgroups Cgroup
-    pool: object  # SockPool (for cgroup release and counters)
+    cgroup: Cgroup | None  # None until _prepare takes one from the cgroup pool
+    pool: SockPool  # for cgroup release and counters
     network: str
     pid: int = 0
     pidfd: int = -1
@@ -120,14 +124,20 @@ class SockSandbox:
             self.client = LeafClient(self.connect)
         return await self.client.request(request)
 
+    def prepared_cgroup(self) -> Cgroup:
+        """Its cgroup, taken when it was prepared (before anything can run in it)."""
+        if self.cgroup is None:
+            raise SandboxError(f"sandbox {self.id} has no cgroup yet")
+        return self.cgroup
+
     async def freeze(self) -> None:
-        await self.cgroup.freeze(self.pool.config.sandbox.freeze_timeout_s)
+        await self.prepared_cgroup().freeze(self.pool.config.sandbox.freeze_timeout_s)
 
     async def thaw(self) -> None:
-        await self.cgroup.thaw(self.pool.config.sandbox.freeze_timeout_s)
+        await self.prepared_cgroup().thaw(self.pool.config.sandbox.freeze_timeout_s)
 
     def usage(self) -> SandboxUsage:
-        return self.cgroup.usage()
+        return self.prepared_cgroup().usage()
 
     def pids(self) -> list[int]:
         """Host pids of every process in the sandbox (its cgroup's members)."""
@@ -156,7 +166,7 @@ class SockSandbox:
         elif self.pidfd >= 0:
             self.reap(block=False)
         try:
-            u = self.cgroup.usage()
+            u = self.prepared_cgroup().usage()
         except Exception:  # cgroup already gone
             u = None
         limits = self.meta.limits
@@ -322,7 +332,7 @@ def _open_child_fds(sb: SockSandbox, stack: ExitStack) -> tuple[int, int, list[i
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     log_fd = os.open(sb.dir / "log", flags, 0o600)
     stack.callback(os.close, log_fd)
-    procs_fds = sb.cgroup.open_procs_fds()
+    procs_fds = sb.prepared_cgroup().open_procs_fds()
     for fd in procs_fds:
         stack.callback(os.close, fd)
     return root_fd, log_fd, procs_fds

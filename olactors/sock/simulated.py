@@ -391,7 +391,7 @@ class SimulatedPool(PoolEvents):
         self._nursery = nursery
         self._hub = EventHub()
         self._ids = itertools.count(1)
-        self._live: dict[str, SafeSandbox] = {}
+        self._live: dict[str, SafeSandbox[SimulatedSandbox]] = {}
         self._fired: dict[Fault, int] = {}
         # Idle-crash deadlines: (deadline, seq, idle generation, sandbox, fault).
         self._timers: list[tuple[float, int, int, SimulatedSandbox, CrashWhileIdle]] = []

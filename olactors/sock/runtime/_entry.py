@@ -41,6 +41,10 @@ from __future__ import annotations
 
 import io
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio  # imported on first use: most functions are not ASGI apps
 
 SCRIPT_NAME_HEADER = "x-olactors-script-name"
 #: Headers an app may not set: the runtime's error marker and the framing ones.
@@ -243,7 +247,7 @@ class AsgiRunner:
 
     def __init__(self, app) -> None:
         self.app = app
-        self.loop = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self, request) -> tuple:
         """The collected response; raises what the app raised before completing it."""

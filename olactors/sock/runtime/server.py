@@ -26,6 +26,7 @@ app's own responses never do (``_entry`` strips it from what an app sets).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -361,10 +362,11 @@ def serve_leaf(listener: socket.socket, app) -> None:
     while True:
         for key, _ in selector.select():
             if key.data is None:
-                conn, _ = listener.accept()
-                selector.register(conn, selectors.EVENT_READ, bytearray())
+                accepted, _ = listener.accept()
+                selector.register(accepted, selectors.EVENT_READ, bytearray())
                 continue
             conn, buf = key.fileobj, key.data
+            assert isinstance(conn, socket.socket)  # only sockets are registered
             try:
                 chunk = conn.recv(65536)
                 keep = bool(chunk)
@@ -578,8 +580,9 @@ def _preload(preload: list, ready: socket.socket) -> None:
 
 def run(config: dict, ready: socket.socket) -> None:
     """Become a leaf or zygote, report its phases on ``ready``, serve forever."""
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.stderr.reconfigure(line_buffering=True)
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     sys.dont_write_bytecode = True
     for path in config.get("paths", ()):
         if path not in sys.path:
