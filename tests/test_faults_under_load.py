@@ -292,16 +292,25 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
     late: list[Any] = []
     pids_seen: set[int] = set()
     faults_done: Counter[str] = Counter()
+    phases: dict[str, float] = {}
+    started = trio.current_time()
     with trio.fail_after(LOAD_S + 150):
         async with serving(worker_dir, *settings(wheels, tmp_path)) as served:
             async with (
                 served.admin_client() as admin,
                 served.client(limits=httpx.Limits(max_connections=200)) as client,
             ):
-                # Warm: each function answers once before the faults start.
-                for name in FUNCTIONS:
-                    outcome = await timed_call(client, name, {"id": f"warm-{name}"}, 120)
-                    assert outcome.label == OK, (name, outcome)
+                # Warm, all at once: each function answers once before the faults start.
+                warm: dict[str, Any] = {}
+
+                async def warm_up(name: str) -> None:
+                    warm[name] = await timed_call(client, name, {"id": f"warm-{name}"}, 120)
+
+                async with trio.open_nursery() as nursery:
+                    for name in FUNCTIONS:
+                        nursery.start_soon(warm_up, name)
+                assert all(o.label == OK for o in warm.values()), warm
+                phases["warm"] = trio.current_time() - started
 
                 async def one(i: int) -> None:
                     name = FUNCTIONS[i % len(FUNCTIONS)]
@@ -352,6 +361,8 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
                         await trio.sleep(0.5)
                 zygote_mb = sum(sb["mem_limit_mb"] for sb in listing if sb["kind"] == "zygote")
                 stats = (await admin.get("/stats")).json()
+                phases["load and idle-out"] = trio.current_time() - started - phases["warm"]
+        phases["stop"] = trio.current_time() - started - sum(phases.values())
 
     labels = record.by_label()
     print(
@@ -364,10 +375,23 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
         f"  worker: evictions {stats['evictions']}, escalations {stats['escalations']}, "
         f"cgroup anomalies {stats.get('cgroup_anomalies')}\n"
         f"  over their limit: {Counter((o.function, o.label) for o, _ in late).most_common(12)}\n"
-        f"  examples: {json.dumps(record.examples(), indent=2)}"
+        f"  examples: {json.dumps(record.examples(), indent=2)}\n"
+        f"  phases (s): { {k: round(v, 1) for k, v in phases.items()} }"
     )
     assert set(labels) <= CAUSES, {k: v for k, v in labels.items() if k not in CAUSES}
     assert not record.duplicate_request_ids()
+    # The worker's own books: every call it received counted once, refusals and errors alike.
+    counted = Counter()
+    for entry in stats["functions"].values():
+        counted["calls"] += entry["invocations"]
+        counted["429"] += entry["rejected_429"]
+        counted["5xx"] += entry["errors"]
+    sent = Counter(
+        calls=len(record.outcomes) + len(FUNCTIONS),
+        **{"429": labels["429 queue_full"]},
+        **{"5xx": sum(n for label, n in labels.items() if label[:1] == "5")},
+    )
+    assert counted == sent, (counted, sent)
     assert not late, late[:10]
     assert not ledger_errors, ledger_errors[:3]
     assert books["used_mb"] == zygote_mb and books["pending_mb"] == 0, books

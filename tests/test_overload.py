@@ -20,6 +20,7 @@ from .load_tools import (
     OK,
     LoadRecord,
     RawClient,
+    cpu_s,
     open_loop,
     raw_timed_call,
     rss_mb,
@@ -83,6 +84,7 @@ async def test_overload_twenty_times_capacity(tmp_path: Path, processes: list) -
 
         done = trio.Event()
         started = trio.current_time()
+        cpu_start = cpu_s(served.proc.pid)
         with trio.fail_after(LOAD_S + DEADLINE_S + 30):
             async with trio.open_nursery() as nursery:
                 await nursery.start(raw.run)
@@ -91,6 +93,7 @@ async def test_overload_twenty_times_capacity(tmp_path: Path, processes: list) -
                 done.set()
                 raw.close()
         load_s = trio.current_time() - started
+        worker_cpu = (cpu_s(served.proc.pid) - cpu_start) / load_s
 
         # Load dropped: the next calls are served as if nothing happened.
         recovery = LoadRecord()
@@ -108,7 +111,7 @@ async def test_overload_twenty_times_capacity(tmp_path: Path, processes: list) -
         f"  served {labels[OK] / LOAD_S:.1f}/s; refusals p99 "
         f"{record.latency_ms(0.99, '429 queue_full'):.0f} ms\n"
         f"  worker RSS start {rss['start']:.1f} MB, max {rss['max']:.1f} MB, "
-        f"end {rss['end']:.1f} MB\n"
+        f"end {rss['end']:.1f} MB; worker CPU {100 * worker_cpu:.0f}% of a core\n"
         f"  recovery: {recovery.summary()}"
     )
     # Offered: every call due, sent or refused by the client's own in-flight cap
