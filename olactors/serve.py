@@ -4,14 +4,19 @@
 and reports the endpoints it listens on.  It binds both sockets itself (so
 port 0 works and the admin socket's mode is set before anyone can connect),
 runs one hypercorn server per socket in one nursery with a shared shutdown
-trigger, and on shutdown:
+trigger.  Shutdown has one deadline, fixed when it is requested:
+``server.shutdown_timeout_s`` later (a
+:class:`~olactors._shutdown.ShutdownDeadline`).  Until then:
 
 1. the worker refuses new invocations (``503 shutting_down``), hypercorn stops
    accepting connections and closes idle keep-alive ones;
-2. in-flight requests get up to ``server.shutdown_timeout_s`` to finish, then
-   are cancelled;
-3. the worker is closed (every actor stopped, every sandbox destroyed);
-4. ``admin.sock`` and ``run/endpoints.json`` are removed.
+2. in-flight requests may finish, and queued calls are served;
+3. the worker is closed: actors stop, instances stop.
+
+At the deadline whatever is left is cancelled (in-flight requests see their
+connection closed) and every sandbox is destroyed (cleanup, bounded by the
+pool's own kill timeouts, not by the deadline).  Last, ``admin.sock`` and
+``run/endpoints.json`` are removed.
 
 Shutdown starts on SIGINT/SIGTERM (``handle_signals=True``, main thread only,
 as the CLI runs it) or when the ``shutdown`` event is set; a second request
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -59,25 +65,37 @@ SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Shutdown:
-    """The one shutdown request of a serve: sets ``requested`` and tells the worker."""
+    """The one shutdown request of a serve: fixes the deadline, sets ``requested``,
+    tells the worker and puts the deadline on the servers' cancel scope."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
         self.requested = trio.Event()
+        self.deadline = math.inf
         self.worker: Worker | None = None
+        self.scopes: list[trio.CancelScope] = []
 
     def request(self, why: str) -> None:
         if self.requested.is_set():
             log.warning("already shutting down (%s)", why)
             return
-        log.info("shutting down (%s)", why)
+        self.deadline = trio.current_time() + self.timeout_s
+        log.info("shutting down (%s); everything stops within %.1f s", why, self.timeout_s)
         self.requested.set()
         if self.worker is not None:
-            self.worker.begin_shutdown()
+            self.worker.begin_shutdown(self.deadline)
+        for scope in self.scopes:
+            scope.deadline = self.deadline
 
     def attach(self, worker: Worker) -> None:
         self.worker = worker
         if self.requested.is_set():
-            worker.begin_shutdown()
+            worker.begin_shutdown(self.deadline)
+
+    def bound(self, scope: trio.CancelScope) -> None:
+        """``scope`` is cancelled at the deadline (from when shutdown is requested)."""
+        self.scopes.append(scope)
+        scope.deadline = self.deadline
 
 
 async def serve(
@@ -101,7 +119,7 @@ async def serve(
     worker_dir = worker_dir.resolve()
     admin_path = worker_dir / ADMIN_SOCKET
     refuse_if_running(admin_path)
-    control = _Shutdown()
+    control = _Shutdown(config.server.shutdown_timeout_s)
     with lone_errors_unwrapped():
         await _serve_until_stopped(
             config, worker_dir, admin_path, control, handle_signals, shutdown, pool, task_status
@@ -154,6 +172,7 @@ async def _serve_worker(
             raise
         try:
             async with trio.open_nursery() as servers:
+                control.bound(servers.cancel_scope)  # in-flight requests end by the deadline
                 trigger = control.requested.wait
                 await servers.start(
                     serve_app, create_public_app(worker), public_sock, config, trigger
@@ -185,12 +204,16 @@ async def serve_app(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """One hypercorn server on an already listening ``sock`` (a dup of it, owned by hypercorn)."""
+    """One hypercorn server on an already listening ``sock`` (a dup of it, owned by hypercorn).
+
+    After ``trigger`` returns it waits for in-flight requests without a limit
+    of its own: the caller's cancel scope carries the shutdown deadline."""
     hconfig = HypercornConfig()
     hconfig.bind = [f"fd://{os.dup(sock.fileno())}"]
     hconfig.accesslog = None  # the apps log one line per request themselves
     hconfig.errorlog = logging.getLogger("olactors.hypercorn")
-    hconfig.graceful_timeout = config.server.shutdown_timeout_s
+    # No grace of hypercorn's own: the caller cancels at the one shutdown deadline.
+    hconfig.graceful_timeout = math.inf
     hconfig.include_server_header = False
     hconfig.backlog = LISTEN_BACKLOG
     await hypercorn_serve(app, hconfig, shutdown_trigger=trigger, task_status=task_status)

@@ -5,8 +5,9 @@ the sandbox pool (the real SOCK pool unless one is passed in, e.g. the
 simulated pool), the memory pool, the evictor, the import cache, the code
 puller and the lambda manager.  ``worker.invoke(name, invocation, request_id)``
 runs one call.  Leaving the block shuts down gracefully: new calls get 503,
-queued and in-flight calls finish (up to ``server.shutdown_timeout_s``), then
-every actor stops and every sandbox is destroyed.
+queued and in-flight calls finish by the shutdown deadline (see
+:class:`~olactors._shutdown.ShutdownDeadline`), then every actor stops and
+every sandbox is destroyed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._eviction import make_policy
 from ._groups import lone_errors_unwrapped
 from ._metrics import Metrics
 from ._names import validate_function_name
+from ._shutdown import ShutdownDeadline
 from ._zygote_tree import load_zygote_tree
 from .actors._deps import Deps
 from .actors.code_puller import CodePullerRef, CodeSource, run_code_puller
@@ -57,8 +59,10 @@ class Worker:
         puller: CodePullerRef,
         metrics: Metrics,
         package_puller: PackagePuller,
+        shutdown: ShutdownDeadline | None = None,
     ) -> None:
         self.config = config
+        self.shutdown = shutdown or ShutdownDeadline()
         self.worker_dir = worker_dir
         self.pool = pool
         self.manager = manager
@@ -102,8 +106,14 @@ class Worker:
             ms = (trio.current_time() - start) * 1000
             self.metrics.record_call(name if known else None, status, ms)
 
-    def begin_shutdown(self) -> None:
+    def begin_shutdown(self, deadline: float | None = None) -> None:
+        """Refuse new calls (503) from now on; whatever is left must be done by
+        ``deadline`` (trio time; default ``server.shutdown_timeout_s`` from now,
+        or the deadline already set if earlier)."""
         self.closing = True
+        if deadline is None:
+            deadline = trio.current_time() + self.config.server.shutdown_timeout_s
+        self.shutdown.set(deadline)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -251,7 +261,8 @@ async def open_worker(
                 puller = await nursery.start(
                     partial(run_code_puller, config, worker_dir, source=code_source)
                 )
-                deps = Deps(config, pool, mempool, cache_ref, puller, metrics, packages)
+                shutdown = ShutdownDeadline()
+                deps = Deps(config, pool, mempool, cache_ref, puller, metrics, packages, shutdown)
                 manager = await nursery.start(run_manager, deps)
                 worker = Worker(
                     config,
@@ -264,12 +275,18 @@ async def open_worker(
                     puller,
                     metrics,
                     package_puller,
+                    shutdown,
                 )
                 try:
                     yield worker
+                except BaseException:
+                    worker.begin_shutdown(trio.current_time())  # failed or cancelled: no grace
+                    raise
                 finally:
+                    # Queued calls are served until the one shutdown deadline (set when
+                    # shutdown was requested, e.g. by serve); then the actors are
+                    # cancelled, and instances still running stop at once.
                     worker.begin_shutdown()
-                    with trio.CancelScope(shield=True):
-                        with trio.move_on_after(config.server.shutdown_timeout_s):
-                            await manager.drain()
+                    with trio.CancelScope(deadline=worker.shutdown.at, shield=True):
+                        await manager.drain()
                     nursery.cancel_scope.cancel()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._config import Config
 from .._metrics import Metrics
+from .._shutdown import ShutdownDeadline
 from ..sock import SandboxPool
 from .import_cache import ImportCacheRef
 from .mempool import MemPoolRef
@@ -25,3 +26,5 @@ class Deps:
     puller: CodePullerRef
     metrics: Metrics
     packages: PackagePullerRef
+    #: The worker's shutdown deadline: instances stopping at shutdown get until then, no longer.
+    shutdown: ShutdownDeadline = field(default_factory=ShutdownDeadline)

@@ -403,11 +403,14 @@ class FunctionActor:
         self.queue.close()
 
     async def _stop_instances(self) -> None:
+        """Stop every instance: gracefully up to server.shutdown_timeout_s from now,
+        never past the worker's shutdown deadline (then they are cancelled)."""
         grace = self.deps.config.server.shutdown_timeout_s
+        stop_by = min(trio.current_time() + grace, self.deps.shutdown.at)
         async with trio.open_nursery() as nursery:
             for slot in list(self.slots.values()):
                 if slot.handle is not None:
-                    nursery.start_soon(slot.handle.stop, grace)
+                    nursery.start_soon(slot.handle.stop, stop_by)
 
     def status(self) -> FunctionStatus:
         now = trio.current_time()

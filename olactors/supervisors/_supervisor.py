@@ -11,7 +11,7 @@ and its restart intensity.  :func:`supervise` runs it:
   back off) instead of looping.  A crash with :class:`Unrecoverable` says
   so itself and escalates at once, whatever the intensity.
 * Shutdown: :meth:`ChildHandle.stop` asks the child to finish (its
-  ``request_stop`` hook, e.g. closing its inbox), waits up to a grace period,
+  ``request_stop`` hook, e.g. closing its inbox), waits until a deadline,
   then cancels it ("kill").
 
 Cancellation of the surrounding nursery cancels the child at once; a crash is
@@ -78,15 +78,15 @@ class ChildHandle:
     done: trio.Event = field(default_factory=trio.Event)
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
-    async def stop(self, grace_s: float) -> None:
-        """Ask the child to finish; cancel it if it takes longer than ``grace_s``."""
+    async def stop(self, deadline: float) -> None:
+        """Ask the child to finish; cancel it if it has not by ``deadline`` (trio time)."""
         if self.done.is_set():
             return
         self.spec.request_stop()
-        with trio.move_on_after(grace_s):
+        with trio.move_on_at(deadline):
             await self.done.wait()
         if not self.done.is_set():
-            log.warning("%s did not stop within %.1f s; cancelling it", self.spec.name, grace_s)
+            log.warning("%s did not stop in time; cancelling it", self.spec.name)
             self.cancel_scope.cancel()
             await self.done.wait()
 
