@@ -20,13 +20,14 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Response
 from quart.globals import request_ctx
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .._errors import (
@@ -95,7 +96,9 @@ Route = Callable[[TrioRequest, RequestInfo], Awaitable[Response]]
 
 def json_response(obj: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
     body = json.dumps(obj, default=str).encode()
-    return Response(body, status=status, headers=list(headers), content_type="application/json")
+    return Response(
+        body, status=status, headers=Headers(list(headers)), content_type="application/json"
+    )
 
 
 def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
@@ -149,7 +152,7 @@ async def read_body(request: TrioRequest, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"request body of {request.content_length} bytes exceeds {limit}")
     try:
-        return await request.get_data(cache=False)
+        return await request.get_data(cache=False, as_text=False, parse_form_data=False)
     except RequestEntityTooLarge:
         raise BodyTooLarge(f"request body exceeds {limit} bytes") from None
     except HTTPException as exc:
@@ -208,7 +211,7 @@ class RawRoutedApp(QuartTrio):
         self._surface = surface
 
     async def dispatch_request(self, request_context: Any = None) -> Response:
-        request = (request_context or request_ctx).request
+        request = cast(TrioRequest, (request_context or request_ctx).request)  # TrioRequest
         raw_path = request.scope.get("raw_path") or request.path.encode()
         info = RequestInfo(uuid.uuid4().hex, request.method, raw_path.decode("latin-1"))
         started = trio.current_time()
