@@ -244,3 +244,25 @@ async def test_reused_connection_after_small_early_answers(public: str) -> None:
             assert (await conn.read_response()).status == 200
     finally:
         await conn.stream.aclose()
+
+
+async def test_a_body_that_stalls_is_not_waited_for_long(public: str) -> None:
+    """A client that stops sending its body mid-way gets the early answer after the
+    discard window, with ``Connection: close``, and the connection is closed."""
+    from olactors.http._keepalive import DISCARD_WINDOW_S
+
+    url = httpx.URL(public)
+    conn = RawConnection(await trio.open_tcp_stream(url.host, url.port))
+    try:
+        started = trio.current_time()
+        with trio.fail_after(STEP_S):
+            await conn.stream.send_all(
+                b"POST /status HTTP/1.1\r\nHost: test\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+            )
+            response = await conn.read_response()
+            waited = trio.current_time() - started
+            await conn.read_eof()
+        assert response.status == 405 and response.closes, response
+        assert DISCARD_WINDOW_S - 0.1 <= waited < DISCARD_WINDOW_S + 2, waited
+    finally:
+        await conn.stream.aclose()
