@@ -55,8 +55,6 @@ from .load_tools import (
 from .test_http_api import serving, tar_gz, write_fn
 from .wheel_factory import WheelSpec, build_standard_wheels, build_wheel
 
-pytestmark = pytest.mark.root
-
 LOAD_S = float(os.environ.get("OLACTORS_FAULT_LOAD_S", "90"))
 SEED = int(os.environ.get("OLACTORS_FAULT_SEED", "11"))
 RATE = 50.0  # calls a second
@@ -282,6 +280,7 @@ async def accounting(admin: httpx.AsyncClient) -> dict[str, Any]:
     return r.json()["memory_accounting"]
 
 
+@pytest.mark.root
 async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path: Path) -> None:
     rng = random.Random(SEED)
     publish_all(worker_dir / "registry")
@@ -401,6 +400,7 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
     assert not left, left
 
 
+@pytest.mark.root
 async def test_zygote_killed_while_a_child_is_paused_is_rebuilt(worker_dir: Path) -> None:
     """A SIGKILLed zygote whose child leaf is paused (frozen) cannot finish
     exiting (its PID namespace waits for the frozen child), so the worker does
@@ -431,3 +431,28 @@ async def test_zygote_killed_while_a_child_is_paused_is_rebuilt(worker_dir: Path
     zygotes = [sb for sb in listing if sb["kind"] == "zygote" and sb["state"] == "running"]
     assert root["builds"] == 2 and root["sandbox"] != zygote["id"], (root, zygote)
     assert [sb["id"] for sb in zygotes] == [root["sandbox"]], listing
+
+
+def test_memory_accounting_names_every_disagreement() -> None:
+    """The books balance only when the ledger equals the bound and pending
+    reservations, every bound sandbox is live at its limit, and every live
+    sandbox holds a reservation (or one is pending for it)."""
+    from olactors.actors.mempool import MemAccounting
+
+    live = {"sb-1": 256, "sb-2": 64}
+    creating = {**live, "sb-3": 64}  # sb-3's reservation is granted, its bind not yet heard
+    assert MemAccounting(384, {"sb-1": 256, "sb-2": 64}, (64,), creating).discrepancies() == []
+    assert MemAccounting(320, {"sb-1": 256}, (64,), live).discrepancies() == []
+    problems = {
+        "ledger says 400 MB": MemAccounting(400, {"sb-1": 256, "sb-2": 64}, (), live),
+        "bound to sb-9, which was released": MemAccounting(
+            384, {"sb-1": 256, "sb-2": 64, "sb-9": 64}, (), live
+        ),
+        "sb-2 reserved 128 MB but its limit is 64 MB": MemAccounting(
+            384, {"sb-1": 256, "sb-2": 128}, (), live
+        ),
+        "hold no reservation": MemAccounting(256, {"sb-1": 256}, (), live),
+    }
+    for expected, books in problems.items():
+        found = books.discrepancies()
+        assert len(found) == 1 and expected in found[0], (expected, found)
