@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import trio
@@ -223,7 +224,7 @@ class MemPool:
 
     def __init__(self, total_mb: int) -> None:
         self.ledger = MemoryLedger(total_mb)
-        self.waiting: dict[int, Reserve] = {}
+        self.waiting: dict[Hashable, Reserve] = {}  # keyed by the ledger's tokens
         self.bound: dict[str, Reservation] = {}
         self.pending: dict[int, Reservation] = {}  # granted, not yet bound nor released
 
