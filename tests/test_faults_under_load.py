@@ -214,8 +214,13 @@ class Faults:
         elif kind == "kill_zygote":
             if zygotes:
                 victim = self.rng.choice(zygotes)
-                if victim["pids"] and kill_all(victim["pids"]):
+                if not victim["pids"]:
+                    return
+                if self.rng.random() < 0.5 and kill_all(victim["pids"]):
                     self.done["SIGKILL zygote"] += 1
+                elif kill_all([self.rng.choice(victim["pids"])]):
+                    # One of its processes: the zygote itself, or its spare child.
+                    self.done["SIGKILL a zygote process"] += 1
         elif kind == "freeze":
             candidates = [sb for sb in listing if sb["state"] == "running" and sb["pids"]]
             if candidates:
