@@ -76,10 +76,10 @@ async def test_calls_in_flight_and_queued_share_one_deadline(worker_dir: Path) -
                 async with httpx.AsyncClient(transport=transport, base_url="http://a") as admin:
                     for _ in range(5):  # one or two running, the rest queued
                         callers.start_soon(call, public)
-                    while await queue_depth(admin, "sleeper") < 3:
+                    pids: list[int] = []
+                    while not pids or await queue_depth(admin, "sleeper") < 3:
                         await trio.sleep(0.1)
-                    pids = await leaf_pids_now(admin, "sleeper")
-                    assert pids
+                        pids = await leaf_pids_now(admin, "sleeper")
                 requested = trio.current_time()
                 stop.set()
             took = trio.current_time() - requested
