@@ -32,6 +32,10 @@ import json
 import os
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +56,7 @@ from .load_tools import (
     set_frozen,
     timed_call,
 )
-from .test_http_api import serving, tar_gz, write_fn
+from .test_http_api import FAST_CONFIG, Served, serving, tar_gz, write_fn
 from .wheel_factory import WheelSpec, build_standard_wheels, build_wheel
 
 LOAD_S = float(os.environ.get("OLACTORS_FAULT_LOAD_S", "90"))
@@ -168,6 +172,35 @@ def publish_all(registry: Path) -> dict[str, int]:
         code = write_fn(registry, name, source(1, "churn"), OL_YAML)
         (code / "requirements.txt").write_text(f"churn=={i + 1}.0\n")
     return {name: 1 for name in FUNCTIONS}
+
+
+@dataclass
+class OwnPoolRun:
+    served: Served
+    left_after_stop: list[str] = field(default_factory=list)  # sandboxes the worker left
+
+
+@asynccontextmanager
+async def serving_on_own_pool(worker_dir: Path, *overrides: str) -> AsyncIterator[OwnPoolRun]:
+    """:func:`serving`, but on a SOCK pool this test opens, so that once the worker
+    has drained and stopped, what it left in the pool (before the pool's own
+    close destroys it) is seen: ``left_after_stop``."""
+    from olactors.serve import serve
+    from olactors.sock import open_sock_pool
+    from olactors.worker_dir import init_worker_dir
+
+    config = init_worker_dir(worker_dir, ["server.port=0", *FAST_CONFIG, *overrides])
+    async with open_sock_pool(config, worker_dir) as pool:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            start = partial(serve, config, worker_dir, shutdown=stop, pool=pool)
+            endpoints = await nursery.start(start)
+            run = OwnPoolRun(Served(endpoints["public"], endpoints["admin"], worker_dir, stop))
+            try:
+                yield run
+            finally:
+                stop.set()
+        run.left_after_stop = [f"{sb.id} ({sb.meta.label})" for sb in pool.sandboxes()]
 
 
 class Faults:
@@ -299,7 +332,8 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
     phases: dict[str, float] = {}
     started = trio.current_time()
     with trio.fail_after(LOAD_S + 150):
-        async with serving(worker_dir, *settings(wheels, tmp_path)) as served:
+        async with serving_on_own_pool(worker_dir, *settings(wheels, tmp_path)) as run:
+            served = run.served
             async with (
                 served.admin_client() as admin,
                 served.client(limits=httpx.Limits(max_connections=200)) as client,
@@ -380,7 +414,7 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
         f"cgroup anomalies {stats.get('cgroup_anomalies')}\n"
         f"  over their limit: {Counter((o.function, o.label) for o, _ in late).most_common(12)}\n"
         f"  examples: {json.dumps(record.examples(), indent=2)}\n"
-        f"  phases (s): { {k: round(v, 1) for k, v in phases.items()} }"
+        f"  phases (s): { {k: round(v, 2) for k, v in phases.items()} }"
     )
     assert set(labels) <= CAUSES, {k: v for k, v in labels.items() if k not in CAUSES}
     assert not record.duplicate_request_ids()
@@ -399,6 +433,9 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
     assert not late, late[:10]
     assert not ledger_errors, ledger_errors[:3]
     assert books["used_mb"] == zygote_mb and books["pending_mb"] == 0, books
+    # The drained worker released every sandbox itself: with the ledger always equal
+    # to the live sandboxes' limits, nothing stays reserved.
+    assert run.left_after_stop == [], run.left_after_stop
     assert labels[OK] > 0.5 * len(record.outcomes), labels
     assert faults_done["SIGKILL leaf"] and faults_done["SIGKILL zygote"], faults_done
     left = leftovers(worker_dir, pids_seen)
