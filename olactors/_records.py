@@ -1,0 +1,184 @@
+"""What a call leaves behind: its output, its record, and the plain-language
+explanation of a failure (pure: no trio, no I/O).
+
+A :class:`CallRecord` is kept for every call that reached a function (see
+``olactors/records/``); its JSON form is the admin API's
+``GET /debug/<fn>/<request_id>``.  :func:`explain` turns a record into the
+sentence ``olactors why`` prints.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._causes import Cause, CauseCode, SignalSender
+
+
+@dataclass(frozen=True, slots=True)
+class StreamCapture:
+    """One stream of one call, cut at a byte limit: ``data`` is what was kept,
+    ``dropped`` how many bytes after it were not."""
+
+    data: bytes = b""
+    dropped: int = 0
+
+    def text(self) -> str:
+        """The kept bytes as text, with a marker where bytes were dropped."""
+        text = self.data.decode("utf-8", "replace")
+        if self.dropped:
+            text += f"\n[olactors: output cut here, {self.dropped} more bytes dropped]\n"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutput:
+    """What a call wrote to stdout and stderr (any writer: print, logging, a C
+    extension, a child process) and the syscalls its sandbox blocked."""
+
+    stdout: StreamCapture = field(default_factory=StreamCapture)
+    stderr: StreamCapture = field(default_factory=StreamCapture)
+    blocked_syscalls: tuple[str, ...] = ()
+
+
+NO_OUTPUT = CallOutput()
+
+
+class ColdReason(enum.StrEnum):
+    """Why a call needed a new sandbox (null in a record when it was warm)."""
+
+    FIRST = "first"  # the instance's first sandbox
+    SCALED_UP = "scaled_up"  # a new instance beside busy ones
+    EVICTED = "evicted"  # its paused sandbox had been evicted
+    CODE_UPDATED = "code_updated"  # a new version of the code
+    RESTARTED = "restarted"  # the previous sandbox died
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """Everything kept about one call (field names are the JSON keys)."""
+
+    request_id: str
+    function: str
+    version: str | None
+    status: int
+    cause: Cause | None
+    blocked_syscalls: tuple[str, ...]
+    started_at: str  # RFC 3339, UTC
+    duration_ms: float
+    queue_ms: float
+    cold: bool
+    cold_reason: ColdReason | None
+    sandbox: str | None
+    cpu_ms: float | None
+    memory_peak_mb: float | None
+    memory_limit_mb: int | None
+    stdout: str
+    stderr: str
+    owner: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "function": self.function,
+            "version": self.version,
+            "status": self.status,
+            "cause": self.cause.as_json() if self.cause is not None else None,
+            "blocked_syscalls": list(self.blocked_syscalls),
+            "started_at": self.started_at,
+            "duration_ms": self.duration_ms,
+            "queue_ms": self.queue_ms,
+            "cold": self.cold,
+            "cold_reason": self.cold_reason.value if self.cold_reason is not None else None,
+            "sandbox": self.sandbox,
+            "cpu_ms": self.cpu_ms,
+            "memory_peak_mb": self.memory_peak_mb,
+            "memory_limit_mb": self.memory_limit_mb,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "owner": self.owner,
+        }
+
+    @property
+    def failed(self) -> bool:
+        return not 200 <= self.status < 400
+
+
+def _syscalls(names: tuple[str, ...]) -> str:
+    calls = [f"{name}(2)" for name in names]
+    if len(calls) == 1:
+        return calls[0]
+    return ", ".join(calls[:-1]) + " and " + calls[-1]
+
+
+def _cause_sentence(cause: Cause) -> str:
+    d = cause.detail
+    code = cause.code
+    if code is CauseCode.HANDLER_EXCEPTION:
+        return f"the handler raised {d.get('type', 'an exception')}: {d.get('message', '')}".strip()
+    if code is CauseCode.IMPORT_ERROR:
+        return "the function's code (f.py or one of its packages) failed to import"
+    if code is CauseCode.INIT_TIMEOUT:
+        return f"its import took longer than its init limit of {d.get('limit_s')} s (limits.init_s)"
+    if code is CauseCode.OOM:
+        return (
+            f"it was killed for exceeding its memory limit of {d.get('limit_mb')} MB "
+            "(limits.mem_mb)"
+        )
+    if code is CauseCode.PIDS_LIMIT:
+        return (
+            f"it tried to start more than its limit of {d.get('limit')} processes and threads "
+            "(limits.procs)"
+        )
+    if code is CauseCode.TIMEOUT:
+        return (
+            f"it ran longer than its runtime limit of {d.get('limit_s')} s (limits.runtime_s); "
+            "the worker stopped it"
+        )
+    if code is CauseCode.EXIT:
+        return f"its process exited with status {d.get('exit_code')}"
+    if code is CauseCode.SIGNAL:
+        sender = d.get("sender")
+        by = {
+            SignalSender.WORKER.value: " sent by the worker",
+            SignalSender.OOM_KILLER.value: " sent by the kernel's OOM killer",
+            SignalSender.SECCOMP.value: " sent by seccomp for a blocked system call",
+        }.get(str(sender), "")
+        return f"its process was killed by {d.get('signal', 'a signal')}{by}"
+    if code is CauseCode.STARTUP_FAILED:
+        return "its sandbox never became ready"
+    if code is CauseCode.BAD_RESPONSE:
+        return f"its sandbox sent a malformed or oversized reply ({d.get('reason', '')})"
+    if code is CauseCode.ZYGOTE_DIED:
+        return "the zygote its sandbox was forked from died, taking the sandbox with it"
+    if code is CauseCode.EVICTED:
+        return "its sandbox was evicted to free memory"
+    if code is CauseCode.CODE_UPDATED:
+        return "its sandbox was replaced because the function's code was updated"
+    if code is CauseCode.WORKER_SHUTDOWN:
+        return "the worker shut down"
+    if code is CauseCode.RELEASED:
+        return f"its sandbox was released ({d.get('why', 'no longer needed')})"
+    return f"it failed for a reason the worker could not tell ({d.get('error', 'no detail')})"
+
+
+def explain(record: CallRecord) -> str:
+    """A plain-language account of the call, e.g. "the function called
+    mount(2), which sandboxes block; it then raised PermissionError"."""
+    blocked = record.blocked_syscalls
+    if record.cause is None:
+        if not record.failed:
+            base = f"the call succeeded ({record.status})"
+            if blocked:
+                return f"{base}; it called {_syscalls(blocked)}, which sandboxes block, and went on"
+            return base
+        return f"the call answered {record.status} without reaching a sandbox"
+    sentence = _cause_sentence(record.cause)
+    if not blocked:
+        return sentence[0].upper() + sentence[1:]
+    what = f"The function called {_syscalls(blocked)}, which sandboxes block"
+    if record.cause.code is CauseCode.HANDLER_EXCEPTION:
+        raised = record.cause.detail.get("type", "an exception")
+        return f"{what}; it then raised {raised}: {record.cause.detail.get('message', '')}".strip()
+    return f"{what}; then {sentence}"
