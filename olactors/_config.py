@@ -63,6 +63,10 @@ MINIMUMS: dict[str, float] = {
     "packages.install_timeout_s": 1,
     "packages.install_mem_mb": 64,
     "packages.max_disk_mb": 16,
+    "debug.max_output_bytes": 0,
+    "debug.keep_per_function": 1,
+    "debug.keep_s": 1,
+    "debug.queue_max": 1,
 }
 
 
