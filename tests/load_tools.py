@@ -1,7 +1,9 @@
 """Load and fault tools for the end-to-end reliability tests.
 
 A paced open-loop client (:func:`open_loop`) whose every call has a client
-deadline (:func:`timed_call`) and lands in a :class:`LoadRecord`; fault
+deadline (:func:`timed_call`, or :func:`raw_timed_call` over the lean
+keep-alive :class:`RawClient` for rates httpx cannot drive from one process)
+and lands in a :class:`LoadRecord`; fault
 injectors that act on a real worker from outside, as an operator or the
 kernel would: SIGKILL a sandbox's processes (pids from the admin
 ``/sandboxes``), freeze and thaw a sandbox's cgroup (found under the subtree
