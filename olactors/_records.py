@@ -100,9 +100,100 @@ class CallRecord:
             "owner": self.owner,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CallRecord:
+        """The inverse of :meth:`as_json` (the store keeps records as JSON)."""
+        cause = data.get("cause")
+        cold_reason = data.get("cold_reason")
+        return cls(
+            request_id=str(data["request_id"]),
+            function=str(data["function"]),
+            version=data.get("version"),
+            status=int(data["status"]),
+            cause=Cause.from_json(cause) if isinstance(cause, dict) else None,
+            blocked_syscalls=tuple(data.get("blocked_syscalls") or ()),
+            started_at=str(data["started_at"]),
+            duration_ms=float(data.get("duration_ms") or 0.0),
+            queue_ms=float(data.get("queue_ms") or 0.0),
+            cold=bool(data.get("cold")),
+            cold_reason=ColdReason(cold_reason) if cold_reason else None,
+            sandbox=data.get("sandbox"),
+            cpu_ms=data.get("cpu_ms"),
+            memory_peak_mb=data.get("memory_peak_mb"),
+            memory_limit_mb=data.get("memory_limit_mb"),
+            stdout=str(data.get("stdout") or ""),
+            stderr=str(data.get("stderr") or ""),
+            owner=data.get("owner"),
+        )
+
     @property
     def failed(self) -> bool:
         return not 200 <= self.status < 400
+
+
+@dataclass(slots=True)
+class CallTrace:
+    """What the actors learn about one call on its way (mutable, one per call).
+
+    The worker makes one per call and passes it with the call request; the
+    function actor and the instance that serves the call fill it in; the
+    worker then builds the :class:`CallRecord` from it (:meth:`record`).
+
+    ``queue_ms`` doubles as the mark that the call *reached the function*: it is
+    set when an instance took the call (after the function actor's checks:
+    queue, cool-down, method, wait).  A call whose trace has no ``queue_ms``
+    was answered by the worker itself (400, 404, 405, 413, 429, 503
+    shutting_down or function_failing) and leaves no record.
+    """
+
+    version: str | None = None
+    queue_ms: float | None = None  # set when an instance took the call
+    sandbox: str | None = None
+    cold: bool = False
+    cold_reason: ColdReason | None = None
+    cpu_ms: float | None = None
+    memory_peak_mb: float | None = None
+    memory_limit_mb: int | None = None
+    output: CallOutput = NO_OUTPUT
+    cause: Cause | None = None
+
+    @property
+    def reached_function(self) -> bool:
+        """Did an instance take the call (so it gets a record)?"""
+        return self.queue_ms is not None
+
+    def record(
+        self,
+        request_id: str,
+        function: str,
+        status: int,
+        started_at: str,
+        duration_ms: float,
+        cause: Cause | None = None,
+    ) -> CallRecord:
+        """The record of the call, answered with ``status``.  ``cause`` (e.g.
+        the answering error's) stands in when the trace has none; a 2xx/3xx
+        answer has no cause."""
+        failed = not 200 <= status < 400
+        return CallRecord(
+            request_id=request_id,
+            function=function,
+            version=self.version,
+            status=status,
+            cause=(self.cause or cause) if failed else None,
+            blocked_syscalls=self.output.blocked_syscalls,
+            started_at=started_at,
+            duration_ms=round(duration_ms, 3),
+            queue_ms=round(self.queue_ms or 0.0, 3),
+            cold=self.cold,
+            cold_reason=self.cold_reason if self.cold else None,
+            sandbox=self.sandbox,
+            cpu_ms=self.cpu_ms,
+            memory_peak_mb=self.memory_peak_mb,
+            memory_limit_mb=self.memory_limit_mb,
+            stdout=self.output.stdout.text(),
+            stderr=self.output.stderr.text(),
+        )
 
 
 def _syscalls(names: tuple[str, ...]) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .._records import CallTrace
 from ..sock import Invocation, InvocationResult
 from ._calls import Reply
 
@@ -15,3 +16,5 @@ class CallRequest:
     request_id: str
     reply: Reply[InvocationResult]
     submitted: float
+    #: Filled in by the function actor and the instance (see CallTrace).
+    trace: CallTrace = field(default_factory=CallTrace)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from .._errors import ShuttingDown
+from .._records import CallTrace
 from ..sock import Invocation, InvocationResult
 from ._calls import Reply, ask
 from ._deps import Deps
@@ -57,17 +58,21 @@ class ManagerRef:
         self._inbox = inbox
         self._running = running  # the manager's table of live functions (read here only)
 
-    async def invoke(self, name: str, inv: Invocation, request_id: str) -> InvocationResult:
+    async def invoke(
+        self, name: str, inv: Invocation, request_id: str, trace: CallTrace | None = None
+    ) -> InvocationResult:
         """Run one call of ``name``; raises the OlactorsError that answers it.
+        ``trace`` (default: a fresh one) is filled in on the way (see CallTrace).
 
         A running function gets the request straight into its queue; only
         a function not running (or stopping) is asked of the manager.
         """
         ref = self._running.get(name)
+        trace = trace if trace is not None else CallTrace()
         for _attempt in range(3):
             if ref is None or ref.stopped:
                 ref = await ask(self._inbox, GetFunction(name, Reply()))
-            req = CallRequest(name, inv, request_id, Reply(), trio.current_time())
+            req = CallRequest(name, inv, request_id, Reply(), trio.current_time(), trace)
             try:
                 ref.submit(req)
             except FunctionStopped:
