@@ -439,6 +439,8 @@ async def test_faults_under_mixed_load(wheels: Path, worker_dir: Path, tmp_path:
     assert labels[OK] > 0.5 * len(record.outcomes), labels
     assert faults_done["SIGKILL leaf"] and faults_done["SIGKILL zygote"], faults_done
     left = leftovers(worker_dir, pids_seen)
+    staging = worker_dir / "packages" / ".staging"  # killed installs leave no half-installs
+    left += [f"staging dir {d}" for d in staging.iterdir()] if staging.exists() else []
     assert not left, left
 
 
