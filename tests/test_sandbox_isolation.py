@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from olactors.sock import Invocation, SandboxMeta, SandboxState
+from olactors.sock._blocked import SANDBOX_LIBRARY
 from olactors.sock._sock import BASE_ENV
 
 from .conftest import write_function
@@ -234,7 +235,8 @@ async def test_leaf_sees_nothing_of_the_host(pool, tmp_path, kind, listener, wor
     assert env["GREETING"] == "hi"
     assert SECRET_VAR not in env
     assert SECRET_VALUE not in json.dumps(env)
-    assert set(env) <= set(BASE_ENV) | {"GREETING", "LC_CTYPE"}, sorted(env)
+    assert set(env) <= set(BASE_ENV) | {"GREETING", "LC_CTYPE", "LD_PRELOAD"}, sorted(env)
+    assert env["LD_PRELOAD"] == SANDBOX_LIBRARY  # the SIGSYS handler (blocked syscalls)
     assert env["PATH"] == BASE_ENV["PATH"]
 
     assert sb.state is SandboxState.RUNNING

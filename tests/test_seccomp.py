@@ -352,6 +352,8 @@ def run_child(script: str, bpf_files: dict[str, str], tmp_path: Path) -> dict[st
         text=True,
         timeout=120,
         cwd=tmp_path,
+        # As in a sandbox: the SIGSYS handler that answers the leaf filter's traps.
+        env={**os.environ, "LD_PRELOAD": str(RUNTIME_DIR / "libolsigsys.so")},
     )
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -532,6 +534,7 @@ def test_small_custom_profile_compiles(tmp_path):
         ("common: [read]\nzygote: [ptrace]\nleaf: []\n", "ptrace"),
         ("common: [read, chroot]\nzygote: []\nleaf: []\n", "chroot"),
         ("common: [read]\nzygote: []\nleaf: [unshare]\n", "unshare"),
+        ("common: [read]\nzygote: []\nleaf: [write]\n", "write"),
         ("common: [read, clone3]\nzygote: []\nleaf: []\n", "clone3"),
         ("common: [read, read]\nzygote: []\nleaf: []\n", "read"),
         ("common: [read]\nzygote: []\n", "leaf"),

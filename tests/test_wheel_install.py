@@ -115,6 +115,8 @@ async def build_wheel(tmp: Path, env: dict[str, str]) -> Path:
     for name in ("config/worker.yaml", "config/zygotes.yaml", "config/seccomp.yaml"):
         assert f"olactors/{name}" in shipped
     assert "olactors/sock/runtime/server.py" in shipped
+    # The SIGSYS handler sandboxes preload (a plain shared library, no Python suffix).
+    assert "olactors/sock/runtime/libolsigsys.so" in shipped
     assert "olactors/examples/echo/f.py" in shipped
     return wheel
 

@@ -33,6 +33,7 @@ import trio
 from .. import native
 from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
 from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
+from ._blocked import BlockedSyscalls, sandbox_env
 from ._client import LeafClient
 from ._rootfs import SandboxRoot
 from ._safe import ReleaseFailed, SafeSandbox
@@ -112,6 +113,8 @@ class SockSandbox:
     client: LeafClient | None = None
     #: Its process did not exit after a kill and is no longer watched.
     lost: bool = False
+    #: A leaf's map of the syscalls its filter blocked (see _blocked.py).
+    blocked: BlockedSyscalls | None = None
 
     # ------------------------------------------------------------ mechanics
     async def connect(self) -> trio.SocketStream:
@@ -122,7 +125,15 @@ class SockSandbox:
     async def invoke(self, request: Invocation) -> InvocationResult:
         if self.client is None:
             self.client = LeafClient(self.connect)
+        if self.blocked is not None:
+            self.blocked.reset()
         return await self.client.request(request)
+
+    def blocked_syscalls(self) -> tuple[str, ...]:
+        """Names of the syscalls its seccomp filter blocked since the last call
+        began: the call's own, also after the sandbox died and was released
+        (() before it starts)."""
+        return () if self.blocked is None else self.blocked.read()
 
     def prepared_cgroup(self) -> Cgroup:
         """Its cgroup, taken when it was prepared (before anything can run in it)."""
@@ -360,6 +371,9 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
     """
     zygote = None if parent is None else parent.raw
     assert zygote is None or isinstance(zygote, SockSandbox)  # a SockPool's own
+    if sb.is_leaf and sb.blocked is None:  # mapped by the leaf as it starts
+        cfg = pool.config.sandbox
+        sb.blocked = BlockedSyscalls.create(sb.scratch_fd, cfg.leaf_uid, cfg.leaf_gid)
     if parent is None:
         what = f"start {sb.id}"
         parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
@@ -469,7 +483,7 @@ def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
                     RUNTIME_ARGV_SCRIPT,
                     json.dumps(runtime_config(sb, pool.bpf["leaf"])),
                 ],
-                env={**BASE_ENV, **sb.meta.env},
+                env=sandbox_env({**BASE_ENV, **sb.meta.env}),
                 cgroup_procs_fds=procs_fds,
                 netns_fd=pool.netns_fd(sb.network),
                 root_fd=root_fd,
@@ -501,7 +515,7 @@ async def _request_fork(
         "hostname": sb.id,
         "uid": sandbox_cfg.leaf_uid,
         "gid": sandbox_cfg.leaf_gid,
-        "env": {**BASE_ENV, **sb.meta.env},
+        "env": sandbox_env({**BASE_ENV, **sb.meta.env}),
         "config": runtime_config(sb, pool.bpf["leaf"]),
     }
     with ExitStack() as stack:
@@ -523,6 +537,8 @@ def remove_sandbox_dir(sb: SockSandbox) -> None:
     """Delete the sandbox dir, but never through a mount point (the root must be
     unmounted first; if it still is a mount the dir is left and reported).
     Raises SandboxError if the dir is still there afterwards."""
+    if sb.blocked is not None:
+        sb.blocked.close()
     if sb.scratch_fd >= 0:
         os.close(sb.scratch_fd)
         sb.scratch_fd = -1

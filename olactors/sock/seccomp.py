@@ -2,8 +2,21 @@
 
 The allowlists live in ``olactors/config/seccomp.yaml`` (``common`` + per-kind extras);
 this module adds the rules that need code: argument filters on ``clone``,
-``unshare`` and ``mknod``, ``clone3`` => ``ENOSYS``, and a default action of
-``EPERM`` (never a kill). The result is a raw classic-BPF program (an array of
+``unshare`` and ``mknod``, ``clone3`` => ``ENOSYS``, and the default action
+for everything else, which always makes the call fail with ``EPERM``:
+
+* zygotes: ``SECCOMP_RET_ERRNO(EPERM)``;
+* leaves: ``SECCOMP_RET_TRAP``, answered inside the sandbox by the SIGSYS
+  handler of ``libolsigsys.so`` (olactors/native/olsigsys.c), which records
+  the syscall's number for the worker (:mod:`olactors.sock._blocked`) and
+  makes the call return ``-EPERM``.  TRAP outranks ERRNO, so a leaf forked
+  from a zygote (whose filter it inherits, and the kernel applies the
+  highest-precedence action of all stacked filters) gets the trap too for
+  every syscall its own filter denies.  A program without the handler
+  (statically linked, or exec'd without LD_PRELOAD) is killed by SIGSYS.
+
+Syscalls of a foreign ABI (i386 via int 0x80, x32) fail with ``EPERM`` and
+are not named.  The result is a raw classic-BPF program (an array of
 ``struct sock_filter``) for the native architecture, which a freshly spawned
 process installs itself (``prctl(PR_SET_SECCOMP)`` from C, or
 ``olactors.sock.runtime._linux.install_seccomp`` inside the sandbox).
@@ -48,6 +61,9 @@ __all__ = [
 
 ProfileKind = Literal["zygote", "leaf"]
 KINDS: tuple[ProfileKind, ...] = ("zygote", "leaf")
+
+#: The SIGSYS handler that answers the leaf filter's traps (see _blocked.py).
+SIGSYS_LIBRARY = Path(__file__).with_name("runtime") / "libolsigsys.so"
 
 #: The allowlists shipped with the repository.
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "seccomp.yaml"
@@ -138,7 +154,9 @@ def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, list[
     a missing or unreadable file, invalid YAML, a missing or unknown top-level
     key, a list that is not a list of strings, a duplicate, a syscall name
     libseccomp does not know, ``clone3``, a syscall forbidden in every sandbox,
-    or a zygote-only syscall in ``common``/``leaf``.
+    or a zygote-only syscall in ``common``/``leaf``, or a ``leaf`` syscall
+    that zygotes lack (a forked leaf inherits its zygote's filter, so the
+    zygote's ERRNO would deny it there, unnamed).
     """
     source = Path(path) if path is not None else DEFAULT_PATH
     try:
@@ -163,6 +181,12 @@ def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, list[
         for name in lists[key]:
             if name in ZYGOTE_ONLY:
                 raise ConfigError(f"seccomp.{key}: {name!r} is allowed in zygotes only")
+    for name in lists["leaf"]:
+        if name not in lists["common"] and name not in lists["zygote"]:
+            raise ConfigError(
+                f"seccomp.leaf: {name!r} must be allowed in zygotes too (forked leaves "
+                "inherit the zygote's filter): list it in common instead"
+            )
     return {
         "zygote": sorted({*lists["common"], *lists["zygote"]}),
         "leaf": sorted({*lists["common"], *lists["leaf"]}),
@@ -190,8 +214,15 @@ def compile_profiles(
     """Every kind's program, each checked by :func:`check_program`.
 
     What a sandbox pool calls once when it starts: a bad program stops the
-    pool (and the worker) there, with a :class:`ConfigError` naming the kind.
+    pool (and the worker) there, with a :class:`ConfigError` naming the kind,
+    as does a missing ``libolsigsys.so`` (without its SIGSYS handler a leaf's
+    first blocked syscall would kill it instead of failing with EPERM).
     """
+    if not os.path.isfile(SIGSYS_LIBRARY):
+        raise ConfigError(
+            f"seccomp: {SIGSYS_LIBRARY} is missing (built at install time by setup.py; "
+            "reinstall olactors): leaves need its SIGSYS handler"
+        )
     return {kind: check_program(kind, compile_profile(kind, path)) for kind in KINDS}
 
 
@@ -229,11 +260,16 @@ def _compile_cached(kind: str, source: Path) -> bytes:
     return check_program(kind, program)
 
 
+#: What a denied syscall gets, per kind (see the module docstring): leaves trap
+#: so the syscall is named (the SIGSYS handler answers EPERM), zygotes fail it.
+DENY_ACTION: dict[str, int] = {"zygote": pyseccomp.ERRNO(errno.EPERM), "leaf": pyseccomp.TRAP}
+
+
 def _build_filter(kind: str, allowed: Iterable[str]) -> pyseccomp.SyscallFilter:
-    deny = pyseccomp.ERRNO(errno.EPERM)
-    flt = pyseccomp.SyscallFilter(deny)
-    # Syscalls of a foreign ABI (i386 via int 0x80, x32) fail too instead of killing.
-    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, deny)
+    flt = pyseccomp.SyscallFilter(DENY_ACTION[kind])
+    # Syscalls of a foreign ABI (i386 via int 0x80, x32) fail too instead of
+    # killing; not trapped: their numbers are not the native ones a map names.
+    flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.ERRNO(errno.EPERM))
     try:  # binary-tree dispatch: fewer instructions per syscall (libseccomp >= 2.5)
         flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
     except OSError:

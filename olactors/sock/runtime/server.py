@@ -428,7 +428,9 @@ def _become_child(conn: socket.socket, fds: list) -> None:
         config = request["config"]
         if config["mode"] == "leaf":
             import _linux
+            import _sigsys
 
+            _sigsys.attach()  # its own map, before its filter can trap anything
             _proc.drop_privileges(request["uid"], request["gid"])
             _proc.set_no_new_privs()
             _linux.install_seccomp(LEAF_SECCOMP)  # raises if empty: never unfiltered
@@ -603,6 +605,9 @@ def run(config: dict, ready: socket.socket) -> None:
         import _entry  # noqa: F401
         import _linux  # noqa: F401
         import _proc  # noqa: F401
+        import _sigsys
+
+        _sigsys.load()  # the SIGSYS handler its leaf children inherit
 
         global LEAF_SECCOMP
         LEAF_SECCOMP = base64.b64decode(config.get("leaf_seccomp", ""))
