@@ -111,3 +111,8 @@ class Cause:
             if key not in ("traceback", "output") and not isinstance(value, (dict, list))
         )
         return f"{self.code.value} ({shown})" if shown else self.code.value
+
+
+def released(why: str) -> Cause:
+    """The cause for a sandbox its owner no longer needs (``RELEASED``, ``why``)."""
+    return Cause.of(CauseCode.RELEASED, why=why)

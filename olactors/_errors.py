@@ -6,6 +6,8 @@ Every error that can reach a user carries a stable machine-readable ``code``
 
 from __future__ import annotations
 
+from ._causes import Cause, CauseCode
+
 
 class OlactorsError(Exception):
     """Base class for every error olactors raises on purpose.
@@ -16,14 +18,22 @@ class OlactorsError(Exception):
 
     code = "internal"
     status = 500
+    #: Why the call failed, when it reached a sandbox (a finer, typed field
+    #: beside ``code``; ``"cause"`` in the error body).  None otherwise.
+    cause: Cause | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
     def details(self) -> dict[str, object]:
-        """Extra JSON fields of the error response (beside ``error`` and ``message``)."""
-        return {}
+        """Extra JSON fields of the error response (beside ``error`` and ``message``):
+        subclasses add theirs to :meth:`cause_details`."""
+        return self.cause_details()
+
+    def cause_details(self) -> dict[str, object]:
+        """``{"cause": ...}`` when the error has a cause, else nothing."""
+        return {} if self.cause is None else {"cause": self.cause.as_json()}
 
 
 class ConfigError(OlactorsError):
@@ -42,13 +52,13 @@ class SandboxError(OlactorsError):
 
 
 class SandboxDead(SandboxError):
-    """The sandbox is destroyed; ``reason`` says why (OOM, pids limit, crash, destroy call...)."""
+    """The sandbox is destroyed; ``cause`` says why (OOM, pids limit, crash, destroy call...)."""
 
     code = "sandbox_dead"
 
-    def __init__(self, message: str, reason: str = "") -> None:
+    def __init__(self, message: str, cause: Cause) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.cause = cause
 
 
 class SandboxStateError(SandboxError):
@@ -134,7 +144,11 @@ class PackageResolutionFailed(OlactorsError):
         self.pip_tail = pip_tail
 
     def details(self) -> dict[str, object]:
-        return {"requirements": list(self.requirements), "pip_tail": self.pip_tail}
+        return {
+            "requirements": list(self.requirements),
+            "pip_tail": self.pip_tail,
+            **self.cause_details(),
+        }
 
 
 class PackageInstallFailed(OlactorsError):
@@ -156,7 +170,12 @@ class PackageInstallFailed(OlactorsError):
         self.status = status
 
     def details(self) -> dict[str, object]:
-        return {"package": self.package, "version": self.version, "pip_tail": self.pip_tail}
+        return {
+            "package": self.package,
+            "version": self.version,
+            "pip_tail": self.pip_tail,
+            **self.cause_details(),
+        }
 
 
 class ZygoteUnsuitable(SandboxError):
@@ -178,21 +197,26 @@ class RegistryUnavailable(OlactorsError):
 
 
 class SandboxDied(OlactorsError):
-    """The sandbox died during the call; ``reason`` is the diagnosis so far."""
+    """The sandbox died during the call; ``cause`` is the diagnosis."""
 
     code = "sandbox_died"
     status = 502
 
-    def __init__(self, message: str, reason: str = "") -> None:
+    def __init__(self, message: str, cause: Cause) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.cause = cause
 
 
 class SandboxUnavailable(OlactorsError):
-    """No sandbox could be created for the call (creation failed twice)."""
+    """No sandbox could be created for the call (creation failed twice);
+    ``cause`` is the last creation failure's, when it was diagnosed."""
 
     code = "sandbox_unavailable"
     status = 500
+
+    def __init__(self, message: str, cause: Cause | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class FunctionFailing(OlactorsError):
@@ -228,22 +252,23 @@ class InitTimeout(InitFailed):
             "(limits.init_s); its sandbox was destroyed"
         )
         self.init_s = init_s
+        self.cause = Cause.of(CauseCode.INIT_TIMEOUT, limit_s=init_s)
 
     def details(self) -> dict[str, object]:
-        return {"init_s": self.init_s}
+        return {"init_s": self.init_s, **self.cause_details()}
 
 
 class InitDied(InitFailed):
     """The sandbox's process died while it imported the handler (an OOM at its
-    memory limit, a crash in native code, ``os._exit``); ``reason`` is the
+    memory limit, a crash in native code, ``os._exit``); ``cause`` is the
     diagnosis.  502 ``sandbox_died``, like a death during a call."""
 
     code = "sandbox_died"
     status = 502
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, cause: Cause) -> None:
         super().__init__(message)
-        self.reason = reason
+        self.cause = cause
 
 
 class MemoryExhausted(OlactorsError):
@@ -254,8 +279,15 @@ class MemoryExhausted(OlactorsError):
 
 
 class HandlerTimeout(OlactorsError):
+    """The handler outlasted the function's runtime limit (``limit_s``); its
+    sandbox was destroyed (cause ``timeout``)."""
+
     code = "timeout"
     status = 504
+
+    def __init__(self, message: str, limit_s: float) -> None:
+        super().__init__(message)
+        self.cause = Cause.of(CauseCode.TIMEOUT, limit_s=limit_s)
 
 
 class ShuttingDown(OlactorsError):

@@ -137,7 +137,7 @@ class Worker:
                     "label": meta.label if meta is not None else None,
                     "mem_limit_mb": meta.limits.mem_mb if meta is not None else None,
                     "children": sb.live_children,
-                    "death_reason": sb.death_reason,
+                    "death_cause": None if sb.death_cause is None else sb.death_cause.as_json(),
                     "pids": pids() if callable(pids) else [],
                 }
             )

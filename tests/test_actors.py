@@ -31,6 +31,7 @@ from olactors._errors import (
 from olactors.packages import Pin
 from olactors.sock import Invocation, InvocationResult, SandboxState
 from olactors.sock.simulated import (
+    CRASH_DURING_CALL,
     CrashDuringCall,
     Hang,
     SimulatedBehaviour,
@@ -221,7 +222,8 @@ async def test_crash_mid_call_is_502_then_a_fresh_sandbox_serves(worker_dir, clo
     async with sim_worker(worker_dir, faults=[crash]) as (worker, pool):
         with pytest.raises(SandboxDied) as info:
             await call(worker, "echo")
-        assert info.value.status == 502 and "simulated crash" in info.value.reason
+        assert info.value.status == 502 and info.value.cause == CRASH_DURING_CALL
+        assert info.value.details()["cause"] == CRASH_DURING_CALL.as_json()
         assert (await call(worker, "echo")).status == 200
         assert worker.metrics.function("echo").sandbox_failures == 1
         assert pool.counters["created"] == 3  # zygote, the crashed leaf, its replacement

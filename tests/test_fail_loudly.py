@@ -32,6 +32,7 @@ import pytest
 import trio
 import trio.testing
 
+from olactors._causes import Cause, CauseCode, released
 from olactors._config import build_config
 from olactors._errors import ConfigError, SandboxError, ZygoteUnsuitable
 from olactors._metrics import Metrics
@@ -126,7 +127,7 @@ async def test_memory_is_still_returned_after_the_mempool_listener_raised_once(
                 res = await mem.reserve(400, "test")
                 sb = await fresh(pool)
                 await mem.bind(res, sb)
-                await sb.destroy("done")
+                await sb.destroy(released("done"))
                 assert (await mem.snapshot()).used_mb == 0
             assert pool.sandbox_anomalies()["listener_errors"] == 1
             nursery.cancel_scope.cancel()
@@ -356,7 +357,7 @@ class RawWithFailingRelease:
     async def thaw(self) -> None:
         pass
 
-    async def release(self, reason: str) -> None:
+    async def release(self, cause: Cause) -> None:
         self.releases += 1
         if self.failures:
             raise self.failures.pop(0)
@@ -365,7 +366,7 @@ class RawWithFailingRelease:
         return SandboxUsage()
 
     async def diagnose(self, error):
-        return "diagnosed"
+        return Cause.of(CauseCode.UNKNOWN, error="diagnosed")
 
 
 def still_running(sid: str) -> ReleaseFailed:
@@ -390,17 +391,17 @@ async def test_a_release_that_leaves_processes_is_not_reported_destroyed(caplog)
     events = hub.subscribe()
     sb = SafeSandbox(RawWithFailingRelease("a", [still_running("a")]), hub, None)
     with caplog.at_level(logging.ERROR, logger="olactors.sandbox"):
-        await sb.destroy("evicted")
+        await sb.destroy(released("evicted"))
     assert sb.state is SandboxState.DEAD and not sb.released
     assert sb.release_pending and "still running" in str(sb.release_failure)
     assert destroyed_events(events) == []
     assert hub.release_failures == 1 and set(hub.unreleased) == {"a"}
     assert any("stays reserved" in r.getMessage() for r in caplog.records)
-    await sb.destroy("again")  # idempotent: no release attempt while it is pending
+    await sb.destroy(released("again"))  # idempotent: no release attempt while it is pending
     assert sb.raw.releases == 1
     await sb.died()  # the pool saw its process exit at last: retried
     assert sb.released and not sb.release_pending
-    assert destroyed_events(events) == [SandboxDestroyed(sb, "evicted")]
+    assert destroyed_events(events) == [SandboxDestroyed(sb, released("evicted"))]
     assert hub.unreleased == {} and hub.release_failures == 1
 
 
@@ -409,16 +410,18 @@ async def test_leftovers_with_the_processes_gone_are_released_and_named():
     events = hub.subscribe()
     leftover = ReleaseFailed("a", ("root or dir: busy",), processes_gone=True)
     sb = SafeSandbox(RawWithFailingRelease("a", [leftover]), hub, None)
-    await sb.destroy("done")
+    await sb.destroy(released("done"))
     assert sb.released and not sb.release_pending
-    assert destroyed_events(events) == [SandboxDestroyed(sb, "done", ("root or dir: busy",))]
+    assert destroyed_events(events) == [
+        SandboxDestroyed(sb, released("done"), ("root or dir: busy",))
+    ]
     assert hub.release_failures == 1 and hub.unreleased == {}
 
 
 async def test_an_unexpected_release_error_keeps_the_sandbox_unreleased():
     hub = EventHub()
     sb = SafeSandbox(RawWithFailingRelease("a", [OSError("EIO")]), hub, None)
-    await sb.destroy("done")
+    await sb.destroy(released("done"))
     assert sb.release_pending and not sb.released
     assert await sb.retry_release()
 
@@ -428,8 +431,8 @@ async def test_a_zygote_waits_for_its_unreleased_child():
     zygote = SafeSandbox(RawWithFailingRelease("z", [], is_leaf=False), hub, None)
     zygote.child_added()
     child = SafeSandbox(RawWithFailingRelease("c", [still_running("c")]), hub, zygote)
-    await zygote.destroy("bye")
-    await child.destroy("bye")
+    await zygote.destroy(released("bye"))
+    await child.destroy(released("bye"))
     assert not zygote.released and zygote.settled and child.settled
     assert await child.retry_release()
     assert zygote.released
@@ -444,7 +447,7 @@ async def test_a_release_cut_short_is_completed_by_the_next_destroy():
     released, and every later destroy a no-op)."""
     sb = SafeSandbox(RawWithFailingRelease("a", [Interrupted()]), EventHub(), None)
     with pytest.raises(Interrupted):
-        await sb.destroy("x")
+        await sb.destroy(released("x"))
     assert not sb.released and not sb.release_pending
     with trio.fail_after(5):
         assert await destroy_all({"a": sb}, "closing") == []
@@ -461,17 +464,17 @@ async def test_the_simulated_pool_keeps_memory_of_an_unreleased_sandbox(autojump
                 res = await mem.reserve(300, "test")
                 sb = await fresh(pool)
                 await mem.bind(res, sb)
-                await sb.destroy("done")
+                await sb.destroy(released("done"))
                 assert pool.fired(fault) == 1
                 assert pool.sandboxes() == [sb] and sb.state is SandboxState.DEAD
                 assert (await mem.snapshot()).used_mb == 300  # its process may still use it
                 assert pool.sandbox_anomalies()["unreleased"] == 1
                 assert destroyed_events(events) == []
-                pool.kill(sb, "finally exits")
+                pool.kill(sb)
                 await trio.sleep(1)
                 assert pool.sandboxes() == [] and sb.released
                 assert (await mem.snapshot()).used_mb == 0
-                assert destroyed_events(events) == [SandboxDestroyed(sb, "done")]
+                assert destroyed_events(events) == [SandboxDestroyed(sb, released("done"))]
                 nursery.cancel_scope.cancel()
 
 
@@ -522,7 +525,7 @@ async def test_a_sandbox_whose_processes_survive_release_keeps_its_memory(worker
             cgroups.release = does_not_empty
             try:
                 with caplog.at_level(logging.ERROR):
-                    await sb.destroy("test")
+                    await sb.destroy(released("test"))
                 assert sb.state is SandboxState.DEAD and sb.release_pending
                 assert os.path.exists(f"/proc/{sb.raw.pid}")  # really still running
                 assert pool.sandboxes() == [sb]
@@ -559,7 +562,7 @@ async def test_a_failed_unmount_is_named_in_the_event(pool):
 
         root.unmount = busy
         with trio.fail_after(60):
-            await sb.destroy("test")
+            await sb.destroy(released("test"))
         [event] = destroyed_events(events)
         assert sb.released and event.sandbox is sb
         assert len(event.leftovers) == 1 and "busy mount" in event.leftovers[0]
@@ -585,7 +588,7 @@ async def test_the_worker_stats_show_every_anomaly(worker_dir, threads_clock):
         async with open_simulated_pool(behaviour(faults=[ReleaseFails(times=1)])) as pool:
             async with open_worker(config, worker_dir, pool=pool) as worker:
                 sb = await fresh(pool)
-                await sb.destroy("test")
+                await sb.destroy(released("test"))
                 stats = await worker.stats()
                 assert stats["sandbox_anomalies"] == {
                     "dropped_subscribers": 0,
@@ -595,7 +598,7 @@ async def test_the_worker_stats_show_every_anomaly(worker_dir, threads_clock):
                 }
                 assert stats["sandboxes"] == {"leaf_dead": 1}
                 assert stats["evictions"]["resyncs"] == 0
-                pool.kill(sb, "exits at last")
+                pool.kill(sb)
                 await trio.sleep(1)
                 stats = await worker.stats()
                 assert stats["sandbox_anomalies"]["unreleased"] == 0

@@ -133,6 +133,8 @@ async def test_an_import_error_is_answered_by_one_sandbox_never_retried(worker_d
                 response, elapsed = await timed_post(served, "broken")
                 body = assert_json_error(response, 500, "handler_import_failed")
                 assert "no model file" in body["message"] and elapsed < 5
+                assert body["cause"]["code"] == "import_error"
+                assert "RuntimeError: no model file" in body["cause"]["detail"]["traceback"]
             stats = await stats_of(served, "broken")
             # one sandbox, kept: it answers every call with the import's traceback
             assert (stats["sandbox_starts"], stats["sandbox_failures"]) == (1, 0)
@@ -147,9 +149,9 @@ async def test_a_death_during_the_import_is_a_502_not_retried(worker_dir, start)
             response, elapsed = await timed_post(served, "dies")
             body = assert_json_error(response, 502, "sandbox_died")
             assert "while importing the function's code" in body["message"] and elapsed < 5
-            # a forked leaf's exit status goes to its zygote, not to the worker
-            detail = "exited with status 7" if start == "fresh" else "exited unexpectedly"
-            assert detail in body["message"]
+            # a forked leaf's exit status goes to its zygote, which forwards it
+            assert body["cause"] == {"code": "exit", "detail": {"exit_code": 7}}
+            assert "exit (exit_code=7)" in body["message"]
             stats = await stats_of(served, "dies")
             assert (stats["sandbox_starts"], stats["sandbox_failures"]) == (1, 1)
             if start == "forked":
@@ -164,5 +166,6 @@ async def test_an_import_beyond_the_memory_limit_is_diagnosed(worker_dir):
             write_fn(served, "big", model, "limits:\n  mem_mb: 64\n")
             response, _ = await timed_post(served, "big")
             body = assert_json_error(response, 502, "sandbox_died")
-            assert "oom: killed at its memory limit of 64 MB" in body["message"]
+            assert "oom (limit_mb=64)" in body["message"]
+            assert body["cause"] == {"code": "oom", "detail": {"limit_mb": 64}}
             assert (await stats_of(served, "big"))["sandbox_starts"] == 1

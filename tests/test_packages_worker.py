@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from olactors._causes import released
 from olactors.packages import Pin, write_lock
 from olactors.sock import Invocation
 from olactors.worker import open_worker
@@ -280,7 +281,7 @@ async def test_disk_budget_evicts_least_recently_used_unused_versions(worker_dir
         assert installed_dirs(worker_dir) == ["gamma/1.0", "zeta/1.0"]
         for sb in worker.pool.sandboxes():
             if any("/gamma/" in m.source for m in sb.meta.packages):
-                await sb.destroy("test")
+                await sb.destroy(released("test"))
         assert (await invoke(worker, "a"))[0] == 200
         # alpha is in use by a's leaf and its zygote; gamma by nothing any more.
         assert installed_dirs(worker_dir) == ["alpha/1.0", "zeta/1.0"]

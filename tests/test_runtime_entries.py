@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from olactors._causes import released
 from olactors.sock import Invocation, SandboxMeta
 
 from .conftest import write_function
@@ -261,7 +262,7 @@ async def test_automatic_entry(pool, tmp_path, source, check):
     try:
         await check(sb)
     finally:
-        await sb.destroy("test")
+        await sb.destroy(released("test"))
 
 
 @pytest.mark.parametrize(
@@ -282,7 +283,7 @@ async def test_explicit_entry(pool, tmp_path, attr, check):
     try:
         await check(sb)
     finally:
-        await sb.destroy("test")
+        await sb.destroy(released("test"))
 
 
 @pytest.mark.parametrize(
@@ -302,7 +303,7 @@ async def test_unusable_entry_is_reported(pool, tmp_path, entry, message):
             assert result.status == 500 and error_of(result) == "handler_import_failed"
             assert message in body(result)["message"]
     finally:
-        await sb.destroy("test")
+        await sb.destroy(released("test"))
 
 
 async def test_explicit_f_f_is_a_json_handler(pool, tmp_path):
@@ -311,7 +312,7 @@ async def test_explicit_f_f_is_a_json_handler(pool, tmp_path):
         result = await sb.invoke(Invocation(body=b"7"))
         assert result.status == 200 and body(result) == {"event": 7}
     finally:
-        await sb.destroy("test")
+        await sb.destroy(released("test"))
 
 
 async def test_forked_leaf_serves_a_wsgi_app(pool, tmp_path):
@@ -328,6 +329,6 @@ async def test_forked_leaf_serves_a_wsgi_app(pool, tmp_path):
             await stream.aclose()
             assert answer.startswith(b"HTTP/1.1 418 I'm a teapot\r\n")
         finally:
-            await sb.destroy("test")
+            await sb.destroy(released("test"))
     finally:
-        await zygote.destroy("test")
+        await zygote.destroy(released("test"))

@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from olactors._causes import Cause, CauseCode, released
 from olactors._errors import SandboxDead, SandboxStateError
 from olactors.sock import (
     EventHub,
@@ -51,14 +52,17 @@ class FakeRawSandbox:
     async def thaw(self) -> None:
         await self._op("thaw")
 
-    async def release(self, reason: str) -> None:
+    async def release(self, cause: Cause) -> None:
         await self._op("release")
 
     def usage(self) -> SandboxUsage:
         return SandboxUsage(memory_bytes=1)
 
-    async def diagnose(self, error: BaseException | None) -> str:
-        return f"diagnosed: {error}"
+    async def diagnose(self, error: BaseException | None) -> Cause:
+        return Cause.of(CauseCode.UNKNOWN, error=f"diagnosed: {error}")
+
+
+DIAGNOSED = Cause.of(CauseCode.UNKNOWN, error="diagnosed: freeze broke")
 
 
 @pytest.fixture
@@ -83,17 +87,19 @@ async def test_any_error_destroys_and_later_calls_are_harmless():
     events = hub.subscribe()
     sb = SafeSandbox(raw, hub, None)
     raw.fail_next = "freeze"
-    with pytest.raises(SandboxDead, match="diagnosed: freeze broke"):
+    with pytest.raises(SandboxDead, match="diagnosed: freeze broke") as info:
         await sb.pause()
+    assert info.value.cause == DIAGNOSED
     assert sb.state is SandboxState.DEAD
     assert raw.calls == ["freeze", "release"]
     for op in (sb.pause, sb.unpause):
         with pytest.raises(SandboxDead):
             await op()
-    await sb.destroy("again")
+    await sb.destroy(released("again"))
     assert raw.calls == ["freeze", "release"]  # released exactly once
     event = events.receive_nowait()
-    assert isinstance(event, SandboxDestroyed) and event.reason == "diagnosed: freeze broke"
+    assert isinstance(event, SandboxDestroyed) and event.cause == DIAGNOSED
+    assert sb.death_cause == DIAGNOSED
     assert sb.usage() == SandboxUsage()  # nothing to report after release
 
 
@@ -124,12 +130,12 @@ async def test_zygote_released_only_after_last_child():
     for i in range(3):
         zygote.child_added()
         kids.append(SafeSandbox(FakeRawSandbox(f"c{i}"), hub, zygote))
-    await zygote.destroy("early")
+    await zygote.destroy(released("early"))
     assert zygote.state is SandboxState.DEAD and not zygote.released
-    await kids[0].destroy("x")
-    await kids[1].destroy("x")
+    await kids[0].destroy(released("x"))
+    await kids[1].destroy(released("x"))
     assert not zygote.released and zygote.live_children == 1
-    await kids[2].destroy("x")
+    await kids[2].destroy(released("x"))
     assert zygote.released and zygote.raw.calls == ["release"]
 
 
@@ -139,5 +145,5 @@ async def test_closed_subscriber_is_dropped():
     kept = hub.subscribe()
     gone.close()
     sb = SafeSandbox(FakeRawSandbox("a"), hub, None)
-    await sb.destroy("bye")
+    await sb.destroy(released("bye"))
     assert isinstance(kept.receive_nowait(), SandboxDestroyed)

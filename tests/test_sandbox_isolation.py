@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from olactors._causes import released
 from olactors.sock import Invocation, SandboxMeta, SandboxState
 from olactors.sock._blocked import SANDBOX_LIBRARY
 from olactors.sock._sock import BASE_ENV
@@ -240,7 +241,7 @@ async def test_leaf_sees_nothing_of_the_host(pool, tmp_path, kind, listener, wor
     assert env["PATH"] == BASE_ENV["PATH"]
 
     assert sb.state is SandboxState.RUNNING
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
 
 
 @pytest.mark.parametrize("network", ["none", "host"])
@@ -257,7 +258,7 @@ async def test_network_modes(pool, tmp_path, kind, listener, network):
             errno.ENETUNREACH, errno.ECONNREFUSED, errno.EHOSTUNREACH,
         ), facts["connect"]  # fmt: skip
         assert accepted(listener) == 0
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
 
 
 async def test_leaves_do_not_share_tmp_or_scratch(pool, tmp_path, kind, listener):
@@ -289,8 +290,8 @@ async def test_leaves_do_not_share_tmp_or_scratch(pool, tmp_path, kind, listener
     assert (scratch_b / "mark-b").read_text() == "x"
     assert not (scratch_a / "mark-b").exists()
     assert not (scratch_b / "mark-a").exists()
-    await a.destroy("test done")
-    await b.destroy("test done")
+    await a.destroy(released("test done"))
+    await b.destroy(released("test done"))
 
 
 DEV_PROBE = """
@@ -320,4 +321,4 @@ async def test_dev_nodes_usable_and_dev_read_only(pool, tmp_path, kind):
     facts = json.loads(result.body)
     assert facts["null_written"] == 1 and facts["random_len"] == 16
     assert facts["create"] in ("EROFS", "EACCES") and facts["unlink"] in ("EROFS", "EACCES")
-    await sb.destroy("done")
+    await sb.destroy(released("done"))

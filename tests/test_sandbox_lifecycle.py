@@ -9,6 +9,7 @@ import signal
 import pytest
 import trio
 
+from olactors._causes import Cause, CauseCode, released
 from olactors._errors import SandboxDead, SandboxError, SandboxStateError
 from olactors.sock import (
     Invocation,
@@ -63,7 +64,7 @@ async def test_fresh_create_invoke_and_handler_error(pool, echo):
     assert (await call(sb, 2))["event"] == 2
     bad = await sb.invoke(Invocation(body=b"{not json"))
     assert bad.status == 400 and body(bad)["error"] == "bad_json"
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
     assert sb.state is SandboxState.DEAD
 
 
@@ -74,7 +75,7 @@ async def test_handler_import_error_is_reported(pool, tmp_path):
     assert result.status == 500
     assert body(result)["error"] == "handler_import_failed"
     assert "does_not_exist" in body(result)["message"]
-    await sb.destroy("done")
+    await sb.destroy(released("done"))
 
 
 async def test_pause_refuses_and_blocks_then_unpause(pool, echo):
@@ -98,7 +99,7 @@ async def test_pause_refuses_and_blocks_then_unpause(pool, echo):
     await stream.aclose()
     assert sb.state is SandboxState.RUNNING
     assert (await call(sb, 3))["event"] == 3
-    await sb.destroy("done")
+    await sb.destroy(released("done"))
 
 
 async def test_fork_twenty_children_from_one_zygote(pool, echo):
@@ -114,25 +115,25 @@ async def test_fork_twenty_children_from_one_zygote(pool, echo):
     host_pids = {c.raw.pid for c in children}
     assert len(host_pids) == 20 and zygote.raw.pid not in host_pids
     for c in children:
-        await c.destroy("done")
+        await c.destroy(released("done"))
     assert zygote.live_children == 0
-    await zygote.destroy("done")
+    await zygote.destroy(released("done"))
 
 
 async def test_destroy_parent_before_children(pool, echo):
     events = pool.subscribe(1000)
     zygote = await pool.create(None, False, None, None, SandboxMeta())
     kids = [await pool.create(zygote, True, echo, None, SandboxMeta()) for _ in range(2)]
-    await zygote.destroy("parent first")
+    await zygote.destroy(released("parent first"))
     assert zygote.state is SandboxState.DEAD
     assert not zygote.released, "zygote released while children live"
     with pytest.raises(SandboxDead):
         await pool.create(zygote, True, echo, None, SandboxMeta())
     assert (await call(kids[0], "still here"))["event"] == "still here"
-    await kids[0].destroy("done")
+    await kids[0].destroy(released("done"))
     assert not zygote.released
     assert (await call(kids[1], 1))["event"] == 1
-    await kids[1].destroy("done")
+    await kids[1].destroy(released("done"))
     assert zygote.released
     seen = []
     while True:
@@ -149,24 +150,24 @@ async def test_destroy_parent_before_children(pool, echo):
 
 async def test_destroy_twice_and_calls_after_destroy(pool, echo):
     sb = await pool.create(None, True, echo, None, SandboxMeta())
-    await sb.destroy("first")
-    await sb.destroy("second")
-    assert sb.death_reason == "first"
+    await sb.destroy(released("first"))
+    await sb.destroy(released("second"))
+    assert sb.death_cause == released("first")
     for op in (sb.pause, sb.unpause):
         with pytest.raises(SandboxDead):
             await op()
     with pytest.raises(SandboxDead):
         await sb.invoke(Invocation(body=b"1"))
-    assert await sb.destroy_if_paused("x") is False
+    assert await sb.destroy_if_paused(released("x")) is False
 
 
 async def test_destroy_if_paused(pool, echo):
     sb = await pool.create(None, True, echo, None, SandboxMeta())
-    assert await sb.destroy_if_paused("not paused") is False
+    assert await sb.destroy_if_paused(released("not paused")) is False
     assert sb.state is SandboxState.RUNNING
     await sb.pause()
-    assert await sb.destroy_if_paused("evicted") is True
-    assert sb.state is SandboxState.DEAD and sb.death_reason == "evicted"
+    assert await sb.destroy_if_paused(released("evicted")) is True
+    assert sb.state is SandboxState.DEAD and sb.death_cause == released("evicted")
 
 
 async def test_events_in_order(pool, echo):
@@ -174,7 +175,7 @@ async def test_events_in_order(pool, echo):
     sb = await pool.create(None, True, echo, None, SandboxMeta())
     await sb.pause()
     await sb.unpause()
-    await sb.destroy("bye")
+    await sb.destroy(released("bye"))
     got = [events.receive_nowait() for _ in range(4)]
     assert [type(e) for e in got] == [
         SandboxCreated,
@@ -182,7 +183,7 @@ async def test_events_in_order(pool, echo):
         SandboxUnpaused,
         SandboxDestroyed,
     ]
-    assert got[-1].reason == "bye"
+    assert got[-1].cause == released("bye")
 
 
 @pytest.mark.parametrize("forked", [False, True], ids=["fresh", "forked"])
@@ -198,13 +199,13 @@ async def test_killed_process_is_detected(pool, echo, forked):
             if isinstance(event, SandboxDestroyed) and event.sandbox is sb:
                 break
     assert sb.state is SandboxState.DEAD
-    if not forked:
-        assert "SIGKILL" in sb.death_reason
+    # A forked leaf's status comes from its zygote, which reaps it.
+    assert sb.death_cause == Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender="other")
     with pytest.raises(SandboxDead):
         await sb.invoke(Invocation(body=b"1"))
     if parent is not None:
         assert parent.live_children == 0
-        await parent.destroy("done")
+        await parent.destroy(released("done"))
 
 
 async def test_kill_mid_request_fails_that_call_only(pool, tmp_path):
@@ -221,10 +222,10 @@ async def test_kill_mid_request_fails_that_call_only(pool, tmp_path):
         nursery.start_soon(kill_soon)
         with pytest.raises(SandboxError) as info:
             await sb.invoke(Invocation(body=b"5"))
-    assert "SIGKILL" in info.value.reason
+    assert info.value.cause == Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender="other")
     again = await pool.create(None, True, str(code), None, SandboxMeta())
     assert (await again.invoke(Invocation(body=b"0"))).status == 200
-    await again.destroy("done")
+    await again.destroy(released("done"))
 
 
 async def test_cancelled_invoke_destroys_sandbox(pool, tmp_path):
@@ -235,7 +236,7 @@ async def test_cancelled_invoke_destroys_sandbox(pool, tmp_path):
     with trio.move_on_after(0.2):
         await sb.invoke(Invocation(body=b"10"))
     assert sb.state is SandboxState.DEAD
-    assert "cancelled" in sb.death_reason
+    assert sb.death_cause == Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender="worker")
 
 
 async def test_create_failures_are_clear_and_leave_nothing(pool, tmp_path, echo):
@@ -244,14 +245,14 @@ async def test_create_failures_are_clear_and_leave_nothing(pool, tmp_path, echo)
     with pytest.raises(SandboxError, match="cannot fork from leaf"):
         leaf = await pool.create(None, True, echo, None, SandboxMeta())
         await pool.create(leaf, True, echo, None, SandboxMeta())
-    await leaf.destroy("done")
+    await leaf.destroy(released("done"))
     zygote = await pool.create(None, False, None, None, SandboxMeta())
     with pytest.raises(SandboxError, match="network"):
         await pool.create(zygote, True, echo, None, SandboxMeta(network="host"))
     await zygote.pause()
     with pytest.raises(SandboxStateError, match="paused"):
         await pool.create(zygote, True, echo, None, SandboxMeta())
-    await zygote.destroy("done")
+    await zygote.destroy(released("done"))
     # A zygote asked to pre-import a missing module dies before ready: clear error with its log.
     with pytest.raises(SandboxError, match="no_such_module"):
         await pool.create(None, False, None, None, SandboxMeta(imports=("no_such_module",)))
@@ -272,7 +273,7 @@ async def test_usage_reports_memory_and_cpu(pool, tmp_path):
     assert usage.memory_bytes >= 40 << 20
     assert usage.cpu_ns >= 100_000_000
     assert usage.oom_kills == 0
-    await sb.destroy("done")
+    await sb.destroy(released("done"))
 
 
 async def test_zygote_keeps_a_spare_and_survives_its_death(pool, echo):
@@ -293,7 +294,7 @@ async def test_zygote_keeps_a_spare_and_survives_its_death(pool, echo):
     assert (await call(second, "after spare death"))["event"] == "after spare death"
     assert zygote.state is SandboxState.RUNNING
     for sb in (first, second, zygote):
-        await sb.destroy("done")
+        await sb.destroy(released("done"))
 
 
 async def test_worker_never_follows_a_swapped_socket(pool, echo, tmp_path):
@@ -328,4 +329,4 @@ async def test_zygote_at_its_pids_limit_refuses_forks_and_lives(pool, echo):
     await trio.sleep(0.1)
     assert zygote.state is SandboxState.RUNNING
     assert "no spare child" in zygote.raw.log_tail()
-    await zygote.destroy("done")
+    await zygote.destroy(released("done"))

@@ -15,6 +15,7 @@ import time
 import pytest
 import trio
 
+from olactors._causes import Cause, CauseCode, released
 from olactors._errors import SandboxDead, SandboxError
 from olactors.sock import Invocation, SandboxLimits, SandboxMeta, SandboxState
 
@@ -76,15 +77,14 @@ async def test_memory_hog_kills_the_sandbox(pool, tmp_path, kind):
     with pytest.raises(SandboxError) as info:
         await call(sb, "hog")
     assert isinstance(info.value, SandboxDead)
-    assert isinstance(info.value.reason, str), info.value.reason
-    assert info.value.reason.startswith("oom"), info.value.reason
+    assert info.value.cause == Cause.of(CauseCode.OOM, limit_mb=64), info.value.cause
     assert sb.state is SandboxState.DEAD
-    assert sb.death_reason == info.value.reason
+    assert sb.death_cause == info.value.cause
 
     # Dead for good: later calls fail the same way and harm nothing.
     with pytest.raises(SandboxDead) as again:
         await call(sb, "ping")
-    assert again.value.reason.startswith("oom")
+    assert again.value.cause == Cause.of(CauseCode.OOM, limit_mb=64)
 
     if kind == "forked":
         # The OOM was confined to the leaf's cgroup: its zygote still forks.
@@ -92,7 +92,7 @@ async def test_memory_hog_kills_the_sandbox(pool, tmp_path, kind):
         assert zygote.state is SandboxState.RUNNING
         sibling = await pool.create(zygote, True, str(code), None, SandboxMeta())
         assert await call_ok(sibling, "ping") == "alive"
-        await sibling.destroy("test done")
+        await sibling.destroy(released("test done"))
 
 
 async def test_memory_hog_child_is_killed_sandbox_survives(pool, tmp_path, kind):
@@ -104,9 +104,9 @@ async def test_memory_hog_child_is_killed_sandbox_survives(pool, tmp_path, kind)
 
     assert sb.usage().oom_kills >= 1
     assert sb.state is SandboxState.RUNNING
-    assert sb.death_reason is None
+    assert sb.death_cause is None
     assert await call_ok(sb, "ping") == "alive"
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
 
 
 # ----------------------------------------------------------------------- pids
@@ -158,7 +158,7 @@ async def test_pids_limit_stops_forks_and_destroy_kills_them(pool, tmp_path, kin
     assert all(_alive(pid) for pid in host_pids)
     procs_files = cgroup.procs_files()
 
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
     assert sb.state is SandboxState.DEAD
     for path in procs_files:  # removed, or back in the pool and empty
         if os.path.exists(path):
@@ -198,7 +198,7 @@ async def test_cpu_usage_is_accounted(pool, tmp_path, kind):
     assert out["cpu"] >= 0.3
     assert used > 0.25e9, (used, out)
     assert used < 5e9, (used, out)
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
 
 
 async def test_cpu_quota_throttles(pool, tmp_path, kind):
@@ -213,7 +213,7 @@ async def test_cpu_quota_throttles(pool, tmp_path, kind):
     # 20 % of one core over ~0.5 s is ~0.1 s; unthrottled it would be ~0.5 s.
     assert 0.02e9 < used <= 0.25e9, (used, out)
     assert out["cpu"] <= 0.25, out
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
 
 
 # -------------------------------------------------------------------- seccomp
@@ -262,7 +262,7 @@ async def test_seccomp_denies_privileged_syscalls(pool, tmp_path, kind):
     assert out["setuid0"] == eperm, out
     assert await call_ok(sb, "ping") == "alive"
     assert sb.state is SandboxState.RUNNING
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))
 
 
 # ------------------------------------------------------------------------ tmp
@@ -300,4 +300,4 @@ async def test_tmp_is_size_limited(pool, tmp_path, kind):
     out = await call_ok(sb, {"name": "small", "bytes": 1 << 20})
     assert out == {"written": 1 << 20, "errno": None}
     assert sb.state is SandboxState.RUNNING
-    await sb.destroy("test done")
+    await sb.destroy(released("test done"))

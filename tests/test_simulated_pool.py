@@ -7,6 +7,7 @@ import random
 import pytest
 import trio
 
+from olactors._causes import Cause, CauseCode, SignalSender, released
 from olactors._errors import SandboxDead, SandboxError, SandboxStateError
 from olactors.sock import (
     Invocation,
@@ -24,6 +25,8 @@ from olactors.sock import (
     SandboxUsage,
 )
 from olactors.sock.simulated import (
+    CRASH_DURING_CALL,
+    CRASH_WHILE_IDLE,
     OOM,
     CrashDuringCall,
     CrashWhileIdle,
@@ -43,6 +46,10 @@ CREATE, FORK, PAUSE, UNPAUSE, DESTROY = 0.5, 0.25, 0.125, 0.0625, 0.375
 CALL = 1.0
 LEAF = SandboxMeta(label="leaf")
 ZYGOTE = SandboxMeta(label="zygote")
+
+SIGKILL = Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender=SignalSender.OTHER.value)
+SEGFAULT = Cause.of(CauseCode.SIGNAL, signal="SIGSEGV", sender=SignalSender.OTHER.value)
+KILLED_BY_WORKER = Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender=SignalSender.WORKER.value)
 
 
 async def slow_echo(sandbox: SimulatedSandbox, invocation: Invocation) -> InvocationResult:
@@ -103,7 +110,7 @@ async def test_lifecycle_takes_exactly_the_configured_latencies(autojump_clock):
         await leaf.unpause()
         assert trio.current_time() - t == UNPAUSE and leaf.state is SandboxState.RUNNING
         t = trio.current_time()
-        await leaf.destroy("done")
+        await leaf.destroy(released("done"))
         assert trio.current_time() - t == DESTROY and leaf.state is SandboxState.DEAD
         assert pool.sandboxes() == [zygote]
         assert leaf.raw.calls == 1 and not leaf.raw.in_call and leaf.raw.id == "sim-2"
@@ -127,7 +134,7 @@ async def test_defaults_echo_and_usage(autojump_clock):
         assert usage.memory_bytes == 64 << 20 and usage.oom_kills == 0
         assert usage.cpu_ns == 2_000_000
         t = trio.current_time()
-        await sb.destroy("bye")
+        await sb.destroy(released("bye"))
         assert trio.current_time() - t == pytest.approx(0.003, abs=1e-9)
         assert sb.usage() == SandboxUsage()
 
@@ -139,17 +146,17 @@ async def test_events_in_order(autojump_clock):
         leaf = await pool.create(zygote, True, None, None, LEAF)
         await leaf.pause()
         await leaf.unpause()
-        await leaf.destroy("done")
-        await zygote.destroy("done too")
+        await leaf.destroy(released("done"))
+        await zygote.destroy(released("done too"))
         assert drain(events) == [
             SandboxCreated(zygote, None),
             SandboxCreated(leaf, zygote),
             SandboxForked(zygote, leaf),
             SandboxPaused(leaf),
             SandboxUnpaused(leaf),
-            SandboxDestroyed(leaf, "done"),
+            SandboxDestroyed(leaf, released("done")),
             SandboxChildExited(zygote, leaf),
-            SandboxDestroyed(zygote, "done too"),
+            SandboxDestroyed(zygote, released("done too")),
         ]
 
 
@@ -160,14 +167,14 @@ async def test_zygote_released_only_after_its_last_child(autojump_clock):
         kids = [await pool.create(zygote, True, None, None, LEAF) for _ in range(2)]
         assert zygote.live_children == 2
         drain(events)
-        await zygote.destroy("early")
+        await zygote.destroy(released("early"))
         assert zygote.state is SandboxState.DEAD and not zygote.released
         assert drain(events) == [] and zygote in pool.sandboxes()
-        await kids[0].destroy("x")
+        await kids[0].destroy(released("x"))
         assert not zygote.released and zygote.live_children == 1
-        await kids[1].destroy("x")
+        await kids[1].destroy(released("x"))
         assert zygote.released and pool.sandboxes() == []
-        assert drain(events)[-1] == SandboxDestroyed(zygote, "early")
+        assert drain(events)[-1] == SandboxDestroyed(zygote, released("early"))
 
 
 async def test_forks_are_serialised_with_the_zygote(autojump_clock):
@@ -208,10 +215,10 @@ async def test_create_refuses_like_the_sock_pool(autojump_clock):
             await pool.create(zygote, True, None, None, LEAF)
         await zygote.unpause()
         child = await pool.create(zygote, True, None, None, LEAF)
-        await zygote.destroy("gone")  # dead, but still held by its child
+        await zygote.destroy(released("gone"))  # dead, but still held by its child
         with pytest.raises(SandboxDead):
             await pool.create(zygote, True, None, None, LEAF)
-        await child.destroy("x")
+        await child.destroy(released("x"))
         with pytest.raises(SandboxError, match="not a sandbox of this pool"):
             await pool.create(zygote, True, None, None, LEAF)  # released
         host_zygote = await fresh(pool, is_leaf=False, meta=SandboxMeta(network="host"))
@@ -265,7 +272,7 @@ async def test_aclose_destroys_leaves_first_and_closes_subscribers(autojump_cloc
         events = pool.subscribe()
     destroyed = [e async for e in events if isinstance(e, SandboxDestroyed)]
     assert [e.sandbox for e in destroyed] == [leaf, other, zygote]
-    assert {e.reason for e in destroyed} == {"worker shutting down"}
+    assert all(e.cause == Cause.of(CauseCode.WORKER_SHUTDOWN) for e in destroyed)
     assert pool.sandboxes() == [] and pool.counters["destroyed"] == 3
 
 
@@ -278,11 +285,12 @@ async def test_crash_during_call(autojump_clock):
         t = trio.current_time()
         with pytest.raises(SandboxDead) as info:
             await sb.invoke(Invocation())
-        assert info.value.reason == "crashed: simulated crash during call"
+        assert info.value.cause == CRASH_DURING_CALL
+        assert CRASH_DURING_CALL.code is CauseCode.SIGNAL
         assert trio.current_time() - t == 0.25 + DESTROY
         assert sb.state is SandboxState.DEAD
-        assert sb.death_reason == "crashed: simulated crash during call"
-        assert drain(events) == [SandboxDestroyed(sb, "crashed: simulated crash during call")]
+        assert sb.death_cause == CRASH_DURING_CALL
+        assert drain(events) == [SandboxDestroyed(sb, CRASH_DURING_CALL)]
         assert pool.fired(fault) == 1 and pool.counters["fault:CrashDuringCall"] == 1
         assert pool.sandboxes() == []
 
@@ -300,9 +308,9 @@ async def test_crash_while_idle(autojump_clock):
         await trio.sleep(1.5)
         assert sb.state is SandboxState.RUNNING
         event = await next_destroyed(events)
-        assert event == SandboxDestroyed(sb, "crashed: simulated crash while idle")
+        assert event == SandboxDestroyed(sb, CRASH_WHILE_IDLE)
         assert trio.current_time() - call_end == 2.0 + DESTROY
-        assert sb.death_reason == "crashed: simulated crash while idle"
+        assert sb.death_cause == CRASH_WHILE_IDLE
         assert pool.counters["fault:CrashWhileIdle"] == 1
 
 
@@ -312,7 +320,7 @@ async def test_crash_while_idle_counts_paused_time(autojump_clock):
         sb = await fresh(pool)
         await sb.pause()
         event = await next_destroyed(events)
-        assert event.sandbox is sb and sb.death_reason == "crashed: simulated crash while idle"
+        assert event.sandbox is sb and sb.death_cause == CRASH_WHILE_IDLE
 
 
 async def test_hang_is_cancelled_by_a_runtime_limit(autojump_clock):
@@ -325,7 +333,7 @@ async def test_hang_is_cancelled_by_a_runtime_limit(autojump_clock):
         assert scope.cancelled_caught
         assert trio.current_time() - t == 5.0 + DESTROY
         assert sb.state is SandboxState.DEAD
-        assert drain(events) == [SandboxDestroyed(sb, "invocation cancelled (timeout or shutdown)")]
+        assert drain(events) == [SandboxDestroyed(sb, KILLED_BY_WORKER)]
         assert pool.counters["fault:Hang"] == 1 and pool.sandboxes() == []
 
 
@@ -369,7 +377,7 @@ async def test_failed_fork_leaves_the_zygote_unchanged(autojump_clock):
             await pool.create(zygote, True, None, None, LEAF)
         assert trio.current_time() - t == FORK
         assert zygote.live_children == 0 and pool.sandboxes() == [zygote]
-        await zygote.destroy("x")
+        await zygote.destroy(released("x"))
         assert zygote.released
 
 
@@ -378,8 +386,8 @@ async def test_oom(autojump_clock):
         sb = await fresh(pool, meta=SandboxMeta(limits=SandboxLimits(mem_mb=96)))
         with pytest.raises(SandboxDead) as info:
             await sb.invoke(Invocation())
-        assert info.value.reason == "oom: killed at its memory limit of 96 MB"
-        assert sb.death_reason == "oom: killed at its memory limit of 96 MB"
+        assert info.value.cause == Cause.of(CauseCode.OOM, limit_mb=96)
+        assert sb.death_cause == Cause.of(CauseCode.OOM, limit_mb=96)
         assert sb.raw.usage().oom_kills == 1
         assert sb.raw.usage().memory_peak_bytes == 96 << 20
         assert pool.counters["fault:OOM"] == 1
@@ -410,10 +418,8 @@ async def test_first_firing_call_fault_wins(autojump_clock):
             sb = await fresh(pool)
             with pytest.raises(SandboxDead) as info:
                 await sb.invoke(Invocation())
-            reasons.append(info.value.reason)
-        assert (
-            reasons[0].startswith("oom:") and reasons[1] == "crashed: simulated crash during call"
-        )
+            reasons.append(info.value.cause)
+        assert reasons[0].code is CauseCode.OOM and reasons[1] == CRASH_DURING_CALL
         assert pool.fired(first) == 1 and pool.fired(second) == 1
 
 
@@ -456,14 +462,14 @@ async def test_kill_an_idle_sandbox(autojump_clock):
         sb = await fresh(pool)
         events = pool.subscribe()
         t = trio.current_time()
-        pool.kill(sb, "killed by SIGKILL")
+        pool.kill(sb, SIGKILL)
         event = await next_destroyed(events)
-        assert event == SandboxDestroyed(sb, "killed by SIGKILL")
+        assert event == SandboxDestroyed(sb, SIGKILL)
         assert trio.current_time() - t == DESTROY
-        assert sb.state is SandboxState.DEAD and sb.death_reason == "killed by SIGKILL"
+        assert sb.state is SandboxState.DEAD and sb.death_cause == SIGKILL
         assert pool.counters["killed"] == 1 and pool.sandboxes() == []
         with pytest.raises(SandboxError, match="not a live sandbox"):
-            pool.kill(sb, "again")
+            pool.kill(sb, SIGKILL)
 
 
 async def test_kill_during_a_call_fails_the_call(autojump_clock):
@@ -475,14 +481,14 @@ async def test_kill_during_a_call_fails_the_call(autojump_clock):
             try:
                 await sb.invoke(Invocation())
             except SandboxDead as exc:
-                errors.append(exc.reason)
+                errors.append(exc.cause)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call)
             await trio.sleep(CALL / 2)
             assert sb.raw.in_call
-            pool.kill(sb, "segfault")
-        assert errors == ["segfault"] and sb.death_reason == "segfault"
+            pool.kill(sb, SEGFAULT)
+        assert errors == [SEGFAULT] and sb.death_cause == SEGFAULT
         assert sb.released
 
 
@@ -493,11 +499,13 @@ async def test_killing_a_zygote_kills_its_descendants(autojump_clock):
         leaf = await pool.create(inner, True, None, None, LEAF)
         bystander = await fresh(pool)
         events = pool.subscribe()
-        pool.kill(zygote, "zygote crashed")
+        pool.kill(zygote, SEGFAULT)
         while pool.sandboxes() != [bystander]:
             await next_destroyed(events)
-        assert zygote.death_reason == "zygote crashed"
-        assert inner.death_reason == leaf.death_reason == "crashed: its zygote sim-1 died"
+        assert zygote.death_cause == SEGFAULT
+        zygote_died = Cause.of(CauseCode.ZYGOTE_DIED, zygote="sim-1")
+        assert inner.death_cause == leaf.death_cause == zygote_died
+        assert not zygote_died.counts_against_function
         assert bystander.state is SandboxState.RUNNING
 
 
@@ -516,9 +524,9 @@ async def test_zygote_killed_during_a_fork_fails_the_fork(autojump_clock):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fork)
             await trio.sleep(FORK / 2)
-            pool.kill(zygote, "zygote crashed")
+            pool.kill(zygote, SEGFAULT)
         assert errors == ["creating sandbox sim-2 failed: zygote sim-1 died during the fork"]
-        assert await next_destroyed(events) == SandboxDestroyed(zygote, "zygote crashed")
+        assert await next_destroyed(events) == SandboxDestroyed(zygote, SEGFAULT)
         assert pool.sandboxes() == [] and zygote.live_children == 0
 
 
@@ -530,7 +538,7 @@ async def test_handler_error_destroys_with_its_repr(autojump_clock):
         sb = await fresh(pool)
         with pytest.raises(SandboxDead) as info:
             await sb.invoke(Invocation())
-        assert info.value.reason == "crashed: ValueError('boom')"
+        assert info.value.cause == Cause.of(CauseCode.UNKNOWN, error="ValueError('boom')")
         assert sb.released
 
 
@@ -547,7 +555,7 @@ async def test_raw_sandbox_refuses_calls_while_frozen(autojump_clock):
 async def test_kill_refuses_foreign_objects(autojump_clock):
     async with open_simulated_pool(behaviour()) as pool:
         with pytest.raises(SandboxError):
-            pool.kill(object(), "x")  # type: ignore[arg-type]
+            pool.kill(object(), SIGKILL)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------- determinism
@@ -621,7 +629,7 @@ async def test_same_seed_same_trace(autojump_clock):
     second = await scenario(11)
     assert first == second
     assert any(t[1] == "call failed" for t in first if len(t) > 1)
-    assert any("crash while idle" in str(t) for t in first)
+    assert any(CRASH_WHILE_IDLE.summary() in str(t) for t in first)
     assert first != await scenario(12)
 
 

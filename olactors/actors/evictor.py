@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .._causes import Cause, CauseCode
 from .._eviction import (
     Candidate,
     EvictionPolicy,
@@ -241,13 +242,13 @@ class Evictor:
             nursery.start_soon(self._evict, self.tracked[sid].sandbox, victim, need)
 
     async def _evict(self, sandbox: Sandbox, victim: Candidate, need: int) -> None:
-        reason = f"evicted: the memory pool needed {need} MB"
+        cause = Cause.of(CauseCode.EVICTED, policy=self.policy.name, needed_mb=need)
         try:
             if victim.paused:
-                done = await sandbox.destroy_if_paused(reason)
+                done = await sandbox.destroy_if_paused(cause)
             else:
                 log.warning("evicting running sandbox %s: nothing paused frees enough", sandbox.id)
-                done = await sandbox.destroy_if_childless(reason)
+                done = await sandbox.destroy_if_childless(cause)
             if done:
                 self.metrics.evictions += 1
                 self.metrics.evicted_mb += victim.mem_mb

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .._causes import Cause, CauseCode
 from .._errors import (
     FunctionFailing,
     FunctionNotFound,
@@ -44,6 +45,7 @@ from .._errors import (
     SandboxUnavailable,
 )
 from .._function_config import ResolvedLimits, resolve_limits
+from .._records import ColdReason
 from .._scaling import RecentDurations, Scaler
 from ..supervisors import ChildHandle, ChildSpec, Restart, supervise
 from ._calls import drain
@@ -151,6 +153,9 @@ class FunctionActor:
         bound = 3 * cfg.max_instances + 8
         self.notices_send, self.notices = trio.open_memory_channel[object](bound)
         self._changed = trio.Event()  # set when a notice changed the instances' state
+        #: Instances of an older version were retired: the next one's first sandbox
+        #: is cold because the code changed (ColdReason.CODE_UPDATED).
+        self._code_updated = False
 
     async def follow_notices(self) -> None:
         """Apply instance notices as they come (a task of this actor)."""
@@ -230,6 +235,8 @@ class FunctionActor:
         self._check_waited(req)
         slot = await self._idle_instance(req)
         slot.busy = True
+        req.trace.version = slot.version
+        req.trace.queue_ms = (trio.current_time() - req.submitted) * 1000
         slot.requests.send_nowait(req)
 
     def _check_waited(self, req: CallRequest) -> None:
@@ -273,9 +280,12 @@ class FunctionActor:
             log.info("%s: code changed %s -> %s", self.name, self.code.version, code.version)
         self.code, self.limits = code, limits
         self.failing_until = -float("inf")  # new code deserves a fresh start
+        updated = Cause.of(CauseCode.CODE_UPDATED, version=code.version)
         for slot in list(self.slots.values()):
             if slot.version != code.version:
+                slot.instance.stop_cause = updated
                 self._retire(slot)
+                self._code_updated = True
 
     async def _idle_instance(self, req: CallRequest) -> Slot:
         interval = self.deps.config.functions.scale_interval_s
@@ -304,6 +314,12 @@ class FunctionActor:
         iid = next(self._ids)
         send, receive = trio.open_memory_channel[CallRequest](1)
         instance = Instance(iid, self.code, self.limits, self.deps, receive, self.notices_send)
+        busy = any(s.busy for s in self.slots.values() if not s.retiring)
+        if self._code_updated:
+            instance.cold_reason = ColdReason.CODE_UPDATED
+            self._code_updated = False  # the first sandbox of the new version only
+        elif busy:
+            instance.cold_reason = ColdReason.SCALED_UP
         slot = Slot(instance, send, self.code.version)
         self.slots[iid] = slot
         self.versions[slot.version] += 1

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 import trio
 
+from .._causes import released
 from .._config import Config
 from .._errors import OlactorsError, SandboxError, ZygoteUnsuitable
 from .._zygote_tree import ZygoteNode, ZygoteTree
-from ..sock import Preload, Sandbox, SandboxLimits, SandboxMeta, SandboxPool, SandboxState
+from ..sock import Preload, Sandbox, SandboxMeta, SandboxPool, SandboxState
+from ._acquire import SandboxAcquirer, SandboxKind
 from ._calls import Reply, ask, drain
 from .mempool import MemPoolRef
 from .package_puller import NO_PACKAGES, PackageSet
@@ -159,6 +161,7 @@ class Zygote:
         self.pool = pool
         self.mempool = mempool
         self.config = config
+        self.acquirer = SandboxAcquirer(pool, mempool, config)
         self.packages = packages  # exactly the node's packages, at the versions it serves
         self.on_unsuitable = on_unsuitable
         self.sandbox: Sandbox | None = None
@@ -174,14 +177,8 @@ class Zygote:
         return f"zygote:{self.node.name}:{self.network}{versions}"
 
     def meta(self) -> SandboxMeta:
-        lim = self.config.limits
         return SandboxMeta(
-            limits=SandboxLimits(
-                mem_mb=lim.zygote_mem_mb,
-                procs=lim.zygote_procs,
-                cpu_percent=0,
-                tmp_mb=self.config.sandbox.tmp_mb,
-            ),
+            limits=self.acquirer.limits(SandboxKind.ZYGOTE),
             network=self.network,
             imports=self.node.imports,
             label=self.label,
@@ -226,18 +223,12 @@ class Zygote:
         return self.sandbox
 
     async def _create(self) -> Sandbox:
-        res = await self.mempool.reserve(self.config.limits.zygote_mem_mb, self.label)
-        try:
-            if self.parent is None:
-                sb = await self.pool.create(None, False, None, None, self.meta())
-            else:
-                async with self.parent.lease() as parent_sb:
-                    sb = await self.pool.create(parent_sb, False, None, None, self.meta())
-        except BaseException:
-            await self.mempool.release(res)
-            raise
-        await self.mempool.bind(res, sb)
-        return sb
+        """A new zygote: forked from the parent node's, or fresh for the root."""
+        return await self.acquirer.acquire(
+            SandboxKind.ZYGOTE,
+            self.meta(),
+            fork_from=None if self.parent is None else self.parent.lease,
+        )
 
     async def fork_done(self, sandbox_id: str, failed: bool) -> None:
         """Count forks from the current sandbox that failed in a row; give the
@@ -262,7 +253,7 @@ class Zygote:
             )
             self.sandbox = None
             self.fork_failures = 0
-            await sb.destroy(f"{FORK_FAILURES_TO_REBUILD} forks from it failed in a row")
+            await sb.destroy(released(f"{FORK_FAILURES_TO_REBUILD} forks from it failed in a row"))
 
     async def pause_if_unused(self) -> None:
         sb = self.sandbox
@@ -310,7 +301,7 @@ async def run_zygote(
             if isinstance(msg, Acquire):
                 msg.reply.close("the import cache stopped")
         if zygote.sandbox is not None:
-            await zygote.sandbox.destroy("import cache stopped")
+            await zygote.sandbox.destroy(released("import cache stopped"))
 
 
 class ImportCache:

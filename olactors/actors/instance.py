@@ -10,11 +10,18 @@ call fails with ``sandbox_unavailable``.  When no request comes for
 destroys the sandbox after every call.
 
 When its sandbox dies during a call, that call gets 502 ``sandbox_died``
-with the diagnosis, and :class:`InstanceFailure` is raised so the instance's
-supervisor counts a restart: the next incarnation starts sandbox-less and
-creates a new sandbox on its next call.  Deaths that are not the function's
-fault (eviction, worker shutdown) and runtime-limit timeouts (504, the
-handler's own doing) do not count.
+with the diagnosis (a typed :class:`~olactors._causes.Cause`), and
+:class:`InstanceFailure` is raised so the instance's supervisor counts a
+restart: the next incarnation starts sandbox-less and creates a new sandbox
+on its next call.  Whether a death counts is the cause's
+``counts_against_function``: deaths that are not the function's fault
+(evicted, code updated, worker shutdown, released, its zygote died) do not;
+runtime-limit timeouts (504 with cause ``timeout``, the handler's own doing)
+do not either.
+
+Each call's :class:`~olactors._records.CallTrace` gets the sandbox, whether it
+was cold and why (:class:`~olactors._records.ColdReason`), the sandbox's CPU
+time across the call, its peak memory and limit, and the cause of a failure.
 
 Creating a sandbox runs the function's own code: a leaf imports it before it
 is handed out (the *init phase*, bounded by ``limits.init_s``).  What goes
@@ -48,6 +55,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .._causes import Cause, CauseCode, released
 from .._errors import (
     BadFunction,
     HandlerTimeout,
@@ -63,14 +71,18 @@ from .._errors import (
     SandboxUnavailable,
 )
 from .._function_config import ResolvedLimits
+from .._records import NO_OUTPUT, CallTrace, ColdReason
 from ..sock import Invocation, Sandbox, SandboxMeta, SandboxState
+from ..sock._results import runtime_error_cause
 from ..supervisors import Unrecoverable
+from ._acquire import SandboxAcquirer, SandboxKind
 from ._deps import Deps
 from ._requests import CallRequest
 from .code_puller import FunctionCode
 
 log = logging.getLogger("olactors.instance")
-NOT_THE_FUNCTIONS_FAULT = ("evicted", "worker shutting down", "instance stopped")
+#: Why an instance that stops (idle, or its function stopped) drops its sandbox.
+INSTANCE_STOPPED = released("instance stopped")
 
 
 class InstanceFailure(Exception):
@@ -115,6 +127,10 @@ class Instance:
         self.sandbox: Sandbox | None = None
         self.calls = 0
         self._cpu_ns_seen = 0  # of the current sandbox, already added to the metrics
+        #: Why its next sandbox will be cold (the function actor sets the first one's).
+        self.cold_reason = ColdReason.FIRST
+        #: Why it drops its sandbox when it stops (the function actor sets CODE_UPDATED).
+        self.stop_cause: Cause = INSTANCE_STOPPED
 
     @property
     def name(self) -> str:
@@ -129,7 +145,12 @@ class Instance:
                     return
                 await self._serve(req)
         finally:
-            await self._drop_sandbox("instance stopped")
+            await self._drop_sandbox(self._stop_cause())
+
+    def _stop_cause(self) -> Cause:
+        if self.deps.shutdown.requested:
+            return Cause.of(CauseCode.WORKER_SHUTDOWN)
+        return self.stop_cause
 
     async def _next_request(self) -> CallRequest | None:
         sb = self.sandbox
@@ -145,6 +166,7 @@ class Instance:
             except SandboxError as exc:
                 log.info("%s/%d: pausing failed: %s", self.name, self.id, exc.message)
                 self.sandbox = None
+                self.cold_reason = ColdReason.RESTARTED
         try:
             return await self.requests.receive()
         except trio.EndOfChannel:
@@ -172,14 +194,16 @@ class Instance:
         if req.reply.abandoned:
             return
         metrics = self.deps.metrics.function(self.name)
+        trace = req.trace
         try:
-            sb, cold = await self._sandbox_for_call()
+            sb, cold = await self._sandbox_for_call(trace)
         except OlactorsError as exc:
+            trace.cause = exc.cause
             req.reply.fail(exc)
             if isinstance(exc, InitTimeout):
                 metrics.init_timeouts += 1
                 raise InitFailure(exc.message) from exc
-            if isinstance(exc, (SandboxUnavailable, InitDied)):
+            if isinstance(exc, (SandboxUnavailable, InitDied)) and _counts(exc.cause):
                 metrics.sandbox_failures += 1
                 raise InstanceFailure(exc.message) from exc
             return
@@ -188,6 +212,9 @@ class Instance:
         else:
             metrics.warm_starts += 1
         self.calls += 1
+        trace.sandbox = sb.id
+        trace.memory_limit_mb = sb.meta.limits.mem_mb
+        cpu_before = self._cpu_ns(sb)
         inv = req.invocation
         inv = Invocation(
             inv.method,
@@ -198,34 +225,66 @@ class Instance:
         )
         runtime_s = self.limits.runtime_s
         try:
-            with trio.move_on_after(runtime_s) as scope:
-                result = await sb.invoke(inv)
+            result = await sb.invoke(inv, limit_s=runtime_s)
         except SandboxError as exc:
             self.sandbox = None
-            reason = getattr(exc, "reason", "") or exc.message
-            req.reply.fail(SandboxDied(f"the sandbox died during the call: {reason}", reason))
-            if not reason.startswith(NOT_THE_FUNCTIONS_FAULT):
-                metrics.sandbox_failures += 1
-                raise InstanceFailure(reason) from exc
-            return
-        if scope.cancelled_caught:
-            self.sandbox = None  # the safe wrapper destroyed it: its state was unknown
-            req.reply.fail(
-                HandlerTimeout(
-                    f"the handler ran longer than its runtime limit of {runtime_s:g} s "
-                    "(limits.runtime_s); its sandbox was destroyed"
+            self.cold_reason = ColdReason.RESTARTED
+            cause = exc.cause or Cause.of(CauseCode.UNKNOWN, error=exc.message)
+            trace.cause = cause
+            trace.output = getattr(exc, "output", NO_OUTPUT)  # P3: the dead call's output
+            if cause.code is CauseCode.TIMEOUT:  # the handler's own doing: not counted
+                req.reply.fail(
+                    HandlerTimeout(
+                        f"the handler ran longer than its runtime limit of {runtime_s:g} s "
+                        "(limits.runtime_s); its sandbox was destroyed",
+                        runtime_s,
+                    )
                 )
+                return
+            req.reply.fail(
+                SandboxDied(f"the sandbox died during the call: {cause.summary()}", cause)
             )
+            if cause.counts_against_function:
+                metrics.sandbox_failures += 1
+                raise InstanceFailure(cause.summary()) from exc
             return
+        self._trace_usage(sb, trace, cpu_before)
+        trace.output = getattr(result, "output", NO_OUTPUT)  # P3 adds InvocationResult.output
+        trace.cause = runtime_error_cause(result)  # the handler raised, or its import failed
         req.reply.send(result)
         if not self.code.config.reuse_sandbox:
-            await self._drop_sandbox("reuse_sandbox is false")
+            await self._drop_sandbox(released("reuse_sandbox is false"))
+            self.cold_reason = ColdReason.RESTARTED
 
-    async def _sandbox_for_call(self) -> tuple[Sandbox, bool]:
-        """A running sandbox and whether it was created for this call."""
+    @staticmethod
+    def _cpu_ns(sb: Sandbox) -> int | None:
+        try:
+            return sb.usage().cpu_ns
+        except OlactorsError:
+            return None
+
+    @staticmethod
+    def _trace_usage(sb: Sandbox, trace: CallTrace, cpu_before: int | None) -> None:
+        """The sandbox's CPU time across the call and its peak memory so far."""
+        try:
+            usage = sb.usage()
+        except OlactorsError:
+            return
+        if cpu_before is not None:
+            trace.cpu_ms = max(0, usage.cpu_ns - cpu_before) / 1e6
+        trace.memory_peak_mb = usage.memory_peak_bytes / (1 << 20)
+
+    async def _sandbox_for_call(self, trace: CallTrace) -> tuple[Sandbox, bool]:
+        """A running sandbox and whether it was created for this call (then
+        ``trace`` gets why: :attr:`cold_reason`, or EVICTED when its paused
+        sandbox had been evicted)."""
         last: OlactorsError | None = None
         for _attempt in range(2):
             sb = self.sandbox
+            if sb is not None and sb.state is SandboxState.DEAD:
+                died = sb.death_cause
+                evicted = died is not None and died.code is CauseCode.EVICTED
+                self.cold_reason = ColdReason.EVICTED if evicted else ColdReason.RESTARTED
             if sb is not None and sb.state is SandboxState.PAUSED:
                 try:
                     await sb.unpause()
@@ -233,12 +292,16 @@ class Instance:
                 except SandboxError as exc:
                     last = exc
                     self.sandbox = None
+                    self.cold_reason = ColdReason.RESTARTED
             elif sb is not None and sb.state is SandboxState.RUNNING:
                 return sb, False
             self.sandbox = None
             try:
                 self.sandbox = await self._create()
                 self._cpu_ns_seen = 0
+                trace.cold = True
+                trace.cold_reason = self.cold_reason
+                self.cold_reason = ColdReason.RESTARTED  # any later one replaces this one
                 return self.sandbox, True
             except (
                 MemoryExhausted,
@@ -252,55 +315,47 @@ class Instance:
                 last = exc
                 log.warning("%s/%d: creating a sandbox failed: %s", self.name, self.id, exc.message)
         assert last is not None
-        raise SandboxUnavailable(f"no sandbox could be started for {self.name}: {last.message}")
+        raise SandboxUnavailable(
+            f"no sandbox could be started for {self.name}: {last.message}", last.cause
+        )
 
     async def _create(self) -> Sandbox:
-        """A new leaf, forked from the import cache's zygote or else fresh.
-
-        A zygote's SandboxError falls back to a fresh start; an
-        :class:`InitFailed` (the function's own code) is raised as it is.
-        """
+        """A new leaf (see :class:`SandboxAcquirer`): forked from the import
+        cache's zygote for its packages, else fresh.  An :class:`InitFailed`
+        (the function's own code) is raised as it is."""
         deps = self.deps
         config = self.code.config
         metrics = deps.metrics.function(self.name)
+        import_cache = deps.import_cache
+
+        def started() -> None:
+            metrics.sandbox_starts += 1
+
         async with deps.packages.holding(config.dependencies) as packages:
             meta = SandboxMeta(
-                limits=self.limits.sandbox,
                 network=self.limits.network,
                 env=dict(config.environment),
                 entry=config.entry or "",
                 label=self.name,
                 packages=packages.mounts(),
             )
-            code_dir = str(self.code.code_dir)
-            res = await deps.mempool.reserve(meta.limits.mem_mb, f"function {self.name}")
-            try:
-                sb = None
-                if deps.import_cache is not None:
-                    try:
-                        async with deps.import_cache.zygote(packages, meta.network) as zygote:
-                            metrics.sandbox_starts += 1
-                            sb = await deps.pool.create(zygote, True, code_dir, None, meta)
-                    except SandboxError as exc:
-                        log.warning(
-                            "%s: forking from a zygote failed (%s); starting fresh",
-                            self.name,
-                            exc.message,
-                        )
-                if sb is None:
-                    metrics.sandbox_starts += 1
-                    sb = await deps.pool.create(None, True, code_dir, None, meta)
-            except BaseException:
-                await deps.mempool.release(res)
-                raise
-            await deps.mempool.bind(res, sb)
-            return sb
+            acquirer = SandboxAcquirer(deps.pool, deps.mempool, deps.config)
+            return await acquirer.acquire(
+                SandboxKind.LEAF,
+                meta,
+                leaf_limits=self.limits.sandbox,
+                code_dir=str(self.code.code_dir),
+                fork_from=None
+                if import_cache is None
+                else lambda: import_cache.zygote(packages, meta.network),
+                on_attempt=started,
+            )
 
-    async def _drop_sandbox(self, reason: str) -> None:
+    async def _drop_sandbox(self, cause: Cause) -> None:
         sb, self.sandbox = self.sandbox, None
         if sb is not None:
             self._account(sb)
-            await sb.destroy(reason)
+            await sb.destroy(cause)
 
     def _account(self, sb: Sandbox) -> None:
         """Add the sandbox's CPU time since the last look, and its peak memory, to
@@ -315,3 +370,8 @@ class Instance:
         metrics.cpu_ms += max(0, usage.cpu_ns - self._cpu_ns_seen) / 1e6
         self._cpu_ns_seen = usage.cpu_ns
         metrics.memory_peak_mb = max(metrics.memory_peak_mb, usage.memory_peak_bytes >> 20)
+
+
+def _counts(cause: Cause | None) -> bool:
+    """Does a failure with ``cause`` count against the function (None: it does)?"""
+    return cause is None or cause.counts_against_function

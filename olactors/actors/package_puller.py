@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from .._causes import CauseCode, released
 from .._config import Config
 from .._errors import InitFailed, OlactorsError, SandboxError
 from ..packages import FunctionPackages, IndexOptions, Pin, resolve_async
@@ -50,15 +51,14 @@ from ..sock import (
     PACKAGES_MOUNT,
     Invocation,
     PackageMount,
-    SandboxLimits,
     SandboxMeta,
     SandboxPool,
 )
+from ._acquire import SandboxAcquirer, SandboxKind
 from ._calls import Reply, ask, drain
 from .mempool import MemPoolRef
 
 log = logging.getLogger("olactors.packages")
-INSTALLER_PROCS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +152,7 @@ class PackagePuller:
         self.store = store
         self.pool = pool
         self.mempool = mempool
+        self.acquirer = SandboxAcquirer(pool, mempool, config)
         self.index = IndexOptions.from_config(config, worker_dir)
         self.sandbox_index, self.link_mounts = sandboxed_index(self.index)
         self.env, self.cert_mounts = installer_environment(os.environ)
@@ -272,15 +273,9 @@ class PackagePuller:
         return package
 
     def installer_meta(self, pin: Pin) -> SandboxMeta:
-        section = self.config.packages
         assert self.pip_dir is not None
         return SandboxMeta(
-            limits=SandboxLimits(
-                mem_mb=section.install_mem_mb,
-                procs=INSTALLER_PROCS,
-                cpu_percent=100,
-                tmp_mb=self.config.sandbox.tmp_mb,
-            ),
+            limits=self.acquirer.limits(SandboxKind.INSTALLER),
             network="host",
             env=self.env,
             entry=INSTALLER_ENTRY,
@@ -298,30 +293,25 @@ class PackagePuller:
         request = Invocation(
             body=json.dumps({"args": pip_install_args(pin, self.sandbox_index)}).encode()
         )
-        res = await self.mempool.reserve(meta.limits.mem_mb, meta.label)
         try:
-            sandbox = await self.pool.create(None, True, None, str(staging), meta)
-        except BaseException as exc:
-            await self.mempool.release(res)
-            if isinstance(exc, (SandboxError, InitFailed)):  # not the caller's function
-                raise install_failed(
-                    pin, f"the installer did not start: {exc.message}", "", 500
-                ) from exc
-            raise
-        await self.mempool.bind(res, sandbox)
+            sandbox = await self.acquirer.acquire(
+                SandboxKind.INSTALLER, meta, scratch_dir=str(staging)
+            )
+        except (SandboxError, InitFailed) as exc:  # not the caller's function
+            raise install_failed(
+                pin, f"the installer did not start: {exc.message}", "", 500
+            ) from exc
         try:
-            with trio.move_on_after(timeout) as scope:
-                result = await sandbox.invoke(request)
+            result = await sandbox.invoke(request, limit_s=timeout)
         except SandboxError as exc:
-            reason = getattr(exc, "reason", "") or exc.message
-            raise install_failed(pin, f"the installer died: {reason}", "", 500) from exc
+            if exc.cause is not None and exc.cause.code is CauseCode.TIMEOUT:
+                why = f"it took longer than packages.install_timeout_s ({timeout:g} s)"
+            else:
+                why = "the installer died: " + (exc.cause.summary() if exc.cause else exc.message)
+            raise install_failed(pin, why, "", 500) from exc
         finally:
             with trio.CancelScope(shield=True):
-                await sandbox.destroy("install finished")
-        if scope.cancelled_caught:
-            raise install_failed(
-                pin, f"it took longer than packages.install_timeout_s ({timeout:g} s)", "", 500
-            )
+                await sandbox.destroy(released("install finished"))
         read_installer_answer(pin, result)
 
     async def _trim(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import trio
 
+from .._causes import released
 from .._config import build_config
 from .._errors import OlactorsError
 from ..sock import Invocation, InvocationResult, SandboxMeta, SockSandbox, open_sock_pool
@@ -100,7 +101,7 @@ async def time_creates(pool, parent, code: Path, samples: int, destroy: list[flo
         created.append(_ms(t0))
         expect_ok(result)
         t0 = time.perf_counter()
-        await sb.destroy("bench")
+        await sb.destroy(released("bench"))
         destroy.append(_ms(t0))
     return created
 

@@ -25,6 +25,7 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 
 from ..sock import Invocation, InvocationResult
+from ..sock._results import runtime_error_cause
 from ._common import (
     INTERNAL_PREFIX,
     NotFound,
@@ -49,6 +50,8 @@ ERROR_HEADER = INTERNAL_PREFIX + "error"
 #: Fields of a runtime error body passed on to the client besides ``message``.
 ERROR_DETAILS = ("type", "traceback")
 
+__all__ = ["create_public_app", "result_response", "runtime_error_cause", "split_run_path"]
+
 
 def split_run_path(raw_path: bytes) -> tuple[str, str]:
     """``/run/<name>[/<rest>]`` (raw) -> (name, percent-decoded ``/<rest>`` or ``/``).
@@ -66,7 +69,9 @@ def split_run_path(raw_path: bytes) -> tuple[str, str]:
 
 
 def result_response(result: InvocationResult, request_id: str) -> Response:
-    """The client's view of a sandbox's answer (see the module docstring)."""
+    """The client's view of a sandbox's answer (see the module docstring).
+    A runtime-marked failure of the function carries its cause in the body
+    (``runtime_error_cause``: handler_exception, import_error)."""
     code = header_value(result.headers, ERROR_HEADER)
     if code is None:
         response = Response(result.body, status=result.status)
@@ -84,6 +89,9 @@ def result_response(result: InvocationResult, request_id: str) -> Response:
         details = {key: parsed[key] for key in ERROR_DETAILS if key in parsed}
     else:
         message = result.body[:1000].decode("utf-8", "replace")
+    cause = runtime_error_cause(result)
+    if cause is not None:
+        details["cause"] = cause.as_json()
     return json_response(error_body(code, message, request_id, **details), result.status)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from .._causes import Cause, CauseCode, SignalSender, released
 from .._config import Config, build_config
 from .._errors import FunctionFailing, OlactorsError, QueueFull
 from .._groups import lone_errors_unwrapped
@@ -65,6 +66,8 @@ from ._workload import (
     stream_rng,
 )
 
+#: How the harness's kill actions end a sandbox (killed from outside, e.g. by an operator).
+SIMULATED_KILL = Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender=SignalSender.OTHER.value)
 #: Where the worker believes it lives; nothing is ever written there.
 SIMULATED_WORKER_DIR = Path("/nonexistent/olactors-simulation")
 
@@ -278,7 +281,7 @@ class _Run:
             return
         victim = live[self.kill_rng.randrange(len(live))]
         self.trace.add(now, "kill", kind, victim.id)
-        pool.kill(victim, f"crashed: simulated {kind} crash")
+        pool.kill(victim, SIMULATED_KILL)
 
     async def squeeze(self, worker: Worker, action: Squeeze) -> None:
         self.trace.add(trio.current_time(), "squeeze", action.mb)
@@ -303,8 +306,8 @@ class _Run:
         sandbox = event.sandbox
         kind = type(event).__name__.removeprefix("Sandbox").lower()
         if isinstance(event, SandboxDestroyed):
-            self.trace.add(now, kind, sandbox.id, event.reason)
-            if event.reason.startswith("evicted"):
+            self.trace.add(now, kind, sandbox.id, event.cause.summary())
+            if event.cause.code is CauseCode.EVICTED:
                 self.evictions += 1
                 self.intervals.at(now).evictions += 1
         elif isinstance(event, SandboxCreated):
@@ -377,7 +380,7 @@ class _Run:
                 now, "memory", f"{snap.used_mb} MB reserved, bound to live sandboxes: {snap.bound}"
             )
         for sb in sorted(pool.sandboxes(), key=lambda s: s.is_leaf, reverse=True):
-            await sb.destroy("simulation drained")
+            await sb.destroy(released("simulation drained"))
         await trio.sleep(1.0)  # let the memory pool hear of it
         ledger = worker.mempool.ledger
         if ledger.used_mb or ledger.waiters:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import trio
 
+from .._causes import Cause
 from .cgroups._api import CgroupUsage
 
 
@@ -143,10 +144,11 @@ class SandboxChildExited:
 class SandboxDestroyed:
     """``sandbox`` was released: its processes are gone and its memory free.
     ``leftovers`` names what could not be cleaned up (a mount, a dir, a
-    cgroup; kept for a later retry or ``olactors cleanup``); empty if none."""
+    cgroup; kept for a later retry or ``olactors cleanup``); empty if none.
+    ``cause`` is why it ended (set by whoever destroyed or diagnosed it)."""
 
     sandbox: Sandbox
-    reason: str
+    cause: Cause
     leftovers: tuple[str, ...] = ()
 
 
@@ -176,7 +178,9 @@ class Sandbox(Protocol):
     def live_children(self) -> int: ...
 
     @property
-    def death_reason(self) -> str | None: ...
+    def death_cause(self) -> Cause | None:
+        """Why it is dead (None while it lives)."""
+        ...
 
     @property
     def meta(self) -> SandboxMeta: ...
@@ -188,17 +192,20 @@ class Sandbox(Protocol):
     #: How long its creation took, in seconds.
     startup_s: float
 
-    async def invoke(self, request: Invocation) -> InvocationResult: ...
+    async def invoke(self, request: Invocation, limit_s: float | None = None) -> InvocationResult:
+        """Forward one request; past ``limit_s`` (the runtime limit) the sandbox
+        is destroyed with cause ``timeout`` and SandboxDead raised."""
+        ...
 
     async def pause(self) -> None: ...
 
     async def unpause(self) -> None: ...
 
-    async def destroy(self, reason: str) -> None: ...
+    async def destroy(self, cause: Cause) -> None: ...
 
-    async def destroy_if_paused(self, reason: str) -> bool: ...
+    async def destroy_if_paused(self, cause: Cause) -> bool: ...
 
-    async def destroy_if_childless(self, reason: str) -> bool: ...
+    async def destroy_if_childless(self, cause: Cause) -> bool: ...
 
     def usage(self) -> SandboxUsage: ...
 

@@ -22,6 +22,11 @@ class ProtocolError(Exception):
     """The sandbox's answer was not valid HTTP or the connection closed early."""
 
 
+class BadResponse(ProtocolError):
+    """The sandbox answered, but malformed (bad status line or length) or
+    oversized: its own fault (cause ``bad_response``), not a death."""
+
+
 class LeafClient:
     def __init__(self, connect: Callable[[], Awaitable[trio.SocketStream]]) -> None:
         self._connect = connect
@@ -56,21 +61,26 @@ class LeafClient:
     async def _read_response(self) -> InvocationResult:
         while (end := self._buf.find(b"\r\n\r\n")) < 0:
             if len(self._buf) > MAX_RESPONSE_HEADER:
-                raise ProtocolError("response header too large")
+                raise BadResponse("response header too large")
             await self._fill()
         lines = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
         del self._buf[: end + 4]
         try:
             status = int(lines[0].split(" ", 2)[1])
         except (IndexError, ValueError):
-            raise ProtocolError(f"bad status line {lines[0]!r}") from None
+            raise BadResponse(f"bad status line {lines[0][:200]!r}") from None
         headers = []
         length = 0
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name, value = name.strip().lower(), value.strip()
             if name == "content-length":
-                length = int(value)
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise BadResponse(f"bad content-length {value[:50]!r}") from None
+                if length < 0:
+                    raise BadResponse(f"bad content-length {length}")
             else:
                 headers.append((name, value))
         while len(self._buf) < length:

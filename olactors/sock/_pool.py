@@ -19,9 +19,11 @@ from pathlib import Path
 import trio
 
 from .. import native
+from .._causes import Cause, CauseCode
 from .._config import Config
 from .._errors import (
     InitFailed,
+    OlactorsError,
     SandboxDead,
     SandboxError,
     SandboxStateError,
@@ -47,7 +49,14 @@ from ._rootfs import (
     remove_tree_safely,
 )
 from ._safe import ReleaseFailed, SafeSandbox, check_create, destroy_all
-from ._sock import ReleaseReport, SockSandbox, release_sandbox, start
+from ._sock import (
+    LOG_TAIL_BYTES,
+    ReleaseReport,
+    SockSandbox,
+    release_sandbox,
+    shutting_down,
+    start,
+)
 from ._watchdog import start_watchdog
 from .cgroups import (
     CgroupAnomalies,
@@ -108,7 +117,7 @@ class SockPool(PoolEvents):
         or :class:`InitFailed` when the function's code failed its init phase.
         """
         if self.closing:
-            raise SandboxError("the sandbox pool is shutting down")
+            raise shutting_down()
         parent = check_create(self._live, parent, meta)
         if code_dir is not None and not os.path.isdir(code_dir):
             raise SandboxError(f"code dir {code_dir} does not exist")
@@ -119,7 +128,7 @@ class SockPool(PoolEvents):
             await start(sb, self, parent)
         except BaseException as exc:
             with trio.CancelScope(shield=True):
-                reason = await sb.diagnose(exc)
+                died = await sb.diagnose(exc)
                 tail = sb.log_tail()
                 await self.release_resources(sb, reuse_cgroup=False)
             if not isinstance(exc, Exception) or isinstance(
@@ -127,7 +136,18 @@ class SockPool(PoolEvents):
             ):
                 raise  # cancelled, the parent's state changed, a verdict on a package or function
             detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
-            raise SandboxError(f"creating sandbox {sb.id} failed: {reason}{detail}") from exc
+            err = SandboxError(f"creating sandbox {sb.id} failed: {died.summary()}{detail}")
+            err.cause = (
+                exc.cause
+                if isinstance(exc, OlactorsError) and exc.cause is not None
+                else Cause.of(
+                    CauseCode.STARTUP_FAILED,
+                    output=tail[-LOG_TAIL_BYTES:],
+                    error=str(exc)[:500],
+                    died=died.as_json(),
+                )
+            )
+            raise err from exc
         safe = SafeSandbox(sb, self._hub, parent, trio.current_time() - started)
         self._live[sb.id] = safe
         sb.watching = True
@@ -209,7 +229,7 @@ class SockPool(PoolEvents):
         released once their last child is gone).  Sandboxes whose creation was
         in flight see ``closing`` and destroy themselves."""
         self.closing = True
-        await destroy_all(self._live, "worker shutting down")
+        await destroy_all(self._live, Cause.of(CauseCode.WORKER_SHUTDOWN))
         self._hub.close()
 
 

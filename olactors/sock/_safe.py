@@ -31,6 +31,7 @@ from typing import Generic, Protocol, TypeVar
 
 import trio
 
+from .._causes import Cause, CauseCode, SignalSender
 from .._errors import SandboxDead, SandboxError, SandboxStateError
 from ._api import (
     PACKAGES_MOUNT,
@@ -85,11 +86,14 @@ class RawSandbox(Protocol):
 
     async def thaw(self) -> None: ...
 
-    async def release(self, reason: str) -> None: ...
+    async def release(self, cause: Cause) -> None: ...
 
     def usage(self) -> SandboxUsage: ...
 
-    async def diagnose(self, error: BaseException | None) -> str: ...
+    async def diagnose(self, error: BaseException | None) -> Cause:
+        """Why did its process die (or fail with ``error``)?  ``UNKNOWN`` only
+        when nothing else can be told."""
+        ...
 
 
 R = TypeVar("R", bound=RawSandbox)
@@ -163,7 +167,7 @@ class SafeSandbox(Generic[R]):
         self._hub = hub
         self._lock = trio.Lock()
         self._state = SandboxState.RUNNING
-        self._reason: str | None = None
+        self._cause: Cause | None = None
         self._children = 0
         self._released = False
         self._releasing = False
@@ -194,8 +198,8 @@ class SafeSandbox(Generic[R]):
         return self._children
 
     @property
-    def death_reason(self) -> str | None:
-        return self._reason
+    def death_cause(self) -> Cause | None:
+        return self._cause
 
     @property
     def meta(self) -> SandboxMeta:
@@ -231,7 +235,8 @@ class SafeSandbox(Generic[R]):
     # ------------------------------------------------------------ operations
     def _check_alive(self) -> None:
         if self._state is SandboxState.DEAD:
-            raise SandboxDead(f"sandbox {self.id} is destroyed: {self._reason}", self._reason or "")
+            cause = self._cause or Cause.of(CauseCode.UNKNOWN, error="destroyed")
+            raise SandboxDead(f"sandbox {self.id} is destroyed: {cause.summary()}", cause)
 
     def check_running(self, what: str = "sandbox") -> None:
         """Raise SandboxDead if destroyed, SandboxStateError if paused."""
@@ -239,31 +244,42 @@ class SafeSandbox(Generic[R]):
         if self._state is SandboxState.PAUSED:
             raise SandboxStateError(f"{what} {self.id} is paused; unpause it first")
 
-    async def _fail(self, exc: BaseException, doing: str) -> SandboxError:
+    async def _fail(self, exc: BaseException, doing: str) -> SandboxDead:
         # Shielded: a cancel here must not leave a broken sandbox RUNNING
         # (e.g. with half a response still in its connection).
         with trio.CancelScope(shield=True):
-            reason = await self.raw.diagnose(exc)
-            await self._destroy_locked(reason)
-        err = SandboxDead(f"sandbox {self.id} failed while {doing}: {reason}", reason)
+            cause = await self.raw.diagnose(exc)
+            await self._destroy_locked(cause)
+        err = SandboxDead(f"sandbox {self.id} failed while {doing}: {cause.summary()}", cause)
         err.__cause__ = exc
         return err
 
-    async def invoke(self, request: Invocation) -> InvocationResult:
+    async def invoke(self, request: Invocation, limit_s: float | None = None) -> InvocationResult:
         """Forward one request.  Cancellation mid-call destroys the sandbox
-        (its connection state is unknown), e.g. when a runtime limit fires."""
+        (its connection state is unknown): past ``limit_s`` (the runtime
+        limit) with cause ``timeout`` and SandboxDead raised; by the caller's
+        own scope with cause ``signal`` SIGKILL sent by the worker."""
         async with self._lock:
             self.check_running()
             self.last_used = trio.current_time()
             self.uses += 1
             try:
-                return await self.raw.invoke(request)
+                with trio.move_on_after(float("inf") if limit_s is None else limit_s) as scope:
+                    return await self.raw.invoke(request)
             except trio.Cancelled:
+                killed = Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender=SignalSender.WORKER)
                 with trio.CancelScope(shield=True):
-                    await self._destroy_locked("invocation cancelled (timeout or shutdown)")
+                    await self._destroy_locked(killed)
                 raise
             except Exception as exc:
                 raise await self._fail(exc, "invoking") from exc
+            assert limit_s is not None and scope.cancelled_caught
+            timeout = Cause.of(CauseCode.TIMEOUT, limit_s=limit_s)
+            with trio.CancelScope(shield=True):
+                await self._destroy_locked(timeout)
+            raise SandboxDead(
+                f"sandbox {self.id} ran longer than its runtime limit of {limit_s:g} s", timeout
+            )
 
     async def pause(self) -> None:
         async with self._lock:
@@ -290,30 +306,30 @@ class SafeSandbox(Generic[R]):
             self.last_used = trio.current_time()
             self._hub.emit(SandboxUnpaused(self))
 
-    async def destroy(self, reason: str) -> None:
+    async def destroy(self, cause: Cause) -> None:
         """Destroy; idempotent.  Shielded: a cancelled caller still leaves nothing behind."""
         with trio.CancelScope(shield=True):
             async with self._lock:
-                await self._destroy_locked(reason)
+                await self._destroy_locked(cause)
 
-    async def destroy_if_paused(self, reason: str) -> bool:
+    async def destroy_if_paused(self, cause: Cause) -> bool:
         """Destroy only if it is paused and has no live children (checked
         under the call lock, so nothing can slip in between); True if destroyed."""
         with trio.CancelScope(shield=True):
             async with self._lock:
                 destroyed = self._state is SandboxState.PAUSED and not self._children
                 if destroyed:
-                    await self._destroy_locked(reason)
+                    await self._destroy_locked(cause)
         return destroyed
 
-    async def destroy_if_childless(self, reason: str) -> bool:
+    async def destroy_if_childless(self, cause: Cause) -> bool:
         """Destroy, paused or running, only if it has no live children (checked
         under the call lock: a fork in progress finishes first); True if destroyed."""
         with trio.CancelScope(shield=True):
             async with self._lock:
                 destroyed = self._state is not SandboxState.DEAD and not self._children
                 if destroyed:
-                    await self._destroy_locked(reason)
+                    await self._destroy_locked(cause)
         return destroyed
 
     async def died(self, exc: BaseException | None = None) -> None:
@@ -323,8 +339,8 @@ class SafeSandbox(Generic[R]):
             if self.release_failure is not None:
                 await self.retry_release()
             return
-        reason = await self.raw.diagnose(exc)
-        await self.destroy(reason)
+        cause = await self.raw.diagnose(exc)
+        await self.destroy(cause)
 
     # -------------------------------------------------- zygote reference counts
     def child_added(self) -> None:
@@ -344,13 +360,13 @@ class SafeSandbox(Generic[R]):
         self._hub.emit(SandboxChildExited(self, child))
         await self._release_if_unreferenced()
 
-    async def _destroy_locked(self, reason: str) -> None:
+    async def _destroy_locked(self, cause: Cause) -> None:
         if self._state is SandboxState.DEAD:
             if self.release_failure is None:  # a failed one waits for an explicit retry
                 await self._release_if_unreferenced()  # one cut short (not by a failure)
             return
         self._state = SandboxState.DEAD
-        self._reason = reason
+        self._cause = cause
         await self._release_if_unreferenced()
 
     async def retry_release(self) -> bool:
@@ -371,10 +387,10 @@ class SafeSandbox(Generic[R]):
         ):
             return
         self._releasing = True
-        reason = self._reason or "destroyed"
+        cause = self._cause or Cause.of(CauseCode.UNKNOWN, error="destroyed")
         with trio.CancelScope(shield=True):
             try:
-                failure = await self._raw_release(reason)
+                failure = await self._raw_release(cause)
             finally:
                 self._releasing = False
             if failure is not None:
@@ -386,14 +402,14 @@ class SafeSandbox(Generic[R]):
             self._released = True
             self._hub.released(self.id)
             leftovers = () if failure is None else failure.leftovers
-            self._hub.emit(SandboxDestroyed(self, reason, leftovers))
+            self._hub.emit(SandboxDestroyed(self, cause, leftovers))
             if self.parent is not None:
                 await self.parent.child_gone(self)
 
-    async def _raw_release(self, reason: str) -> ReleaseFailed | None:
+    async def _raw_release(self, cause: Cause) -> ReleaseFailed | None:
         """The raw release; what it failed to free (never raised to a destroy caller)."""
         try:
-            await self.raw.release(reason)
+            await self.raw.release(cause)
         except ReleaseFailed as exc:
             return exc
         except Exception as exc:  # unknown state: its processes may still run
@@ -404,7 +420,7 @@ class SafeSandbox(Generic[R]):
         return None
 
 
-async def destroy_all(live: Mapping[str, SafeSandbox], reason: str) -> list[SafeSandbox]:
+async def destroy_all(live: Mapping[str, SafeSandbox], cause: Cause) -> list[SafeSandbox]:
     """Destroy every sandbox in ``live`` (a closing pool's list), leaves first:
     a zygote is released only after its last child.
 
@@ -414,7 +430,7 @@ async def destroy_all(live: Mapping[str, SafeSandbox], reason: str) -> list[Safe
     """
     while unsettled := [sb for sb in live.values() if not sb.settled]:
         for sb in sorted(unsettled, key=lambda s: s.is_leaf, reverse=True):
-            await sb.destroy(reason)
+            await sb.destroy(cause)
         await trio.lowlevel.checkpoint()
     for sb in sorted(live.values(), key=lambda s: s.is_leaf, reverse=True):
         await sb.retry_release()

@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import socket as stdsocket
@@ -31,10 +32,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import native
+from .._causes import Cause, CauseCode, SignalSender
 from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
 from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
 from ._blocked import BlockedSyscalls, sandbox_env
-from ._client import LeafClient
+from ._client import BadResponse, LeafClient
 from ._rootfs import SandboxRoot
 from ._safe import ReleaseFailed, SafeSandbox
 from ._suitability import unfit_to_fork
@@ -55,16 +57,39 @@ BASE_ENV = {
 LOG_TAIL_BYTES = 2000
 #: How long a failed start waits for a process's exit to become visible.
 EXIT_GRACE_S = 0.25
+#: How long diagnosing a forked leaf waits for its zygote to forward its exit status.
+FORWARDED_STATUS_WAIT_S = 0.25
 
 
-def describe_wait_status(si_code: int, status: int) -> str:
-    if si_code == os.CLD_EXITED:
-        return f"exited with status {status}"
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a sandbox's init process ended: ``exit_code``, or killed by ``signal``."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_waitid(cls, si_code: int, status: int) -> ExitStatus:
+        if si_code == os.CLD_EXITED:
+            return cls(exit_code=status)
+        return cls(signal=status)
+
+    @classmethod
+    def from_json(cls, data: object) -> ExitStatus | None:
+        """What a zygote forwarded (see runtime/server.py ``_reap_children``)."""
+        if isinstance(data, dict):
+            if isinstance(data.get("signal"), int):
+                return cls(signal=data["signal"])
+            if isinstance(data.get("exit_code"), int):
+                return cls(exit_code=data["exit_code"])
+        return None
+
+
+def signal_name(number: int) -> str:
     try:
-        name = signal.Signals(status).name
+        return signal.Signals(number).name
     except ValueError:
-        name = f"signal {status}"
-    return f"killed by {name}"
+        return f"signal {number}"
 
 
 class SocketRedirected(SandboxError):
@@ -107,7 +132,13 @@ class SockSandbox:
     pid: int = 0
     pidfd: int = -1
     scratch_fd: int = -1
-    exit_description: str | None = None
+    exit_status: ExitStatus | None = None
+    #: A forked leaf's zygote and its pid in the zygote's namespace (for the
+    #: exit status the zygote forwards).
+    zygote: SockSandbox | None = None
+    ns_pid: int = 0
+    #: The worker killed it (its release began).
+    killed: bool = False
     exited: trio.Event = field(default_factory=trio.Event)
     watching: bool = False
     client: LeafClient | None = None
@@ -168,33 +199,79 @@ class SockSandbox:
         except OSError:
             return ""
 
-    async def diagnose(self, error: BaseException | None) -> str:
-        """Why did it die?  cgroup counters first (the kernel's own verdict),
-        then the exit status, then the error the caller saw."""
+    async def diagnose(self, error: BaseException | None) -> Cause:
+        """Why did it die (or fail with ``error``)?  The kernel's own verdicts
+        first (the cgroup's OOM kills, then its pids-limit hits), then the
+        exit status (a forked leaf's is forwarded by its zygote), then the
+        error the caller saw; ``unknown`` only when none of these tells."""
         if self.watching:
             with trio.move_on_after(0.2):
                 await self.exited.wait()
         elif self.pidfd >= 0:
             self.reap(block=False)
+        if isinstance(error, BadResponse):
+            return Cause.of(CauseCode.BAD_RESPONSE, reason=str(error))
+        status = self.exit_status
+        if status is None and self.zygote is not None and self.process_gone():
+            status = await self.forwarded_status()
         try:
             u = self.prepared_cgroup().usage()
         except Exception:  # cgroup already gone
             u = None
         limits = self.meta.limits
-        if u is not None and u.oom_kills:
-            return f"oom: killed at its memory limit of {limits.mem_mb} MB"
-        parts = []
-        if self.exit_description:
-            parts.append(self.exit_description)
+        oom = u is not None and u.oom_kills > 0
+        if status is not None and status.signal is not None:
+            if oom and status.signal == signal.SIGKILL:
+                return Cause.of(CauseCode.OOM, limit_mb=limits.mem_mb)
+            sender = (
+                SignalSender.OOM_KILLER
+                if oom
+                else SignalSender.WORKER
+                if self.killed
+                else SignalSender.OTHER
+            )
+            return Cause.of(
+                CauseCode.SIGNAL, signal=signal_name(status.signal), sender=sender.value
+            )
+        if oom:
+            return Cause.of(CauseCode.OOM, limit_mb=limits.mem_mb)
         if u is not None and u.pids_limit_hits:
-            parts.append(f"pids: hit its limit of {limits.procs} processes")
-        if not parts and error is not None:
-            parts.append(f"{type(error).__name__}: {error}")
-        if not parts:
-            parts.append("process exited unexpectedly")
-        return "; ".join(parts)
+            return Cause.of(CauseCode.PIDS_LIMIT, limit=limits.procs)
+        if status is not None:
+            return Cause.of(CauseCode.EXIT, exit_code=status.exit_code)
+        if error is not None:
+            return Cause.of(CauseCode.UNKNOWN, error=f"{type(error).__name__}: {error}")
+        return Cause.of(CauseCode.UNKNOWN, error="its process exited unexpectedly")
 
-    async def release(self, reason: str) -> None:
+    def process_gone(self) -> bool:
+        """Has its init process exited (seen, or its pidfd says so now)?"""
+        if self.exited.is_set():
+            return True
+        if self.pidfd < 0:
+            return False
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
+
+    async def forwarded_status(self) -> ExitStatus | None:
+        """A forked leaf's exit status, as its zygote forwarded it (read and
+        removed; waited for briefly: the zygote reaps it after the worker may
+        already have seen it die).  None if it never came."""
+        zygote = self.zygote
+        if zygote is None or self.ns_pid <= 0:
+            return None
+        with trio.move_on_after(FORWARDED_STATUS_WAIT_S):
+            while True:
+                found, status = read_forwarded_status(zygote, self.ns_pid)
+                if found:
+                    self.exit_status = status  # read once: the file is gone now
+                    return status
+                if zygote.exited.is_set():
+                    return None
+                await trio.sleep(0.005)
+        return None
+
+    async def release(self, cause: Cause) -> None:
         """Kill, unmount, remove (see :func:`release_sandbox`); raises
         ReleaseFailed when something stays.  A retry does what is left."""
         if self.client is not None:
@@ -222,7 +299,7 @@ class SockSandbox:
         else:
             if info is None:
                 return False
-            self.exit_description = describe_wait_status(info.si_code, info.si_status)
+            self.exit_status = ExitStatus.from_waitid(info.si_code, info.si_status)
         os.close(self.pidfd)
         self.pidfd = -1
         self.exited.set()
@@ -264,6 +341,36 @@ class SockSandbox:
         return False
 
 
+def read_forwarded_status(zygote: SockSandbox, ns_pid: int) -> tuple[bool, ExitStatus | None]:
+    """Read and remove the exit status ``zygote`` forwarded for its child
+    ``ns_pid``: ``(found, status)``.  Opened without following symlinks,
+    relative to the zygote's scratch dir (which the zygote can write)."""
+    if zygote.scratch_fd < 0:
+        return False, None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = os.open("exits", flags | os.O_DIRECTORY, dir_fd=zygote.scratch_fd)
+    except OSError:
+        return False, None
+    try:
+        fd = os.open(str(ns_pid), flags | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        os.close(dir_fd)
+        return False, None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(256)
+        os.unlink(str(ns_pid), dir_fd=dir_fd)
+    except OSError:
+        return True, None
+    finally:
+        os.close(dir_fd)
+    try:
+        return True, ExitStatus.from_json(json.loads(data))
+    except ValueError:
+        return True, None
+
+
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
@@ -283,7 +390,9 @@ class RuntimeClosed(SandboxError):
     """The runtime closed its report channel before the phase ended (it exited)."""
 
 
-async def next_report(sock: trio.socket.SocketType, phase: str, what: str) -> int:
+async def next_report(
+    sock: trio.socket.SocketType, phase: str, what: str, forked: list[int] | None = None
+) -> int:
     """Read the runtime's reports until ``{phase: true}``; return the sender's host pid.
 
     ``phase`` is ``"started"`` (a leaf's runtime listens; the function's code
@@ -294,7 +403,8 @@ async def next_report(sock: trio.socket.SocketType, phase: str, what: str) -> in
     the host and :class:`ZygoteUnsuitable` raised if it is no longer fit to
     fork.  Raises :class:`RuntimeClosed` when the peer closes first and
     SandboxError when a zygote refuses the fork.  No timeout: the caller's
-    cancel scope bounds each phase.
+    cancel scope bounds each phase.  The zygote's fork reply (the child's pid
+    in the zygote's namespace) is appended to ``forked``.
     """
     while True:
         try:
@@ -318,6 +428,8 @@ async def next_report(sock: trio.socket.SocketType, phase: str, what: str) -> in
             continue
         if "error" in data:
             raise SandboxError(f"{what}: zygote refused the fork: {data['error']}")
+        if forked is not None and isinstance(data.get("forked"), int):
+            forked.append(data["forked"])
         if data.get(phase):
             return _sender_pid(ancdata, what)
 
@@ -394,9 +506,16 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
             assert zygote is not None
             async with parent._lock:  # serialised with the zygote's other calls
                 parent.check_running("zygote")  # again, now that calls are serialised
+                sb.zygote = zygote
                 await _request_fork(zygote, sb, pool, sock)
                 sb.pid = await _started(sb, sock, pool, what)
-                sb.pidfd = os.pidfd_open(sb.pid)
+                try:
+                    sb.pidfd = os.pidfd_open(sb.pid)
+                except ProcessLookupError:  # it died at once, and its zygote reaped it
+                    if not sb.is_leaf:
+                        raise SandboxError(f"{what}: it exited as soon as it started") from None
+                    sb.exited.set()
+                    raise await _init_death(sb, pool, zygote, what) from None
                 if sb.pid not in first_hierarchy_pids(sb.cgroup):
                     raise SandboxError(f"{what}: pid {sb.pid} reported outside its cgroup")
                 _check_open(pool)  # before child_added: the caller's cleanup cannot undo it
@@ -413,14 +532,27 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
 
 def _check_open(pool) -> None:
     if pool.closing:
-        raise SandboxError("the sandbox pool is shutting down")
+        raise shutting_down()
+
+
+def shutting_down() -> SandboxError:
+    """The error of a creation the pool's closing cut short (cause ``worker_shutdown``)."""
+    err = SandboxError("the sandbox pool is shutting down")
+    err.cause = Cause.of(CauseCode.WORKER_SHUTDOWN)
+    return err
 
 
 async def _started(sb: SockSandbox, sock: trio.socket.SocketType, pool, what: str) -> int:
-    """Phase one: the runtime's pid once it reports started (a leaf) or ready (a zygote)."""
+    """Phase one: the runtime's pid once it reports started (a leaf) or ready (a zygote);
+    a forked one's pid in its zygote's namespace goes to ``sb.ns_pid``."""
     timeout = pool.config.sandbox.ready_timeout_s
+    forked: list[int] = []
     with trio.move_on_after(timeout):
-        return await next_report(sock, "started" if sb.is_leaf else "ready", what)
+        try:
+            return await next_report(sock, "started" if sb.is_leaf else "ready", what, forked)
+        finally:
+            if forked:
+                sb.ns_pid = forked[-1]
     raise SandboxError(f"{what}: not started within {timeout:g} s (sandbox.ready_timeout_s)")
 
 
@@ -429,11 +561,16 @@ async def _init_phase(
 ) -> None:
     """Phase two: the leaf imports the function's code within ``meta.limits.init_s``."""
     limit = sb.meta.limits.init_s
+    forked: list[int] = []  # the zygote's fork reply, if it came after "started"
     with trio.move_on_after(limit):
         try:
-            pid = await next_report(sock, "ready", what)
+            pid = await next_report(sock, "ready", what, forked)
         except RuntimeClosed as exc:
+            if forked:
+                sb.ns_pid = forked[-1]
             raise await _init_death(sb, pool, zygote, what) from exc
+        if forked:
+            sb.ns_pid = forked[-1]
         if pid != sb.pid:
             raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
         _check_open(pool)
@@ -453,17 +590,20 @@ async def _init_death(
         with trio.move_on_after(EXIT_GRACE_S):
             await zygote.exited.wait()
         if zygote.exited.is_set():
-            return SandboxError(f"{what}: its zygote {zygote.id} died while the child started")
+            err = SandboxError(f"{what}: its zygote {zygote.id} died while the child started")
+            err.cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
+            return err
     if pool.closing:
-        return SandboxError(f"{what}: the sandbox pool is shutting down")
+        return shutting_down()
     if sb.pidfd >= 0:
         with trio.move_on_after(EXIT_GRACE_S):
             await trio.lowlevel.wait_readable(sb.pidfd)  # exited: its status is readable
-    reason = await sb.diagnose(None)  # the kernel's verdict, else "exited unexpectedly"
+    cause = await sb.diagnose(None)  # the kernel's verdict, else the exit status
     tail = sb.log_tail()
     detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
     return InitDied(
-        f"the sandbox died while importing the function's code: {reason}{detail}", reason
+        f"the sandbox died while importing the function's code: {cause.summary()}{detail}",
+        cause,
     )
 
 
@@ -570,6 +710,7 @@ async def release_sandbox(
     the root and dir are retried.  The caller shields it from cancellation.
     """
     leftovers = []
+    sb.killed = True
     if sb.cgroup is not None:
         cg, sb.cgroup = sb.cgroup, None
         try:

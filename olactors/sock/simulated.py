@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .._causes import Cause, CauseCode, SignalSender
 from .._errors import InitTimeout, SandboxError, SandboxStateError
 from .._groups import lone_errors_unwrapped
 from ._api import (
@@ -83,8 +84,9 @@ __all__ = [
     "uniform",
 ]
 
-CRASH_DURING_CALL = "crashed: simulated crash during call"
-CRASH_WHILE_IDLE = "crashed: simulated crash while idle"
+#: The default causes of the simulated crashes (a segfault; an exit while idle).
+CRASH_DURING_CALL = Cause.of(CauseCode.SIGNAL, signal="SIGSEGV", sender=SignalSender.OTHER.value)
+CRASH_WHILE_IDLE = Cause.of(CauseCode.EXIT, exit_code=1)
 ECHO_S = 0.001
 
 Latency = Callable[[random.Random], float]
@@ -147,18 +149,20 @@ class _FaultBase:
 
 @dataclass(frozen=True, eq=False)
 class CrashDuringCall(_FaultBase):
-    """``invoke`` sleeps ``delay_s``, then the sandbox's process dies."""
+    """``invoke`` sleeps ``delay_s``, then the sandbox's process dies of ``cause``."""
 
     delay_s: float = 0.0
+    cause: Cause = CRASH_DURING_CALL
 
 
 @dataclass(frozen=True, eq=False)
 class CrashWhileIdle(_FaultBase):
     """After ``after_s`` seconds without a call (paused or not) the sandbox dies
     on its own.  Drawn each time the sandbox becomes idle (created, or a call
-    returned); a call starting in the meantime disarms it."""
+    returned); a call starting in the meantime disarms it.  It dies of ``cause``."""
 
     after_s: float
+    cause: Cause = CRASH_WHILE_IDLE
 
 
 @dataclass(frozen=True, eq=False)
@@ -254,7 +258,11 @@ class SimulatedBehaviour:
 
 
 class SimulatedCrash(Exception):
-    """Raised by a raw simulated sandbox whose process died (the reason is its message)."""
+    """Raised by a raw simulated sandbox whose process died of ``cause``."""
+
+    def __init__(self, cause: Cause) -> None:
+        super().__init__(cause.summary())
+        self.cause = cause
 
 
 # ------------------------------------------------------------ raw sandboxes
@@ -274,7 +282,7 @@ class SimulatedSandbox:
     in_call: bool = False
     frozen: bool = False
     released: bool = False
-    dead_reason: str | None = None
+    dead_cause: Cause | None = None
     memory_mb: int = 0
     peak_memory_mb: int = 0
     oom_kills: int = 0
@@ -296,8 +304,8 @@ class SimulatedSandbox:
 
     # ------------------------------------------------------------ mechanics
     def _check_process(self) -> None:
-        if self.dead_reason is not None:
-            raise SimulatedCrash(self.dead_reason)
+        if self.dead_cause is not None:
+            raise SimulatedCrash(self.dead_cause)
 
     async def invoke(self, request: Invocation) -> InvocationResult:
         self._check_process()
@@ -313,9 +321,9 @@ class SimulatedSandbox:
             with trio.CancelScope() as scope:
                 self.call_scope = scope
                 result = await pool._call(self, request)
-            if scope.cancelled_caught or self.dead_reason is not None:
+            if scope.cancelled_caught or self.dead_cause is not None:
                 # killed mid-call (pool.kill, or its zygote died)
-                raise SimulatedCrash(self.dead_reason or "crashed: killed during call")
+                raise SimulatedCrash(self.dead_cause or CRASH_DURING_CALL)
         finally:
             self.call_scope = None
             self.in_call = False
@@ -335,7 +343,7 @@ class SimulatedSandbox:
         self._check_process()
         self.frozen = False
 
-    async def release(self, reason: str) -> None:
+    async def release(self, cause: Cause) -> None:
         await trio.sleep(self.pool.behaviour.destroy_s(self.rng))
         failure = self.pool._release_fault(self)
         if failure is not None and not failure.processes_gone:
@@ -354,12 +362,14 @@ class SimulatedSandbox:
             cpu_ns=self.cpu_ns,
         )
 
-    async def diagnose(self, error: BaseException | None) -> str:
-        if self.dead_reason is not None:
-            return self.dead_reason
+    async def diagnose(self, error: BaseException | None) -> Cause:
+        if self.dead_cause is not None:
+            return self.dead_cause
+        if isinstance(error, SimulatedCrash):
+            return error.cause
         if error is None:
-            return "crashed: process exited unexpectedly"
-        return "crashed: " + repr(error)
+            return Cause.of(CauseCode.UNKNOWN, error="its process exited unexpectedly")
+        return Cause.of(CauseCode.UNKNOWN, error=repr(error))
 
     def _set_memory(self, mb: int) -> None:
         self.memory_mb = int(mb)
@@ -440,10 +450,12 @@ class SimulatedPool(PoolEvents):
             async with zygote._lock:  # serialised with the zygote's other calls
                 zygote.check_running("zygote")  # again, now that calls are serialised
                 await self._start(raw, self.behaviour.fork_s)
-                if zygote.raw.dead_reason is not None:
-                    raise SandboxError(
+                if zygote.raw.dead_cause is not None:
+                    err = SandboxError(
                         f"creating sandbox {raw.id} failed: zygote {zygote.id} died during the fork"
                     )
+                    err.cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
+                    raise err
                 zygote.child_added()
         if is_leaf:
             try:
@@ -466,11 +478,12 @@ class SimulatedPool(PoolEvents):
         self._became_idle(raw)
         return safe
 
-    def kill(self, sandbox: Sandbox, reason: str) -> None:
-        """Make the live sandbox's process die on its own now, with ``reason``.
+    def kill(self, sandbox: Sandbox, cause: Cause = CRASH_DURING_CALL) -> None:
+        """Make the live sandbox's process die on its own now, of ``cause``.
 
         The death goes through ``SafeSandbox.died`` (as from a real pool's
-        watcher); a call in progress fails with SandboxDead(``reason``).  A
+        watcher); a call in progress fails with SandboxDead(``cause``); its
+        descendants die of ``zygote_died``.  A
         zygote's death also kills its descendants (they nest in its PID
         namespace).  Killing a sandbox whose process is already gone does nothing,
         unless its release failed with the process running: the process exits
@@ -482,17 +495,17 @@ class SimulatedPool(PoolEvents):
         if sandbox.release_pending:
             self._nursery.start_soon(self._report_deaths, [sandbox])
             return
-        if raw.dead_reason is not None:
+        if raw.dead_cause is not None:
             return
         self.counters["killed"] += 1
-        self._nursery.start_soon(self._report_deaths, self._crash(raw, reason))
+        self._nursery.start_soon(self._report_deaths, self._crash(raw, cause))
 
     async def aclose(self) -> None:
         """Destroy every sandbox, leaves first (zygotes are released once their
         last child is gone), then close every subscriber's channel.  A sandbox
         whose release keeps failing is left listed (and logged)."""
         self.closing = True
-        await destroy_all(self._live, "worker shutting down")
+        await destroy_all(self._live, Cause.of(CauseCode.WORKER_SHUTDOWN))
         self._hub.close()
         self._timer_wakeup.set()
 
@@ -531,11 +544,11 @@ class SimulatedPool(PoolEvents):
                     failure = fault
         await trio.sleep(seconds)
         if failure is not None:
-            raise SandboxError(f"creating sandbox {raw.id} failed: {failure.message}")
+            err = SandboxError(f"creating sandbox {raw.id} failed: {failure.message}")
+            err.cause = Cause.of(CauseCode.STARTUP_FAILED, output="", error=failure.message)
+            raise err
         if self.closing:
-            raise SandboxError(
-                f"creating sandbox {raw.id} failed: the sandbox pool is shutting down"
-            )
+            raise _shutting_down(raw)
 
     async def _init(self, raw: SimulatedSandbox) -> None:
         """A leaf's init phase (outside its zygote's lock, as in the real pool):
@@ -552,9 +565,7 @@ class SimulatedPool(PoolEvents):
         if seconds > limit:
             raise InitTimeout(limit)
         if self.closing:
-            raise SandboxError(
-                f"creating sandbox {raw.id} failed: the sandbox pool is shutting down"
-            )
+            raise _shutting_down(raw)
 
     async def _call(self, raw: SimulatedSandbox, request: Invocation) -> InvocationResult:
         for fault in list(self.behaviour.faults):
@@ -566,25 +577,25 @@ class SimulatedPool(PoolEvents):
                 if isinstance(fault, OOM):
                     raw.oom_kills += 1
                     raw._set_memory(raw.meta.limits.mem_mb)
-                    reason = f"oom: killed at its memory limit of {raw.meta.limits.mem_mb} MB"
+                    cause = Cause.of(CauseCode.OOM, limit_mb=raw.meta.limits.mem_mb)
                 else:
-                    reason = CRASH_DURING_CALL
+                    cause = fault.cause
                 raw.call_scope = None  # dying by itself: its own call fails below
-                dead = self._crash(raw, reason)
+                dead = self._crash(raw, cause)
                 if len(dead) > 1:  # a zygote's descendants die with it
                     self._nursery.start_soon(self._report_deaths, dead[1:])
-                raise SimulatedCrash(reason)
+                raise SimulatedCrash(cause)
         handler = self.behaviour.handler or echo
         result = await handler(raw, request)
         raw._set_memory(self.behaviour.memory_mb(self.behaviour.rng, raw.meta))
         return result
 
-    def _crash(self, raw: SimulatedSandbox, reason: str) -> list[SafeSandbox]:
+    def _crash(self, raw: SimulatedSandbox, cause: Cause) -> list[SafeSandbox]:
         """Mark ``raw``'s process (and, for a zygote, its descendants') dead now.
 
         Returns the sandboxes whose ``died`` must be reported, in the order
         to report them (the sandbox itself, then its descendants, newest first)."""
-        raw.dead_reason = reason
+        raw.dead_cause = cause
         raw.idle_generation += 1
         if raw.call_scope is not None:
             raw.call_scope.cancel()
@@ -592,8 +603,8 @@ class SimulatedPool(PoolEvents):
         if not raw.is_leaf:
             for safe in reversed(list(self._live.values())):
                 child = safe.raw
-                if child.dead_reason is None and self._descends_from(child, raw):
-                    child.dead_reason = f"crashed: its zygote {raw.id} died"
+                if child.dead_cause is None and self._descends_from(child, raw):
+                    child.dead_cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=raw.id)
                     child.idle_generation += 1
                     if child.call_scope is not None:
                         child.call_scope.cancel()
@@ -629,7 +640,7 @@ class SimulatedPool(PoolEvents):
     # ------------------------------------------------------- idle crashes
     def _became_idle(self, raw: SimulatedSandbox) -> None:
         """Arm the idle-crash faults that fire for ``raw`` from now."""
-        if raw.dead_reason is not None or raw.released:
+        if raw.dead_cause is not None or raw.released:
             return
         now = trio.current_time()
         for fault in list(self.behaviour.faults):
@@ -656,20 +667,26 @@ class SimulatedPool(PoolEvents):
             while self._timers and self._timers[0][0] <= now:
                 _, _, generation, raw, fault = heapq.heappop(self._timers)
                 if (
-                    raw.dead_reason is None
+                    raw.dead_cause is None
                     and not raw.released
                     and not raw.in_call
                     and raw.idle_generation == generation
                     and (fault.times is None or self._fired.get(fault, 0) < fault.times)
                 ):
                     self._record(fault)
-                    dead += self._crash(raw, CRASH_WHILE_IDLE)
+                    dead += self._crash(raw, fault.cause)
             if dead:
                 self._nursery.start_soon(self._report_deaths, dead)
             self._timer_wakeup = trio.Event()
             deadline = self._timers[0][0] if self._timers else float("inf")
             with trio.move_on_at(deadline):
                 await self._timer_wakeup.wait()
+
+
+def _shutting_down(raw: SimulatedSandbox) -> SandboxError:
+    err = SandboxError(f"creating sandbox {raw.id} failed: the sandbox pool is shutting down")
+    err.cause = Cause.of(CauseCode.WORKER_SHUTDOWN)
+    return err
 
 
 @asynccontextmanager

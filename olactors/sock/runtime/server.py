@@ -37,6 +37,10 @@ import types
 RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 LEAF_SOCKET = "/host/ol.sock"
 ZYGOTE_SOCKET = "/host/zygote.sock"
+#: Where a zygote leaves each reaped child's exit status, for the worker (a
+#: forked leaf is the zygote's child: only the zygote can reap it).
+EXITS_DIR = "/host/exits"
+MAX_EXIT_FILES = 512
 LEAF_SECCOMP = b""  # set in zygotes: the filter their leaf children install
 MAX_HEADER_BYTES = 65536
 MAX_FORK_MESSAGE = 1 << 20
@@ -381,14 +385,42 @@ def serve_leaf(listener: socket.socket, app) -> None:
 
 
 # --------------------------------------------------------------- zygote mode
+_exit_files: list = []
+
+
 def _reap_children(_signum=None, _frame=None) -> None:
+    """Reap every exited child and forward its status to the worker.
+
+    Each child's status goes to ``EXITS_DIR/<pid>`` (its pid in the zygote's
+    namespace, which the fork reply told the worker), written atomically:
+    ``{"exit_code": n}`` or ``{"signal": n}``.  The worker reads and removes
+    it when the leaf dies; the oldest are pruned beyond ``MAX_EXIT_FILES``
+    (children whose status the worker never asked for, e.g. spares).
+    """
     while True:
         try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        if os.WIFSIGNALED(status):
+            report = {"signal": os.WTERMSIG(status)}
+        else:
+            report = {"exit_code": os.waitstatus_to_exitcode(status)}
+        try:
+            tmp = f"{EXITS_DIR}/.{pid}"
+            with open(tmp, "w") as f:
+                f.write(json.dumps(report))
+            os.rename(tmp, f"{EXITS_DIR}/{pid}")
+        except OSError:
+            continue  # the worker then tells less (no exit status)
+        _exit_files.append(pid)
+        while len(_exit_files) > MAX_EXIT_FILES:
+            try:
+                os.unlink(f"{EXITS_DIR}/{_exit_files.pop(0)}")
+            except OSError:
+                pass
 
 
 def _become_child(conn: socket.socket, fds: list) -> None:
@@ -513,6 +545,7 @@ def serve_zygote(listener: socket.socket) -> None:
     """Answer fork requests (one SEQPACKET connection each), from a spare when one is ready."""
     import _proc
 
+    os.makedirs(EXITS_DIR, exist_ok=True)
     signal.signal(signal.SIGCHLD, _reap_children)
     spare = _new_spare(listener)
     while True:
