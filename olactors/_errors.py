@@ -7,6 +7,7 @@ Every error that can reach a user carries a stable machine-readable ``code``
 from __future__ import annotations
 
 from ._causes import Cause, CauseCode
+from ._records import NO_OUTPUT, CallOutput
 
 
 class OlactorsError(Exception):
@@ -55,6 +56,9 @@ class SandboxDead(SandboxError):
     """The sandbox is destroyed; ``cause`` says why (OOM, pids limit, crash, destroy call...)."""
 
     code = "sandbox_dead"
+    #: What the failed call wrote before the sandbox died (a failed
+    #: ``invoke``'s; empty for other operations).
+    output: CallOutput = NO_OUTPUT
 
     def __init__(self, message: str, cause: Cause) -> None:
         super().__init__(message)

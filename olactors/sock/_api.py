@@ -22,6 +22,7 @@ from typing import Protocol
 import trio
 
 from .._causes import Cause
+from .._records import NO_OUTPUT, CallOutput
 from .cgroups._api import CgroupUsage
 
 
@@ -100,6 +101,9 @@ class InvocationResult:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    #: What the call wrote to stdout and stderr, each cut at
+    #: ``debug.max_output_bytes`` (see ``_stdio.py``).
+    output: CallOutput = NO_OUTPUT
 
 
 #: Resource use since the sandbox was created: the counters of its cgroup,

@@ -38,6 +38,7 @@ from ._api import (
     SandboxMeta,
 )
 from ._events import EventHub, PoolEvents
+from ._output import SandboxLog, Stream
 from ._process import prepare_worker_process, worker_id
 from ._recovery import WorkerDirLock, open_worker_backend, recover_worker_dir
 from ._rootfs import (
@@ -57,6 +58,7 @@ from ._sock import (
     shutting_down,
     start,
 )
+from ._stdio import SandboxStdio
 from ._watchdog import start_watchdog
 from .cgroups import (
     CgroupAnomalies,
@@ -187,6 +189,9 @@ class SockPool(PoolEvents):
         )
 
     async def _prepare(self, sb: SockSandbox) -> None:
+        sb.stdio = SandboxStdio(SandboxLog(sb.dir / "log"), self.config.debug.max_output_bytes)
+        for stream in Stream:  # read from the start: a full pipe would block the sandbox
+            self._nursery.start_soon(sb.stdio.read, stream)
         limits = sb.meta.limits
         sb.cgroup = self._cgroups.acquire(
             CgroupLimits(
@@ -218,6 +223,8 @@ class SockPool(PoolEvents):
             )
         if report.processes_gone:
             self._live.pop(sb.id, None)
+            if sb.stdio is not None:
+                sb.stdio.close()  # no writer is left: what they wrote is read
         if report.leftovers and not handed_out:
             gone = report.processes_gone
             failure = ReleaseFailed(sb.id, report.leftovers, gone)

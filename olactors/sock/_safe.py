@@ -33,6 +33,7 @@ import trio
 
 from .._causes import Cause, CauseCode, SignalSender
 from .._errors import SandboxDead, SandboxError, SandboxStateError
+from .._records import CallOutput
 from ._api import (
     PACKAGES_MOUNT,
     Invocation,
@@ -81,6 +82,10 @@ class RawSandbox(Protocol):
     def network(self) -> str: ...
 
     async def invoke(self, request: Invocation) -> InvocationResult: ...
+
+    def call_output(self) -> CallOutput:
+        """What the last call wrote (as far as it got, if it failed)."""
+        ...
 
     async def freeze(self) -> None: ...
 
@@ -272,14 +277,18 @@ class SafeSandbox(Generic[R]):
                     await self._destroy_locked(killed)
                 raise
             except Exception as exc:
-                raise await self._fail(exc, "invoking") from exc
+                err = await self._fail(exc, "invoking")
+                err.output = self.raw.call_output()
+                raise err from exc
             assert limit_s is not None and scope.cancelled_caught
             timeout = Cause.of(CauseCode.TIMEOUT, limit_s=limit_s)
             with trio.CancelScope(shield=True):
                 await self._destroy_locked(timeout)
-            raise SandboxDead(
+            err = SandboxDead(
                 f"sandbox {self.id} ran longer than its runtime limit of {limit_s:g} s", timeout
             )
+            err.output = self.raw.call_output()
+            raise err
 
     async def pause(self) -> None:
         async with self._lock:

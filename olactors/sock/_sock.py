@@ -3,8 +3,9 @@
 A fresh sandbox is spawned by the native layer (join cgroups, new PID/UTS/IPC
 namespaces, network namespace, chroot, identity, no_new_privs, seccomp, exec
 ``python -I -S /runtime/server.py``).  A forked sandbox is cloned by its parent
-zygote, which receives the child's root dir fd, log fd and cgroup.procs fds
-over SCM_RIGHTS; the child enters them before anything else runs.  Either
+zygote, which receives the child's root dir fd, stdout and stderr pipes and
+cgroup.procs fds over SCM_RIGHTS; the child enters them before anything else
+runs (see ``_stdio.py`` for where its output goes).  Either
 way, "created" means the runtime listens on its socket and, for a leaf, has
 imported the function's code: two phases with limits of their own (see
 :func:`start`), so a slow import is told apart from a sandbox that failed.
@@ -34,11 +35,13 @@ import trio
 from .. import native
 from .._causes import Cause, CauseCode, SignalSender
 from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
+from .._records import NO_OUTPUT, CallOutput
 from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
 from ._blocked import BlockedSyscalls, sandbox_env
 from ._client import BadResponse, LeafClient
 from ._rootfs import SandboxRoot
 from ._safe import ReleaseFailed, SafeSandbox
+from ._stdio import SandboxStdio
 from ._suitability import unfit_to_fork
 from .cgroups import Cgroup, CgroupPool
 
@@ -144,6 +147,8 @@ class SockSandbox:
     client: LeafClient | None = None
     #: Its process did not exit after a kill and is no longer watched.
     lost: bool = False
+    #: Its stdout and stderr pipes (set when it is prepared).
+    stdio: SandboxStdio | None = None
     #: A leaf's map of the syscalls its filter blocked (see _blocked.py).
     blocked: BlockedSyscalls | None = None
 
@@ -158,7 +163,23 @@ class SockSandbox:
             self.client = LeafClient(self.connect)
         if self.blocked is not None:
             self.blocked.reset()
-        return await self.client.request(request)
+        stdio = self.prepared_stdio()
+        stdio.begin_call()
+        try:
+            result = await self.client.request(request)
+        finally:
+            output = stdio.end_call(self.blocked_syscalls())
+        return InvocationResult(result.status, result.headers, result.body, output)
+
+    def prepared_stdio(self) -> SandboxStdio:
+        """Its output pipes, made when it was prepared."""
+        if self.stdio is None:
+            raise SandboxError(f"sandbox {self.id} has no output pipes yet")
+        return self.stdio
+
+    def call_output(self) -> CallOutput:
+        """What its last call wrote (as far as it got, if it failed)."""
+        return NO_OUTPUT if self.stdio is None else self.stdio.call_output()
 
     def blocked_syscalls(self) -> tuple[str, ...]:
         """Names of the syscalls its seccomp filter blocked since the last call
@@ -191,13 +212,12 @@ class SockSandbox:
             return []
 
     def log_tail(self) -> str:
-        try:
-            with open(self.dir / "log", "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
-                return f.read().decode("utf-8", "replace")
-        except OSError:
+        """The end of its log (what it wrote outside calls), once what is
+        still in its pipes has been moved there."""
+        if self.stdio is None:
             return ""
+        self.stdio.drain()
+        return self.stdio.log.tail(LOG_TAIL_BYTES)
 
     async def diagnose(self, error: BaseException | None) -> Cause:
         """Why did it die (or fail with ``error``)?  The kernel's own verdicts
@@ -448,17 +468,18 @@ def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
     }
 
 
-def _open_child_fds(sb: SockSandbox, stack: ExitStack) -> tuple[int, int, list[int]]:
-    """Root dir fd, log fd and cgroup.procs fds for a new sandbox, closed with ``stack``."""
+def _open_child_fds(sb: SockSandbox, stack: ExitStack) -> tuple[int, tuple[int, int], list[int]]:
+    """Root dir fd, (stdout, stderr) pipe write ends and cgroup.procs fds for
+    a new sandbox, closed with ``stack`` (the worker's copies of the write
+    ends too: the sandbox then holds the only ones)."""
     root_fd = os.open(sb.root.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     stack.callback(os.close, root_fd)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-    log_fd = os.open(sb.dir / "log", flags, 0o600)
-    stack.callback(os.close, log_fd)
+    stdio = sb.prepared_stdio()
+    stack.callback(stdio.close_write_ends)
     procs_fds = sb.prepared_cgroup().open_procs_fds()
     for fd in procs_fds:
         stack.callback(os.close, fd)
-    return root_fd, log_fd, procs_fds
+    return root_fd, stdio.write_fds, procs_fds
 
 
 async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
@@ -612,7 +633,7 @@ def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
     sandbox_cfg = pool.config.sandbox
     python = pool.python
     with ExitStack() as stack:
-        root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
+        root_fd, (out_fd, err_fd), procs_fds = _open_child_fds(sb, stack)
         sb.pid = native.spawn(
             native.SpawnSpec(
                 path=python,
@@ -630,8 +651,8 @@ def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
                 hostname=sb.id,
                 uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
                 gid=sandbox_cfg.leaf_gid if sb.is_leaf else -1,
-                stdout_fd=log_fd,
-                stderr_fd=log_fd,
+                stdout_fd=out_fd,
+                stderr_fd=err_fd,
                 keep_fds=[child_end.fileno()],
                 seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
                 # called on the trio thread, which lives as long as the worker
@@ -659,10 +680,10 @@ async def _request_fork(
         "config": runtime_config(sb, pool.bpf["leaf"]),
     }
     with ExitStack() as stack:
-        root_fd, log_fd, procs_fds = _open_child_fds(sb, stack)
+        root_fd, (out_fd, err_fd), procs_fds = _open_child_fds(sb, stack)
         with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
             await sock.connect(path)
-        fds = array.array("i", [root_fd, log_fd, *procs_fds])
+        fds = array.array("i", [root_fd, out_fd, err_fd, *procs_fds])
         await sock.sendmsg([b"fork"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)])
     await sock.send(json.dumps(request).encode())
 
