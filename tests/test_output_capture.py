@@ -15,6 +15,7 @@ import json
 import pytest
 import trio
 
+from olactors._causes import CauseCode
 from olactors._errors import SandboxDead
 from olactors.sock import Invocation, SandboxMeta
 
@@ -182,6 +183,23 @@ async def test_output_of_a_sandbox_that_dies_mid_call_is_kept(pool, tmp_path, ki
         await sb.invoke(Invocation(body=b"1"))
     assert caught.value.output.stdout.data == b"last words\n"
     assert caught.value.output.stderr.data == b"on stderr too\n"
+
+
+SLOW = """
+import time
+
+def f(event):
+    print("before the limit")
+    time.sleep(30)
+"""
+
+
+async def test_output_of_a_call_stopped_at_its_runtime_limit_is_kept(pool, tmp_path):
+    sb = await leaf(pool, write_function(tmp_path, "slow", SLOW), "fresh")
+    with pytest.raises(SandboxDead) as caught:
+        await sb.invoke(Invocation(body=b"1"), limit_s=0.5)
+    assert caught.value.cause.code is CauseCode.TIMEOUT
+    assert caught.value.output.stdout.data == b"before the limit\n"
 
 
 BACKGROUND = """
