@@ -1,4 +1,5 @@
-"""`olactors` command line: serve, status, install, run, lock, init, cleanup, bench, simulate.
+"""`olactors` command line: serve, status, install, run, logs, why, lock, init, cleanup, bench,
+simulate.
 
 Errors a user can cause (bad config, bad path, no worker running) print one
 clear line to stderr and exit with status 2; they never show a traceback.
@@ -51,7 +52,8 @@ def _add_path(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="olactors", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="olactors", description=summary)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -77,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("json", nargs="?", help="JSON event to send (default: no body)")
     p.add_argument("--method", default="POST", help="HTTP method (default: POST)")
+    _add_path(p, overrides=False)
+
+    p = sub.add_parser("logs", help="show a function's recent calls on a running worker")
+    p.add_argument("name", help="function name")
+    p.add_argument("--request", metavar="ID", help="show this call's full record and output")
+    p.add_argument("--errors", action="store_true", help="only failed calls")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new calls")
+    p.add_argument("--limit", type=int, default=20, help="calls shown first (default: 20)")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    _add_path(p, overrides=False)
+
+    p = sub.add_parser("why", help="explain in plain words how a call ended")
+    p.add_argument("name", help="function name")
+    p.add_argument("request_id", help="the call's request id (its X-Request-Id)")
     _add_path(p, overrides=False)
 
     p = sub.add_parser(
@@ -106,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print figures as JSON")
     b = bench.add_parser("idle", help="memory kept per function after it idled out")
     b.add_argument("--functions", type=int, default=1000)
+    b.add_argument("--json", action="store_true", help="print figures as JSON")
+    b = bench.add_parser("records", help="worker RSS while it records many calls")
+    b.add_argument("--calls", type=int, default=100_000)
+    b.add_argument("--functions", type=int, default=10)
+    b.add_argument("--output-bytes", type=int, default=1024, help="stdout and stderr per call")
     b.add_argument("--json", action="store_true", help="print figures as JSON")
 
     p = sub.add_parser(
@@ -282,6 +303,97 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
+FOLLOW_INTERVAL_S = 1.0
+
+
+def format_call(record: dict[str, Any]) -> str:
+    """One line per call: time, request id, status, duration, cold/warm, cause."""
+    cold = record.get("cold")
+    reason = record.get("cold_reason")
+    start = "cold" + (f"({reason})" if reason else "") if cold else "warm"
+    cause = record.get("cause")
+    what = cause.get("code", "?") if isinstance(cause, dict) else "-"
+    blocked = record.get("blocked_syscalls") or []
+    if blocked:
+        what += " blocked:" + ",".join(blocked)
+    return (
+        f"{record.get('started_at', '?')} {record.get('request_id', '?')} "
+        f"{record.get('status', '?')} {float(record.get('duration_ms') or 0):.1f}ms {start} {what}"
+    )
+
+
+def format_record(record: dict[str, Any], explanation: str) -> list[str]:
+    """The full record of one call, then its output (for ``logs --request``)."""
+    lines = [format_call(record)]
+    for key, value in record.items():
+        if key not in ("stdout", "stderr"):
+            lines.append(f"  {key}: {json.dumps(value)}")
+    lines.append(f"  why: {explanation}")
+    for stream in ("stdout", "stderr"):
+        text = record.get(stream) or ""
+        lines.append(f"--- {stream} ({len(text)} chars)")
+        if text:
+            lines.append(text.rstrip("\n"))
+    return lines
+
+
+def _debug_get(client: httpx.Client, worker_dir: Path, path: str) -> httpx.Response:
+    """A /debug answer; its JSON error (unknown function or id) raised as one line."""
+    response = _admin_request(client, worker_dir, "GET", path)
+    if response.is_success:
+        return response
+    try:
+        message = response.json()["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip() or f"HTTP {response.status_code}"
+    raise OlactorsError(message)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    from ._names import validate_function_name
+
+    validate_function_name(args.name)
+    base = f"/debug/{args.name}"
+    with _admin_client(args.path) as client:
+        if args.request is not None:
+            record = _debug_get(client, args.path, f"{base}/{args.request}").json()
+            if args.json:
+                print(json.dumps(record))
+                return 0
+            why = _debug_get(client, args.path, f"{base}/{args.request}/error").text.strip()
+            print("\n".join(format_record(record, why)))
+            return 0
+        query = "&errors=1" if args.errors else ""
+        seen: dict[str, None] = {}  # the ids printed lately (bounded), oldest first
+        limit = max(1, min(args.limit, 1000))
+        while True:
+            records = _debug_get(client, args.path, f"{base}?limit={limit}{query}").json()
+            for record in reversed(records["records"]):  # oldest first
+                request_id = record.get("request_id")
+                if request_id in seen:
+                    continue
+                seen[request_id] = None
+                print(json.dumps(record) if args.json else format_call(record), flush=True)
+            while len(seen) > 4 * 1000:
+                del seen[next(iter(seen))]
+            if not args.follow:
+                return 0
+            limit = 1000
+            time.sleep(FOLLOW_INTERVAL_S)
+
+
+def _cmd_why(args: argparse.Namespace) -> int:
+    from ._names import validate_function_name
+
+    validate_function_name(args.name)
+    with _admin_client(args.path) as client:
+        path = f"/debug/{args.name}/{args.request_id}/error"
+        print(_debug_get(client, args.path, path).text.strip())
+    return 0
+
+
 def _cmd_lock(args: argparse.Namespace) -> int:
     from ._config import load_worker_config
     from .packages import IndexOptions, lock_function_dir
@@ -329,6 +441,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench import idle
 
         return idle.run(args.functions, args.json)
+    if args.bench == "records":
+        from .bench import records
+
+        return records.main(args.calls, args.functions, args.output_bytes, args.json)
     if args.samples < 1:
         raise OlactorsError("--samples must be >= 1")
     from .bench import sandbox
@@ -453,6 +569,8 @@ COMMANDS = {
     "status": _cmd_status,
     "install": _cmd_install,
     "run": _cmd_run,
+    "logs": _cmd_logs,
+    "why": _cmd_why,
     "lock": _cmd_lock,
     "cleanup": _cmd_cleanup,
     "bench": _cmd_bench,
@@ -475,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"olactors {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command == "logs":
+            return 0  # the way out of --follow
+        raise
 
 
 if __name__ == "__main__":

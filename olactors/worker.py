@@ -3,19 +3,26 @@
 ``async with open_worker(config, worker_dir) as worker`` starts, in order,
 the sandbox pool (the real SOCK pool unless one is passed in, e.g. the
 simulated pool), the memory pool, the evictor, the import cache, the code
-puller and the lambda manager.  ``worker.invoke(name, invocation, request_id)``
-runs one call.  Leaving the block shuts down gracefully: new calls get 503,
-queued and in-flight calls finish by the shutdown deadline (see
-:class:`~olactors._shutdown.ShutdownDeadline`), then every actor stops and
-every sandbox is destroyed.
+puller, the call recorder and the lambda manager.
+``worker.invoke(name, invocation, request_id)`` runs one call; a call that
+reached the function (an instance took it, see
+:class:`~olactors._records.CallTrace`) leaves a record in
+``<worker>/records.db`` (see :mod:`olactors.records`), read back with
+:meth:`Worker.records` and :meth:`Worker.record`.  Leaving the block shuts
+down gracefully: new calls get 503, queued and in-flight calls finish by the
+shutdown deadline (see :class:`~olactors._shutdown.ShutdownDeadline`), then
+every actor stops (the recorder writes what is still queued) and every
+sandbox is destroyed.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +35,7 @@ from ._eviction import make_policy
 from ._groups import lone_errors_unwrapped
 from ._metrics import Metrics
 from ._names import validate_function_name
+from ._records import CallRecord, CallTrace
 from ._shutdown import ShutdownDeadline
 from ._zygote_tree import load_zygote_tree
 from .actors._deps import Deps
@@ -38,11 +46,20 @@ from .actors.manager import ManagerRef, run_manager
 from .actors.mempool import MemPoolRef, run_mempool
 from .actors.package_puller import PackagePuller, run_package_puller
 from .packages._store import PackageStore
+from .records import (
+    RecentIds,
+    RecorderRef,
+    RecorderSettings,
+    RecordNotFound,
+    RecordStore,
+    run_recorder,
+)
 from .registry import LocalRegistry, registry_path
 from .sock import Invocation, InvocationResult, SandboxPool, open_sock_pool
 
 log = logging.getLogger("olactors.worker")
 EVENT_BUFFER = 65536
+RECORDS_DB = "records.db"
 CLIENT_GONE = 499  # recorded for a call whose caller was cancelled (e.g. disconnected)
 
 
@@ -60,6 +77,9 @@ class Worker:
         metrics: Metrics,
         package_puller: PackagePuller,
         shutdown: ShutdownDeadline | None = None,
+        recorder: RecorderRef | None = None,
+        records: RecordStore | None = None,
+        request_ids: RecentIds | None = None,
     ) -> None:
         self.config = config
         self.shutdown = shutdown or ShutdownDeadline()
@@ -72,6 +92,9 @@ class Worker:
         self.puller = puller
         self.metrics = metrics
         self.package_puller = package_puller
+        self.recorder = recorder
+        self.record_store = records or RecordStore(worker_dir / RECORDS_DB)
+        self.request_ids = request_ids or RecentIds(config.debug.keep_per_function)
         self.closing = False
         self.in_flight = 0
         path = registry_path(config.registry.location, worker_dir)
@@ -79,23 +102,38 @@ class Worker:
             None if path is None else LocalRegistry(path, config.registry.max_code_mb << 20)
         )
 
+    def claim_request_id(self, name: str, wanted: str | None) -> str:
+        """The request id of a new call of ``name``: the client's ``wanted`` one
+        if valid and not already used for ``name``, else a fresh one (see
+        :class:`~olactors.records.RecentIds`; decided in memory, no disk)."""
+        return self.request_ids.claim(name, wanted)
+
     async def invoke(self, name: str, inv: Invocation, request_id: str) -> InvocationResult:
-        """Run one call of function ``name``; raises the OlactorsError that answers it."""
+        """Run one call of function ``name``; raises the OlactorsError that answers it.
+
+        A call that reached the function is recorded under ``request_id``
+        (submitted to the recorder without waiting; whatever the answer,
+        including a caller that left, 499), with the answering error's cause
+        when the actors gave none."""
         validate_function_name(name)
         if self.closing:
             raise ShuttingDown("the worker is shutting down")
         headers = tuple((k, v) for k, v in inv.headers if not k.lower().startswith("x-olactors-"))
         inv = Invocation(inv.method.upper(), inv.path or "/", inv.query, headers, inv.body)
         start = trio.current_time()
+        started_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        trace = CallTrace()
+        error_cause = None
         status = 500
         known = True  # an unknown name must not leave a metrics record behind
         self.in_flight += 1
         try:
-            result = await self.manager.invoke(name, inv, request_id)
+            result = await self.manager.invoke(name, inv, request_id, trace)
             status = result.status
             return result
         except OlactorsError as exc:
             status = exc.status
+            error_cause = exc.cause
             known = not isinstance(exc, FunctionNotFound)
             raise
         except trio.Cancelled:
@@ -105,6 +143,37 @@ class Worker:
             self.in_flight -= 1
             ms = (trio.current_time() - start) * 1000
             self.metrics.record_call(name if known else None, status, ms)
+            if trace.reached_function and self.recorder is not None:
+                self.recorder.submit(
+                    trace.record(request_id, name, status, started_at, ms, error_cause)
+                )
+
+    async def records(self, name: str, limit: int, *, errors: bool = False) -> list[dict[str, Any]]:
+        """``name``'s newest records first, without their output (FunctionNotFound
+        when the worker knows nothing of ``name``)."""
+        found = await trio.to_thread.run_sync(
+            partial(self.record_store.recent, name, limit, errors=errors)
+        )
+        if not found and not await self._knows(name):
+            raise FunctionNotFound(f"function {name!r} is not known to this worker")
+        return found
+
+    async def record(self, name: str, request_id: str) -> CallRecord:
+        """The record of ``request_id`` in ``name`` (RecordNotFound if none)."""
+        found = await trio.to_thread.run_sync(self.record_store.get, name, request_id)
+        if found is None:
+            if not await self._knows(name):
+                raise FunctionNotFound(f"function {name!r} is not known to this worker")
+            raise RecordNotFound(f"no record of request {request_id!r} for function {name!r}")
+        return found
+
+    async def _knows(self, name: str) -> bool:
+        if name in self.metrics.functions:
+            return True
+        registry = self.registry
+        return (
+            registry is not None and await trio.to_thread.run_sync(registry.find, name) is not None
+        )
 
     def begin_shutdown(self, deadline: float | None = None) -> None:
         """Refuse new calls (503) from now on; whatever is left must be done by
@@ -121,6 +190,12 @@ class Worker:
             "functions": len(self.metrics.functions),
             "sandboxes": len(self.pool.sandboxes()),
         }
+
+    def record_stats(self) -> dict[str, Any]:
+        """The recorder's counts (written, dropped, failed, ...) and the ids held."""
+        out = self.recorder.stats() if self.recorder is not None else {}
+        out["request_ids_held"] = len(self.request_ids)
+        return out
 
     def sandboxes(self) -> list[dict[str, Any]]:
         out = []
@@ -197,6 +272,7 @@ class Worker:
             "not_found": self.metrics.not_found,
             "latency": self.metrics.latency.summary(),
             "import_cache": self.import_cache.describe() if self.import_cache else [],
+            "records": self.record_stats(),
         }
         sandbox_anomalies = getattr(self.pool, "sandbox_anomalies", None)
         if sandbox_anomalies is not None:
@@ -214,11 +290,15 @@ async def open_worker(
     *,
     pool: SandboxPool | None = None,
     code_source: CodeSource | None = None,
+    recording: bool = True,
 ) -> AsyncIterator[Worker]:
     """Start every actor; on exit drain calls, stop the actors, destroy every sandbox.
 
     ``pool`` (default: the SOCK pool) and ``code_source`` (default: the
     registry of ``registry.location``) are the seams simulations replace.
+    ``recording=False`` starts no recorder and opens no records database
+    (simulations: in virtual time, the store's worker threads finish at
+    moments no seed decides, and same-seed runs would differ).
     """
     worker_dir = worker_dir.resolve()
     tree = load_zygote_tree(config.import_cache.tree)
@@ -261,6 +341,18 @@ async def open_worker(
                 puller = await nursery.start(
                     partial(run_code_puller, config, worker_dir, source=code_source)
                 )
+                debug = config.debug
+                records = RecordStore(worker_dir / RECORDS_DB)
+                request_ids = RecentIds(debug.keep_per_function)
+                recorder = None
+                if recording:
+                    request_ids = await _open_records(records, debug.keep_per_function)
+                    settings = RecorderSettings(
+                        queue_max=debug.queue_max,
+                        keep_per_function=debug.keep_per_function,
+                        keep_s=debug.keep_s,
+                    )
+                    recorder = await nursery.start(run_recorder, records, settings)
                 shutdown = ShutdownDeadline()
                 deps = Deps(config, pool, mempool, cache_ref, puller, metrics, packages, shutdown)
                 manager = await nursery.start(run_manager, deps)
@@ -276,6 +368,9 @@ async def open_worker(
                     metrics,
                     package_puller,
                     shutdown,
+                    recorder,
+                    records,
+                    request_ids,
                 )
                 try:
                     yield worker
@@ -290,3 +385,15 @@ async def open_worker(
                     with trio.CancelScope(deadline=worker.shutdown.at, shield=True):
                         await manager.drain()
                     nursery.cancel_scope.cancel()
+
+
+async def _open_records(store: RecordStore, keep_per_function: int) -> RecentIds:
+    """Open the records database; the request ids it holds.  A database that
+    cannot be opened is logged, not fatal: the recorder counts its failures."""
+    try:
+        await trio.to_thread.run_sync(store.open)
+        seed = await trio.to_thread.run_sync(store.recent_ids, keep_per_function)
+    except sqlite3.Error as exc:
+        log.warning("call records: %s cannot be read (%s); recording degrades", store.path, exc)
+        seed = {}
+    return RecentIds(keep_per_function, seed)

@@ -5,11 +5,17 @@ request goes to one ``route`` coroutine that decides from the *raw* request
 path (``scope["raw_path"]``, never the percent-decoded one), so ``%2F`` in a
 name can never become a path separator and ``..`` is never normalised away.
 
-Every response carries ``X-Request-Id`` (a fresh uuid4 hex).  Errors are JSON
+Every response carries ``X-Request-Id``: the client's own (e.g. set by a
+load balancer) when it matches ``[A-Za-z0-9._-]{1,64}``, else a fresh uuid4
+hex; for a call of a function the worker also refuses an id already used for
+that function (:meth:`olactors.worker.Worker.claim_request_id`), since the id
+is the key of the call's record.  Errors are JSON
 ``{"error": code, "message": ..., "request_id": ...}``; an
 :class:`~olactors._errors.OlactorsError` keeps its ``code`` and ``status``, and
 any other exception becomes ``500 internal`` (logged with its traceback in the
-worker log, never sent to the client).
+worker log, never sent to the client).  An error with a cause (the call
+reached a sandbox) adds ``"cause": {"code", "detail"}`` to the body and the
+header ``X-Olactors-Cause: <code>``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +35,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .._causes import Cause
 from .._errors import (
     BadFunctionName,
     BodyTooLarge,
@@ -39,12 +45,14 @@ from .._errors import (
     QueueFull,
 )
 from .._names import validate_function_name
+from ..records import new_request_id, valid_request_id
 from ._keepalive import KeepAliveConnection
 
 log = logging.getLogger("olactors.http")
 access_log = logging.getLogger("olactors.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
+CAUSE_HEADER = "X-Olactors-Cause"
 
 #: Headers that describe one connection, not the message (RFC 9110 7.6.1),
 #: plus the framing and expectation headers the worker handles itself.
@@ -89,6 +97,7 @@ class RequestInfo:
     request_id: str
     method: str
     target: str  # the function name once known, else the raw path
+    client_request_id: str | None = None  # the client's X-Request-Id, if it sent a valid one
 
 
 Route = Callable[[TrioRequest, RequestInfo], Awaitable[Response]]
@@ -110,9 +119,15 @@ def retry_after(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
 
 
+def cause_headers(cause: Cause | None) -> list[tuple[str, str]]:
+    """``X-Olactors-Cause: <code>`` for an answer with a cause, else nothing."""
+    return [] if cause is None else [(CAUSE_HEADER, cause.code.value)]
+
+
 def error_response(exc: OlactorsError, request_id: str) -> Response:
-    """The JSON answer for ``exc``, with Retry-After (429, 503 function_failing) or Allow (405)."""
-    headers: list[tuple[str, str]] = []
+    """The JSON answer for ``exc``, with Retry-After (429, 503 function_failing),
+    Allow (405) or X-Olactors-Cause (an error with a cause)."""
+    headers = cause_headers(exc.cause)
     if isinstance(exc, QueueFull | FunctionFailing):
         headers.append(("Retry-After", retry_after(exc.retry_after_s)))
     if isinstance(exc, MethodNotAllowed) and exc.allowed:
@@ -213,7 +228,12 @@ class RawRoutedApp(QuartTrio):
     async def dispatch_request(self, request_context: Any = None) -> Response:
         request = cast(TrioRequest, (request_context or request_ctx).request)  # TrioRequest
         raw_path = request.scope.get("raw_path") or request.path.encode()
-        info = RequestInfo(uuid.uuid4().hex, request.method, raw_path.decode("latin-1"))
+        client_id = request.headers.get(REQUEST_ID_HEADER)
+        if not valid_request_id(client_id):
+            client_id = None
+        info = RequestInfo(
+            client_id or new_request_id(), request.method, raw_path.decode("latin-1"), client_id
+        )
         started = trio.current_time()
         try:
             response = await self._route(request, info)

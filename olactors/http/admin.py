@@ -14,6 +14,14 @@ format), listed in :data:`ENDPOINTS`, which the dispatcher routes by and
 * ``DELETE /registry/<name>``: 200 ``{"name", "deleted": true}``, 404 if absent
 * ``GET /openapi.json``: this surface's OpenAPI 3.1 document;
   ``GET /openapi/public.json``: the public surface's (see :mod:`.openapi`)
+* ``GET /debug/<name>[?limit=N][&errors=1]``: ``{"function", "records"}``,
+  the function's call records newest first (default 50, at most 1000),
+  without their output; only failed calls with ``errors=1``
+* ``GET /debug/<name>/<request_id>``: the record (see
+  :class:`~olactors._records.CallRecord`); ``.../stdout`` and ``.../stderr``
+  its output and ``.../error`` the plain-language explanation
+  (:func:`~olactors._records.explain`), as ``text/plain``.  An unknown
+  function is ``404 function_not_found``, an unknown id ``404 record_not_found``
 
 Registry writes answer ``409 registry_read_only`` when the worker reads its
 functions from an http(s) registry.  Bodies are capped at
@@ -32,6 +40,8 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 
 from .._errors import FunctionNotFound, OlactorsError
+from .._records import CallRecord, explain
+from ..records import MAX_LIST, RecordNotFound, valid_request_id
 from ._common import (
     NotFound,
     RawRoutedApp,
@@ -53,19 +63,36 @@ if TYPE_CHECKING:
 class Endpoint:
     """One admin path: its OpenAPI path template and the methods it accepts.
 
-    A template ending in ``{name}`` matches every raw path starting with what
-    precedes it; the rest is the function name (checked by :func:`parse_name`).
+    A template whose only parameter ends it (``/registry/{name}``) matches
+    every raw path starting with what precedes it; the rest is the function
+    name (checked by :func:`parse_name`).  A longer template matches segment
+    by segment: each ``{param}`` one raw segment, each other segment itself.
     """
 
     template: str
     methods: tuple[str, ...]
 
-    def match(self, raw_path: bytes) -> bytes | None:
-        """The raw ``{name}`` segment (``b""`` for a plain path) if ``raw_path`` is this one's."""
-        prefix, brace, _ = self.template.partition("{")
+    def match(self, raw_path: bytes) -> tuple[bytes, ...] | None:
+        """The raw parameter values (``()`` for a plain path) if ``raw_path`` is this one's."""
+        prefix, brace, tail = self.template.partition("{")
         if not brace:
-            return b"" if raw_path == prefix.encode() else None
-        return raw_path[len(prefix) :] if raw_path.startswith(prefix.encode()) else None
+            return () if raw_path == prefix.encode() else None
+        if not raw_path.startswith(prefix.encode()):
+            return None
+        rest = raw_path[len(prefix) :]
+        parts = ("{" + tail).split("/")
+        if len(parts) == 1:
+            return (rest,)
+        raw_parts = rest.split(b"/")
+        if len(raw_parts) != len(parts):
+            return None
+        values = []
+        for part, raw in zip(parts, raw_parts, strict=True):
+            if part.startswith("{"):
+                values.append(raw)
+            elif raw != part.encode():
+                return None
+        return tuple(values)
 
 
 ENDPOINTS = (
@@ -78,10 +105,19 @@ ENDPOINTS = (
     Endpoint("/registry/{name}", ("POST", "DELETE")),
     Endpoint("/openapi.json", ("GET",)),
     Endpoint("/openapi/public.json", ("GET",)),
+    # The longer /debug paths first: /debug/{name} takes any rest.
+    Endpoint("/debug/{name}/{request_id}/stdout", ("GET",)),
+    Endpoint("/debug/{name}/{request_id}/stderr", ("GET",)),
+    Endpoint("/debug/{name}/{request_id}/error", ("GET",)),
+    Endpoint("/debug/{name}/{request_id}", ("GET",)),
+    Endpoint("/debug/{name}", ("GET",)),
 )
+#: Records one ``GET /debug/<name>`` returns unless ``?limit=`` says otherwise.
+DEFAULT_LIMIT = 50
 
 
-Handler = Callable[[TrioRequest, RequestInfo, bytes], Awaitable[Response]]
+Args = tuple[bytes, ...]  # the raw path parameters, in template order
+Handler = Callable[[TrioRequest, RequestInfo, tuple[bytes, ...]], Awaitable[Response]]
 
 
 class RegistryReadOnly(OlactorsError):
@@ -89,6 +125,38 @@ class RegistryReadOnly(OlactorsError):
 
     code = "registry_read_only"
     status = 409
+
+
+class BadParameter(OlactorsError):
+    """A query parameter is malformed (e.g. ``?limit=`` that is not a number)."""
+
+    code = "bad_parameter"
+    status = 400
+
+
+def _limit(request: TrioRequest) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadParameter(f"limit must be a whole number, not {raw!r}") from None
+    if not 1 <= limit <= MAX_LIST:
+        raise BadParameter(f"limit must be between 1 and {MAX_LIST}, not {limit}")
+    return limit
+
+
+def _request_id(raw: bytes) -> str:
+    """A request id from a raw path segment; one that cannot be an id is not found."""
+    request_id = raw.decode("latin-1")
+    if not valid_request_id(request_id):
+        raise RecordNotFound(f"no record of request {request_id!r} (not a request id)")
+    return request_id
+
+
+def _text(body: str) -> Response:
+    return Response(body.encode(), content_type="text/plain; charset=utf-8")
 
 
 def create_admin_app(worker: Worker) -> QuartTrio:
@@ -107,16 +175,16 @@ def create_admin_app(worker: Worker) -> QuartTrio:
     def spec(surface: Surface) -> Response:
         return Response(specs[surface], content_type="application/json")
 
-    async def status(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def status(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         current = worker.status()
         return json_response(current, status_code_for(current))
 
-    async def registry_list(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def registry_list(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         registry = local_registry()
         return json_response(await trio.to_thread.run_sync(registry.list))
 
-    async def registry_entry(request: TrioRequest, info: RequestInfo, raw_name: bytes) -> Response:
-        name = parse_name(raw_name)
+    async def registry_entry(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        name = parse_name(args[0])
         info.target = name
         registry = local_registry()
         if request.method == "POST":
@@ -127,23 +195,49 @@ def create_admin_app(worker: Worker) -> QuartTrio:
             raise FunctionNotFound(f"function {name!r} is not in the registry")
         return json_response({"name": name, "deleted": True})
 
-    async def stats(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def stats(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return json_response(await worker.stats())
 
-    async def functions(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def functions(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return json_response(await worker.functions())
 
-    async def sandboxes(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def sandboxes(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return json_response(worker.sandboxes())
 
-    async def packages(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def packages(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return json_response(worker.packages())
 
-    async def admin_spec(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def admin_spec(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return spec("admin")
 
-    async def public_spec(request: TrioRequest, info: RequestInfo, _: bytes) -> Response:
+    async def public_spec(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return spec("public")
+
+    async def debug_list(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        if b"/" in args[0]:
+            raise NotFound(f"no endpoint at /debug/{args[0].decode('latin-1')}")
+        name = parse_name(args[0])
+        info.target = name
+        errors = request.args.get("errors", "0") not in ("0", "", "false")
+        records = await worker.records(name, _limit(request), errors=errors)
+        return json_response({"function": name, "records": records})
+
+    async def _record(info: RequestInfo, args: Args) -> CallRecord:
+        name = parse_name(args[0])
+        info.target = name
+        return await worker.record(name, _request_id(args[1]))
+
+    async def debug_record(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        return json_response((await _record(info, args)).as_json())
+
+    async def debug_stdout(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        return _text((await _record(info, args)).stdout)
+
+    async def debug_stderr(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        return _text((await _record(info, args)).stderr)
+
+    async def debug_error(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        return _text(explain(await _record(info, args)) + "\n")
 
     handlers: dict[str, Handler] = {
         "/status": status,
@@ -155,6 +249,11 @@ def create_admin_app(worker: Worker) -> QuartTrio:
         "/registry/{name}": registry_entry,
         "/openapi.json": admin_spec,
         "/openapi/public.json": public_spec,
+        "/debug/{name}": debug_list,
+        "/debug/{name}/{request_id}": debug_record,
+        "/debug/{name}/{request_id}/stdout": debug_stdout,
+        "/debug/{name}/{request_id}/stderr": debug_stderr,
+        "/debug/{name}/{request_id}/error": debug_error,
     }
     assert set(handlers) == {endpoint.template for endpoint in ENDPOINTS}
 

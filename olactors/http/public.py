@@ -31,6 +31,7 @@ from ._common import (
     NotFound,
     RawRoutedApp,
     RequestInfo,
+    cause_headers,
     error_body,
     forwarded_headers,
     header_value,
@@ -71,7 +72,8 @@ def split_run_path(raw_path: bytes) -> tuple[str, str]:
 def result_response(result: InvocationResult, request_id: str) -> Response:
     """The client's view of a sandbox's answer (see the module docstring).
     A runtime-marked failure of the function carries its cause in the body
-    (``runtime_error_cause``: handler_exception, import_error)."""
+    (``runtime_error_cause``: handler_exception, import_error) and its code
+    in ``X-Olactors-Cause``."""
     code = header_value(result.headers, ERROR_HEADER)
     if code is None:
         response = Response(result.body, status=result.status)
@@ -92,7 +94,9 @@ def result_response(result: InvocationResult, request_id: str) -> Response:
     cause = runtime_error_cause(result)
     if cause is not None:
         details["cause"] = cause.as_json()
-    return json_response(error_body(code, message, request_id, **details), result.status)
+    return json_response(
+        error_body(code, message, request_id, **details), result.status, cause_headers(cause)
+    )
 
 
 def create_public_app(worker: Worker) -> QuartTrio:
@@ -109,6 +113,7 @@ def create_public_app(worker: Worker) -> QuartTrio:
             raise NotFound(f"no endpoint at {raw_path.decode('latin-1')}")
         name, path = split_run_path(raw_path)
         info.target = name
+        info.request_id = worker.claim_request_id(name, info.client_request_id)
         body = await read_body(request, limit)
         invocation = Invocation(
             method=request.method,

@@ -186,7 +186,11 @@ class _Run:
                 async with open_simulated_pool(behaviour) as pool:
                     pool.listen(self.observe)
                     async with open_worker(
-                        self.config, SIMULATED_WORKER_DIR, pool=pool, code_source=registry
+                        self.config,
+                        SIMULATED_WORKER_DIR,
+                        pool=pool,
+                        code_source=registry,
+                        recording=False,  # no records store: its threads would break replay
                     ) as worker:
                         worker.evictor.audit = partial(self.audit_eviction, worker, pool)
                         observers.start_soon(self.sample, worker, pool)
