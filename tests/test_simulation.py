@@ -660,3 +660,29 @@ def test_random_workloads_keep_every_invariant(
     assert s["requests"] == sum(isinstance(a, Call) for a in actions)
     assert s["ok"] + s["rejected_429"] + s["errors"] == s["requests"]
     assert s["peak_memory_mb"] <= POOL_MB
+
+
+# ------------------------------------------------------------------ causes
+def test_the_cause_rule():
+    """A failed call that reached a sandbox needs a known cause; an answer
+    the worker gave without one carries none."""
+    from olactors._causes import Cause, CauseCode
+    from olactors._errors import HandlerTimeout, QueueFull, SandboxDied, SandboxUnavailable
+    from olactors.simulation._checks import Checker
+
+    checker = Checker(build_config(None, []))
+    oom = Cause.of(CauseCode.OOM, limit_mb=64)
+    checker.failed_request(1.0, 1, SandboxDied("died", oom))
+    checker.failed_request(1.0, 2, HandlerTimeout("slow", 1.0))
+    checker.failed_request(1.0, 3, QueueFull("full"))
+    assert checker.violations == []
+    checker.failed_request(2.0, 4, SandboxDied("died", Cause.of(CauseCode.UNKNOWN)))
+    checker.failed_request(2.0, 5, SandboxUnavailable("no sandbox"))
+    refused = QueueFull("full")
+    refused.cause = oom
+    checker.failed_request(2.0, 6, refused)
+    assert [(v.rule, v.detail.split(":")[0]) for v in checker.violations] == [
+        ("cause", "request 4"),
+        ("cause", "request 5"),
+        ("cause", "request 6"),
+    ]

@@ -182,7 +182,9 @@ class Instance:
             raise
         finally:
             if not req.reply.answered:  # never leave a caller hanging
-                req.reply.fail(SandboxUnavailable("the instance stopped before answering"))
+                req.reply.fail(
+                    SandboxUnavailable("the instance stopped before answering", self._stop_cause())
+                )
             now = trio.current_time()
             duration_ms = (now - start) * 1000 if handled else None
             try:

@@ -24,6 +24,11 @@ a run passes when there are none.  The rules (the simulation issue's list):
 * ``drain``: after the workload and ``idle_timeout_s``, no function actor, no
   leaf sandbox and no cached code is left; after shutdown no sandbox and no
   task.
+* ``cause``: every failed call that reached a sandbox (502 ``sandbox_died``,
+  504 ``timeout`` or ``init_timeout``, 500 ``sandbox_unavailable``) carries a
+  typed cause other than ``unknown``; the answers the worker gives without a
+  sandbox (429, 503 ``function_failing``/``memory_exhausted``/
+  ``shutting_down``, 404, 405...) carry none.
 * ``no_crash``: no actor logged an unexpected exception.
 """
 
@@ -33,10 +38,14 @@ import bisect
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
+from .._causes import CauseCode
 from .._config import Config
+from .._errors import HandlerTimeout, InitFailed, OlactorsError, SandboxDied, SandboxUnavailable
 from ..actors.evictor import EvictionRound
 
 EPSILON_S = 1e-6
+#: The errors of calls that reached a sandbox (or the creation of one).
+REACHED_A_SANDBOX = (SandboxDied, HandlerTimeout, InitFailed, SandboxUnavailable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,21 @@ class Checker:
             self.fail(at, "exactly_once", f"request {number} answered twice")
             return
         self.completed += 1
+
+    def failed_request(self, at: float, number: int, error: OlactorsError) -> None:
+        """Rule ``cause`` for one call answered with ``error``."""
+        cause = error.cause
+        if isinstance(error, REACHED_A_SANDBOX):
+            if cause is None or cause.code is CauseCode.UNKNOWN:
+                shown = "no cause" if cause is None else cause.summary()
+                self.fail(at, "cause", f"request {number}: {error.code} with {shown}")
+        elif cause is not None:
+            self.fail(
+                at,
+                "cause",
+                f"request {number}: {error.code}, answered without a sandbox, "
+                f"carries {cause.summary()}",
+            )
 
     def rejected_429(self, at: float, function: str, queued: int) -> None:
         depth = self.config.queue.max_depth

@@ -237,14 +237,13 @@ class _Run:
             result = await worker.invoke(function, Invocation(), f"sim-{number}")
             outcome = str(result.status)
             version = dict(result.headers).get("x-sim-version")
-        except QueueFull as exc:
-            outcome = "429"
-            self.checker.rejected_429(arrived, function, exc.queued)
-        except FunctionFailing as exc:
-            outcome = exc.code
-            self.checker.function_failing(trio.current_time(), function)
         except OlactorsError as exc:
-            outcome = exc.code
+            outcome = "429" if isinstance(exc, QueueFull) else exc.code
+            self.checker.failed_request(trio.current_time(), number, exc)
+            if isinstance(exc, QueueFull):
+                self.checker.rejected_429(arrived, function, exc.queued)
+            elif isinstance(exc, FunctionFailing):
+                self.checker.function_failing(trio.current_time(), function)
         except Exception as exc:  # any other exception is a bug: no clear error
             outcome = "exception"
             self.checker.fail(arrived, "exactly_once", f"request {number} raised {exc!r}")

@@ -60,8 +60,11 @@ BASE_ENV = {
 LOG_TAIL_BYTES = 2000
 #: How long a failed start waits for a process's exit to become visible.
 EXIT_GRACE_S = 0.25
+#: How long a diagnosis waits for the dead process's exit to be seen (a
+#: failure path only; a loaded machine can take a while to tear a process down).
+DIAGNOSE_EXIT_WAIT_S = 1.0
 #: How long diagnosing a forked leaf waits for its zygote to forward its exit status.
-FORWARDED_STATUS_WAIT_S = 0.25
+FORWARDED_STATUS_WAIT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,8 @@ class SockSandbox:
     ns_pid: int = 0
     #: The worker killed it (its release began).
     killed: bool = False
+    #: Held while a forked leaf's forwarded exit status is read.
+    reading_status: trio.Lock = field(default_factory=trio.Lock)
     exited: trio.Event = field(default_factory=trio.Event)
     watching: bool = False
     client: LeafClient | None = None
@@ -224,16 +229,17 @@ class SockSandbox:
         first (the cgroup's OOM kills, then its pids-limit hits), then the
         exit status (a forked leaf's is forwarded by its zygote), then the
         error the caller saw; ``unknown`` only when none of these tells."""
+        if isinstance(error, BadResponse):
+            return Cause.of(CauseCode.BAD_RESPONSE, reason=str(error))
         if self.watching:
-            with trio.move_on_after(0.2):
+            with trio.move_on_after(DIAGNOSE_EXIT_WAIT_S):
                 await self.exited.wait()
         elif self.pidfd >= 0:
             self.reap(block=False)
-        if isinstance(error, BadResponse):
-            return Cause.of(CauseCode.BAD_RESPONSE, reason=str(error))
         status = self.exit_status
         if status is None and self.zygote is not None and self.process_gone():
-            status = await self.forwarded_status()
+            async with self.reading_status:  # a concurrent diagnosis reads it once for both
+                status = self.exit_status or await self.forwarded_status()
         try:
             u = self.prepared_cgroup().usage()
         except Exception:  # cgroup already gone
@@ -359,6 +365,25 @@ class SockSandbox:
             self.pidfd = -1
             self.lost = True
         return False
+
+
+def pid_in_parent_namespace(pid: int) -> int:
+    """The pid of process ``pid`` as its parent namespace sees it (a forked
+    leaf's pid in its zygote's namespace: the name of the file its zygote
+    forwards its exit status in), from ``NSpid`` in /proc; 0 if unknown.
+
+    Read while the process lives (its pidfd is open, so the pid is not
+    reused): the zygote's fork reply says the same, but may come after the
+    leaf already reported ready."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    pids = line.split()[1:]
+                    return int(pids[-2]) if len(pids) >= 2 else 0
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def read_forwarded_status(zygote: SockSandbox, ns_pid: int) -> tuple[bool, ExitStatus | None]:
@@ -532,6 +557,7 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
                 sb.pid = await _started(sb, sock, pool, what)
                 try:
                     sb.pidfd = os.pidfd_open(sb.pid)
+                    sb.ns_pid = pid_in_parent_namespace(sb.pid) or sb.ns_pid
                 except ProcessLookupError:  # it died at once, and its zygote reaped it
                     if not sb.is_leaf:
                         raise SandboxError(f"{what}: it exited as soon as it started") from None
