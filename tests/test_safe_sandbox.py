@@ -8,6 +8,7 @@ import trio.testing
 
 from olactors._causes import Cause, CauseCode, released
 from olactors._errors import SandboxDead, SandboxStateError
+from olactors._records import NO_OUTPUT, CallOutput
 from olactors.sock import (
     EventHub,
     Invocation,
@@ -45,6 +46,9 @@ class FakeRawSandbox:
             return InvocationResult(200, (), request.body)
         finally:
             self.active -= 1
+
+    def call_output(self) -> CallOutput:
+        return NO_OUTPUT
 
     async def freeze(self) -> None:
         await self._op("freeze")
@@ -120,6 +124,22 @@ async def test_cancelled_invoke_destroys(autojump_clock):
     with trio.move_on_after(1):
         await sb.invoke(Invocation())
     assert sb.state is SandboxState.DEAD
+    assert raw.calls[-1] == "release"
+    killed = Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender="worker")
+    assert sb.death_cause == killed  # the caller's own cancel: the worker killed it
+
+
+async def test_the_runtime_limit_destroys_with_cause_timeout(autojump_clock):
+    raw = FakeRawSandbox("a")
+    raw.invoke_time = 10
+    sb = SafeSandbox(raw, EventHub(), None)
+    assert (await sb.invoke(Invocation(body=b"x"), limit_s=20)).body == b"x"
+    start = trio.current_time()
+    with pytest.raises(SandboxDead) as info:
+        await sb.invoke(Invocation(), limit_s=2)
+    assert trio.current_time() - start == 2
+    timeout = Cause.of(CauseCode.TIMEOUT, limit_s=2)
+    assert info.value.cause == sb.death_cause == timeout
     assert raw.calls[-1] == "release"
 
 

@@ -66,6 +66,7 @@ from .._errors import (
     OlactorsError,
     PackageInstallFailed,
     PackageResolutionFailed,
+    SandboxDead,
     SandboxDied,
     SandboxError,
     SandboxUnavailable,
@@ -233,7 +234,7 @@ class Instance:
             self.cold_reason = ColdReason.RESTARTED
             cause = exc.cause or Cause.of(CauseCode.UNKNOWN, error=exc.message)
             trace.cause = cause
-            trace.output = getattr(exc, "output", NO_OUTPUT)  # P3: the dead call's output
+            trace.output = exc.output if isinstance(exc, SandboxDead) else NO_OUTPUT
             if cause.code is CauseCode.TIMEOUT:  # the handler's own doing: not counted
                 req.reply.fail(
                     HandlerTimeout(
@@ -251,7 +252,7 @@ class Instance:
                 raise InstanceFailure(cause.summary()) from exc
             return
         self._trace_usage(sb, trace, cpu_before)
-        trace.output = getattr(result, "output", NO_OUTPUT)  # P3 adds InvocationResult.output
+        trace.output = result.output
         trace.cause = runtime_error_cause(result)  # the handler raised, or its import failed
         req.reply.send(result)
         if not self.code.config.reuse_sandbox:
