@@ -6,6 +6,8 @@ zygote (whose exit status only the zygote can reap: it forwards it).
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import trio
 
 from olactors._causes import Cause, CauseCode
 from olactors._errors import SandboxDead
-from olactors.sock import Invocation, SandboxMeta
+from olactors.sock import Invocation, SandboxDestroyed, SandboxMeta
 
 from .test_http_api import Served, assert_json_error, serving, write_fn
 
@@ -139,3 +141,21 @@ async def test_a_garbage_answer_is_a_bad_response(pool, tmp_path):
     assert sb.death_cause == cause
     assert not Cause.of(CauseCode.EVICTED).counts_against_function
     assert cause.counts_against_function
+
+
+async def test_a_forked_leaf_dies_with_its_zygote(pool, tmp_path):
+    from .conftest import write_function
+
+    code = write_function(tmp_path, "echo", "def f(event):\n    return event\n")
+    zygote = await pool.create(None, False, None, None, SandboxMeta())
+    leaf = await pool.create(zygote, True, str(code), None, SandboxMeta())
+    assert (await leaf.invoke(Invocation(body=b"1"))).status == 200
+    events = pool.subscribe(100)
+    os.kill(zygote.raw.pid, signal.SIGKILL)
+    with trio.fail_after(10):
+        async for event in events:
+            if isinstance(event, SandboxDestroyed) and event.sandbox is zygote:
+                break
+    assert leaf.death_cause == Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
+    assert not leaf.death_cause.counts_against_function
+    assert zygote.death_cause == Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender="other")

@@ -225,10 +225,12 @@ class SockSandbox:
         return self.stdio.log.tail(LOG_TAIL_BYTES)
 
     async def diagnose(self, error: BaseException | None) -> Cause:
-        """Why did it die (or fail with ``error``)?  The kernel's own verdicts
-        first (the cgroup's OOM kills, then its pids-limit hits), then the
-        exit status (a forked leaf's is forwarded by its zygote), then the
-        error the caller saw; ``unknown`` only when none of these tells."""
+        """Why did it die (or fail with ``error``)?  A malformed answer first
+        (``bad_response``: it lives), a forked leaf whose zygote died
+        (``zygote_died``), the kernel's own verdicts (the cgroup's OOM kills,
+        then its pids-limit hits), the exit status (a forked leaf's is
+        forwarded by its zygote), then the error the caller saw; ``unknown``
+        only when none of these tells."""
         if isinstance(error, BadResponse):
             return Cause.of(CauseCode.BAD_RESPONSE, reason=str(error))
         if self.watching:
@@ -240,6 +242,9 @@ class SockSandbox:
         if status is None and self.zygote is not None and self.process_gone():
             async with self.reading_status:  # a concurrent diagnosis reads it once for both
                 status = self.exit_status or await self.forwarded_status()
+            if status is None and self.zygote.process_gone():
+                # its zygote, its PID namespace's init, died: the kernel killed it
+                return Cause.of(CauseCode.ZYGOTE_DIED, zygote=self.zygote.id)
         try:
             u = self.prepared_cgroup().usage()
         except Exception:  # cgroup already gone
