@@ -128,6 +128,10 @@ class Instance:
         self.sandbox: Sandbox | None = None
         self.calls = 0
         self._cpu_ns_seen = 0  # of the current sandbox, already added to the metrics
+        #: The sandbox's CPU counter at the end of its last call (or its creation):
+        #: a call's CPU time is the counter after it minus this, so a warm call
+        #: reads the cgroup once (~0.1 ms on v1), not twice.
+        self._cpu_ns_base: int | None = None
         #: Why its next sandbox will be cold (the function actor sets the first one's).
         self.cold_reason = ColdReason.FIRST
         #: Why it drops its sandbox when it stops (the function actor sets CODE_UPDATED).
@@ -217,7 +221,6 @@ class Instance:
         self.calls += 1
         trace.sandbox = sb.id
         trace.memory_limit_mb = sb.meta.limits.mem_mb
-        cpu_before = self._cpu_ns(sb)
         inv = req.invocation
         inv = Invocation(
             inv.method,
@@ -251,7 +254,7 @@ class Instance:
                 metrics.sandbox_failures += 1
                 raise InstanceFailure(cause.summary()) from exc
             return
-        self._trace_usage(sb, trace, cpu_before)
+        self._trace_usage(sb, trace)
         trace.output = result.output
         trace.cause = runtime_error_cause(result)  # the handler raised, or its import failed
         req.reply.send(result)
@@ -266,15 +269,17 @@ class Instance:
         except OlactorsError:
             return None
 
-    @staticmethod
-    def _trace_usage(sb: Sandbox, trace: CallTrace, cpu_before: int | None) -> None:
-        """The sandbox's CPU time across the call and its peak memory so far."""
+    def _trace_usage(self, sb: Sandbox, trace: CallTrace) -> None:
+        """The sandbox's CPU time across the call (since its previous call
+        ended, when it was idle or paused) and its peak memory so far."""
         try:
             usage = sb.usage()
         except OlactorsError:
+            self._cpu_ns_base = None
             return
-        if cpu_before is not None:
-            trace.cpu_ms = max(0, usage.cpu_ns - cpu_before) / 1e6
+        if self._cpu_ns_base is not None:
+            trace.cpu_ms = max(0, usage.cpu_ns - self._cpu_ns_base) / 1e6
+        self._cpu_ns_base = usage.cpu_ns
         trace.memory_peak_mb = usage.memory_peak_bytes / (1 << 20)
 
     async def _sandbox_for_call(self, trace: CallTrace) -> tuple[Sandbox, bool]:
@@ -302,6 +307,7 @@ class Instance:
             try:
                 self.sandbox = await self._create()
                 self._cpu_ns_seen = 0
+                self._cpu_ns_base = self._cpu_ns(self.sandbox)  # the import's CPU is not the call's
                 trace.cold = True
                 trace.cold_reason = self.cold_reason
                 self.cold_reason = ColdReason.RESTARTED  # any later one replaces this one
