@@ -135,7 +135,8 @@ async def test_a_failing_call_is_explained_everywhere(worker_dir: Path) -> None:
             code, out, err = await cli("logs", "failing", "--json", "--errors", "--path", path)
             assert [json.loads(line)["request_id"] for line in out.splitlines()][0] == "lb-1.a_B"
             code, out, err = await cli("logs", "failing", "--request", "lb-1.a_B", "--path", path)
-            assert code == 0 and "to stdout 7" in out and "why: The handler raised ValueError" in out
+            assert code == 0 and "to stdout 7" in out
+            assert "why: The handler raised ValueError" in out
             code, out, err = await cli("why", "failing", "lb-1.a_B", "--path", path)
             assert code == 0 and out.startswith("The handler raised ValueError: bad input 7")
             code, out, err = await cli("why", "failing", "nope", "--path", path)
@@ -169,3 +170,37 @@ async def test_retention_drops_the_oldest(worker_dir: Path) -> None:
             assert [x["request_id"] for x in listed] == ids[:1:-1]
             r = await admin.get(f"/debug/echo/{ids[0]}")
             assert r.status_code == 404 and r.json()["error"] == "record_not_found"
+
+
+async def test_logs_follow_prints_new_calls(worker_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    write_fn(worker_dir / "registry", "echo", ECHO)
+    async with serving(worker_dir) as served, served.client() as client:
+        first = await client.post("/run/echo", json=0, headers={"X-Request-Id": "before"})
+        assert first.status_code == 200
+        async with served.admin_client() as admin:
+            await record_of(admin, "echo", "before")
+        args = [sys.executable, "-m", "olactors.cli", "logs", "echo", "--follow"]
+        process = await trio.lowlevel.open_process(
+            [*args, "--path", str(worker_dir)], stdout=subprocess.PIPE, cwd=REPO
+        )
+        assert process.stdout is not None
+        try:
+            seen = b""
+            with trio.fail_after(30):
+                while b" before 200 " not in seen:
+                    seen += await process.stdout.receive_some()
+                r = await client.post("/run/echo", json=1, headers={"X-Request-Id": "after"})
+                assert r.status_code == 200
+                while b" after 200 " not in seen:
+                    seen += await process.stdout.receive_some()
+            assert seen.count(b" before 200 ") == 1  # each call once
+        finally:
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(10):
+                assert await process.wait() == 0
