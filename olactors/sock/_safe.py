@@ -272,7 +272,9 @@ class SafeSandbox(Generic[R]):
                 with trio.move_on_after(float("inf") if limit_s is None else limit_s) as scope:
                     return await self.raw.invoke(request)
             except trio.Cancelled:
-                killed = Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender=SignalSender.WORKER)
+                killed = Cause.of(
+                    CauseCode.SIGNAL, signal="SIGKILL", sender=SignalSender.WORKER.value
+                )
                 with trio.CancelScope(shield=True):
                     await self._destroy_locked(killed)
                 raise
