@@ -159,3 +159,32 @@ async def test_a_forked_leaf_dies_with_its_zygote(pool, tmp_path):
     assert leaf.death_cause == Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
     assert not leaf.death_cause.counts_against_function
     assert zygote.death_cause == Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender="other")
+
+
+async def test_a_zygote_killed_while_its_child_is_paused_is_seen_dead(pool, tmp_path):
+    """On cgroup v1 a killed zygote with a frozen child cannot finish exiting
+    (as its PID namespace's init it waits for the frozen one), so its pidfd
+    never fires.  The next fork finds its socket refusing: the pool then
+    destroys the zygote's descendants (thawing and killing the frozen one),
+    the zygote's exit completes, and everything is released."""
+    from .conftest import write_function
+
+    code = write_function(tmp_path, "echo", "def f(event):\n    return event\n")
+    zygote = await pool.create(None, False, None, None, SandboxMeta())
+    leaf = await pool.create(zygote, True, str(code), None, SandboxMeta())
+    assert (await leaf.invoke(Invocation(body=b"1"))).status == 200
+    await leaf.pause()
+    events = pool.subscribe(100)
+    os.kill(zygote.raw.pid, signal.SIGKILL)
+    await trio.sleep(0.3)
+    assert zygote.death_cause is None  # the kernel cannot finish it: nothing told the pool
+    with pytest.raises(Exception) as info:
+        await pool.create(zygote, True, str(code), None, SandboxMeta())
+    assert getattr(info.value, "cause", None) == Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
+    with trio.fail_after(10):
+        async for event in events:
+            if isinstance(event, SandboxDestroyed) and event.sandbox is zygote:
+                break
+    assert leaf.death_cause == Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
+    assert zygote.death_cause is not None and zygote.death_cause.code is CauseCode.SIGNAL
+    assert pool.sandboxes() == []

@@ -54,6 +54,7 @@ from ._sock import (
     LOG_TAIL_BYTES,
     ReleaseReport,
     SockSandbox,
+    ZygoteGone,
     release_sandbox,
     shutting_down,
     start,
@@ -133,6 +134,8 @@ class SockPool(PoolEvents):
                 died = await sb.diagnose(exc)
                 tail = sb.log_tail()
                 await self.release_resources(sb, reuse_cgroup=False)
+            if isinstance(exc, ZygoteGone) and parent is not None:
+                self._nursery.start_soon(self._zygote_gone, parent, exc.exiting)
             if not isinstance(exc, Exception) or isinstance(
                 exc, (SandboxDead, SandboxStateError, ZygoteUnsuitable, InitFailed)
             ):
@@ -164,6 +167,24 @@ class SockPool(PoolEvents):
         return self._netns_fd if network == "none" else -1
 
     # ------------------------------------------------------------- internals
+    async def _zygote_gone(self, zygote: SafeSandbox, exiting: bool) -> None:
+        """``zygote`` refused a fork (:class:`ZygoteGone`): no fork may use it again.
+
+        If its process is exiting, every descendant is dead already (the
+        kernel kills its PID namespace) but a frozen one cannot finish dying,
+        and holds the zygote with it: destroying them thaws and kills them,
+        so the zygote's exit completes and its watcher reports it.  A zygote
+        that is alive but no longer listens is destroyed itself (released
+        after its last child, as any zygote)."""
+        cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
+        if exiting:
+            log.warning("zygote %s is exiting: destroying its descendants", zygote.id)
+            for sb in [sb for sb in self._live.values() if _descends_from(sb, zygote)]:
+                await sb.destroy(cause)
+        else:
+            reason = "its fork socket refused connections while it ran"
+            await zygote.destroy(Cause.of(CauseCode.BAD_RESPONSE, reason=reason))
+
     def _new_raw(
         self, is_leaf: bool, code_dir: str | None, scratch_dir: str | None, meta: SandboxMeta
     ) -> SockSandbox:
@@ -318,3 +339,12 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
             if watchdog is not None:
                 await trio.to_thread.run_sync(watchdog.stop, config.sandbox.kill_timeout_s)
             remove_tree_safely(run_dir)
+
+
+def _descends_from(sb: SafeSandbox, zygote: SafeSandbox) -> bool:
+    parent = sb.parent
+    while parent is not None:
+        if parent is zygote:
+            return True
+        parent = parent.parent
+    return False

@@ -372,6 +372,42 @@ class SockSandbox:
         return False
 
 
+#: ``PF_EXITING`` in the flags field of /proc/<pid>/stat: the task is exiting.
+PF_EXITING = 0x4
+
+
+def is_exiting(pid: int) -> bool:
+    """Is process ``pid`` (still there, perhaps unreaped) in the middle of exiting?
+
+    A zygote killed while one of its descendants is frozen cannot finish: as
+    the init of its PID namespace it waits for every process in it, and a
+    frozen one dies only once thawed (cgroup v1).  Its pidfd then never
+    becomes readable, but its flags say it is on its way out.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # gone already
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return bool(int(fields[6]) & PF_EXITING)  # field 9: after pid, comm, state...
+    except (IndexError, ValueError):
+        return False
+
+
+class ZygoteGone(SandboxError):
+    """A zygote's fork socket refused the connection: nobody listens there any
+    more.  ``exiting`` says whether its process is on its way out (then its
+    frozen descendants are what holds it, see :func:`is_exiting`)."""
+
+    def __init__(self, zygote_id: str, exiting: bool) -> None:
+        state = "is exiting" if exiting else "no longer listens for forks"
+        super().__init__(f"zygote {zygote_id} {state}")
+        self.exiting = exiting
+        self.cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote_id)
+
+
 def pid_in_parent_namespace(pid: int) -> int:
     """The pid of process ``pid`` as its parent namespace sees it (a forked
     leaf's pid in its zygote's namespace: the name of the file its zygote
@@ -713,7 +749,10 @@ async def _request_fork(
     with ExitStack() as stack:
         root_fd, (out_fd, err_fd), procs_fds = _open_child_fds(sb, stack)
         with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
-            await sock.connect(path)
+            try:
+                await sock.connect(path)
+            except ConnectionRefusedError as exc:
+                raise ZygoteGone(parent.id, is_exiting(parent.pid)) from exc
         fds = array.array("i", [root_fd, out_fd, err_fd, *procs_fds])
         await sock.sendmsg([b"fork"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)])
     await sock.send(json.dumps(request).encode())
