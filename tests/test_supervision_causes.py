@@ -216,3 +216,31 @@ async def test_an_installer_gets_the_installer_limits_and_too_big_reserves_nothi
                 SandboxKind.LEAF, SandboxMeta(), leaf_limits=SandboxLimits(mem_mb=1 << 20)
             )
         assert worker.mempool.ledger.used_mb == 0
+
+
+async def test_a_leaf_waits_for_its_zygote_only_within_one_memory_wait(worker_dir, clock):
+    """The memory waits of one acquisition never stack: a leaf whose zygote
+    is not ready (e.g. still waiting for memory to be built) waits only for
+    what is left of ``memory.reserve_timeout_s`` after its own reservation,
+    then starts fresh on that same reservation."""
+    async with sim_worker(worker_dir, "memory.reserve_timeout_s=5") as (worker, pool):
+        leased = []
+
+        class NeverReady:
+            async def __aenter__(self):
+                leased.append(trio.current_time())
+                await trio.sleep_forever()  # a zygote build stuck waiting for memory
+
+            async def __aexit__(self, *exc):
+                return False
+
+        start = trio.current_time()
+        with trio.fail_after(60):  # virtual time
+            leaf = await acquirer(worker).acquire(
+                SandboxKind.LEAF, SandboxMeta(), leaf_limits=LEAF, fork_from=NeverReady
+            )
+        waited = trio.current_time() - start
+        assert leased and 5 <= waited < 6  # the lease got the budget, not a budget of its own
+        assert pool.counters["forked"] == 0 and leaf.state is SandboxState.RUNNING
+        assert worker.mempool.reserved_mb(leaf.id) == 100 and ledger_balances(worker)
+        await leaf.destroy(released("test"))

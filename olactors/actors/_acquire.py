@@ -28,8 +28,10 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, replace
+
+import trio
 
 from .._config import Config
 from .._errors import SandboxError
@@ -103,12 +105,17 @@ class SandboxAcquirer:
         """
         meta = replace(meta, limits=self.limits(kind, leaf_limits))
         is_leaf = kind is not SandboxKind.ZYGOTE
+        # One memory-wait budget for the whole acquisition: a leaf waits for a
+        # zygote (which may itself wait for memory to be built) only for what
+        # is left of it, then starts fresh, so waits never stack on a call.
+        wait_until = trio.current_time() + self.config.memory.reserve_timeout_s
         res = await self.mempool.reserve(meta.limits.mem_mb, meta.label or kind.value)
         try:
             sb = None
             if fork_from is not None:
                 try:
-                    async with fork_from() as zygote:
+                    async with AsyncExitStack() as lease:
+                        zygote = await self._lease(lease, fork_from, kind, wait_until)
                         if on_attempt is not None:
                             on_attempt()
                         sb = await self.pool.create(zygote, is_leaf, code_dir, scratch_dir, meta)
@@ -129,3 +136,15 @@ class SandboxAcquirer:
             raise
         await self.mempool.bind(res, sb)
         return sb
+
+    @staticmethod
+    async def _lease(
+        stack: AsyncExitStack, fork_from: ZygoteLease, kind: SandboxKind, wait_until: float
+    ) -> Sandbox:
+        """The zygote of ``fork_from``, leased until ``stack`` closes; a leaf
+        waits for it until ``wait_until`` at most (SandboxError after)."""
+        if kind is not SandboxKind.LEAF:
+            return await stack.enter_async_context(fork_from())
+        with trio.move_on_at(wait_until):
+            return await stack.enter_async_context(fork_from())
+        raise SandboxError("no zygote was ready within the memory wait (memory.reserve_timeout_s)")
