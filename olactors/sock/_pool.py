@@ -179,7 +179,7 @@ class SockPool(PoolEvents):
         cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
         if exiting:
             log.warning("zygote %s is exiting: destroying its descendants", zygote.id)
-            for sb in [sb for sb in self._live.values() if _descends_from(sb, zygote)]:
+            for sb in [sb for sb in self._live.values() if sb.descends_from(zygote)]:
                 await sb.destroy(cause)
         else:
             reason = "its fork socket refused connections while it ran"
@@ -339,12 +339,3 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
             if watchdog is not None:
                 await trio.to_thread.run_sync(watchdog.stop, config.sandbox.kill_timeout_s)
             remove_tree_safely(run_dir)
-
-
-def _descends_from(sb: SafeSandbox, zygote: SafeSandbox) -> bool:
-    parent = sb.parent
-    while parent is not None:
-        if parent is zygote:
-            return True
-        parent = parent.parent
-    return False

@@ -354,6 +354,15 @@ class SafeSandbox(Generic[R]):
         await self.destroy(cause)
 
     # -------------------------------------------------- zygote reference counts
+    def descends_from(self, ancestor: SafeSandbox[R]) -> bool:
+        """Was this sandbox forked from ``ancestor``, directly or through zygotes between?"""
+        parent = self.parent
+        while parent is not None:
+            if parent is ancestor:
+                return True
+            parent = parent.parent
+        return False
+
     def child_added(self) -> None:
         """The pool forked a child from this zygote (a use of the zygote)."""
         self._children += 1

@@ -604,25 +604,17 @@ class SimulatedPool(PoolEvents):
         if raw.call_scope is not None:
             raw.call_scope.cancel()
         dead = [raw.safe] if raw.safe is not None else []
-        if not raw.is_leaf:
+        if not raw.is_leaf and raw.safe is not None:  # a zygote only has children once live
+            zygote = raw.safe
             for safe in reversed(list(self._live.values())):
                 child = safe.raw
-                if child.dead_cause is None and self._descends_from(child, raw):
+                if child.dead_cause is None and safe.descends_from(zygote):
                     child.dead_cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=raw.id)
                     child.idle_generation += 1
                     if child.call_scope is not None:
                         child.call_scope.cancel()
                     dead.append(safe)
         return dead
-
-    @staticmethod
-    def _descends_from(raw: SimulatedSandbox, ancestor: SimulatedSandbox) -> bool:
-        node = raw.parent
-        while node is not None:
-            if node is ancestor:
-                return True
-            node = node.parent
-        return False
 
     async def _report_deaths(self, dead: list[SafeSandbox]) -> None:
         """The watcher's part: report each death, one after the other."""
