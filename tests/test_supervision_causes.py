@@ -242,5 +242,6 @@ async def test_a_leaf_waits_for_its_zygote_only_within_one_memory_wait(worker_di
         waited = trio.current_time() - start
         assert leased and 5 <= waited < 6  # the lease got the budget, not a budget of its own
         assert pool.counters["forked"] == 0 and leaf.state is SandboxState.RUNNING
+        await trio.sleep(0.01)  # the memory pool applies the bind
         assert worker.mempool.reserved_mb(leaf.id) == 100 and ledger_balances(worker)
         await leaf.destroy(released("test"))
