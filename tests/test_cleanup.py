@@ -23,6 +23,7 @@ import pytest
 from olactors.sock import worker_id
 
 from .conftest import olactors_cgroups, run_cli, write_function
+from .test_http_api import alive
 
 pytestmark = pytest.mark.root
 
@@ -47,14 +48,6 @@ WORKER = textwrap.dedent(
     trio.run(main, sys.argv[1], sys.argv[2])
     """
 )
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def children_of(pid: int) -> list[int]:

@@ -33,6 +33,7 @@ import pytest
 import trio
 
 from .conftest import cgroup_dirs_named
+from .test_http_api import alive
 
 pytestmark = pytest.mark.root
 
@@ -167,14 +168,6 @@ async def stop_on_failure(proc: trio.Process) -> None:
         await proc.wait()
     if proc.returncode is None:
         proc.kill()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def mapped_files(pid: int) -> set[str]:
