@@ -50,15 +50,8 @@ from ._rootfs import (
     remove_tree_safely,
 )
 from ._safe import ReleaseFailed, SafeSandbox, check_create, destroy_all
-from ._sock import (
-    LOG_TAIL_BYTES,
-    ReleaseReport,
-    SockSandbox,
-    ZygoteGone,
-    release_sandbox,
-    shutting_down,
-    start,
-)
+from ._sock import LOG_TAIL_BYTES, ReleaseReport, SockSandbox, release_sandbox
+from ._start import ZygoteGone, shutting_down, start
 from ._stdio import SandboxStdio
 from ._watchdog import start_watchdog
 from .cgroups import (
@@ -112,7 +105,7 @@ class SockPool(PoolEvents):
         meta: SandboxMeta,
     ) -> SafeSandbox:
         """Create a sandbox and return it once its runtime listens (and a
-        leaf's code is imported: see :func:`olactors.sock._sock.start`).
+        leaf's code is imported: see :func:`olactors.sock._start.start`).
 
         Fresh when ``parent`` is None, else forked from the zygote ``parent``
         (which must be running, not a leaf, and on the same network).  On any

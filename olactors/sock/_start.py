@@ -1,0 +1,378 @@
+"""Starting a SOCK sandbox: spawning a fresh one or asking a zygote to fork
+one, then waiting for its runtime's reports in two phases (see :func:`start`).
+
+A fresh sandbox is spawned by the native layer on the trio thread (a
+``CLONE_VFORK`` that returns at ``execve``; its parent-death signal is tied
+to that thread).  A forked one is cloned by its zygote, which receives the
+child's root dir fd, stdout and stderr pipes and cgroup.procs fds over
+SCM_RIGHTS, then a request only the child reads.  The reports come over a
+SOCK_SEQPACKET socket with the sender's pid attached by the kernel.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import json
+import logging
+import os
+import socket as stdsocket
+import struct
+from contextlib import ExitStack
+
+import trio
+
+from .. import native
+from .._causes import Cause, CauseCode
+from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
+from ._blocked import BlockedSyscalls, sandbox_env
+from ._safe import SafeSandbox
+from ._sock import (
+    BASE_ENV,
+    EXIT_GRACE_S,
+    RUNTIME_ARGV_SCRIPT,
+    SockSandbox,
+    first_hierarchy_pids,
+    pid_in_parent_namespace,
+    sandbox_socket,
+)
+from ._suitability import unfit_to_fork
+
+log = logging.getLogger("olactors.sandbox")
+
+
+#: ``PF_EXITING`` in the flags field of /proc/<pid>/stat: the task is exiting.
+PF_EXITING = 0x4
+
+
+def is_exiting(pid: int) -> bool:
+    """Is process ``pid`` (still there, perhaps unreaped) in the middle of exiting?
+
+    A zygote killed while one of its descendants is frozen cannot finish: as
+    the init of its PID namespace it waits for every process in it, and a
+    frozen one dies only once thawed (cgroup v1).  Its pidfd then never
+    becomes readable, but its flags say it is on its way out.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True  # gone already
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return bool(int(fields[6]) & PF_EXITING)  # field 9: after pid, comm, state...
+    except (IndexError, ValueError):
+        return False
+
+
+class ZygoteGone(SandboxError):
+    """A zygote's fork socket refused the connection: nobody listens there any
+    more.  ``exiting`` says whether its process is on its way out (then its
+    frozen descendants are what holds it, see :func:`is_exiting`)."""
+
+    def __init__(self, zygote_id: str, exiting: bool) -> None:
+        state = "is exiting" if exiting else "no longer listens for forks"
+        super().__init__(f"zygote {zygote_id} {state}")
+        self.exiting = exiting
+        self.cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote_id)
+
+
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+
+
+def passing_credentials(sock: stdsocket.socket | trio.socket.SocketType) -> None:
+    """Have the kernel attach each sender's pid (as seen by us) to its messages."""
+    sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_PASSCRED, 1)
+
+
+def _sender_pid(ancdata: list, what: str) -> int:
+    for level, kind, payload in ancdata:
+        if (level, kind) == (stdsocket.SOL_SOCKET, stdsocket.SCM_CREDENTIALS):
+            return _UCRED.unpack(payload[: _UCRED.size])[0]
+    raise SandboxError(f"{what}: a runtime message carried no credentials")
+
+
+class RuntimeClosed(SandboxError):
+    """The runtime closed its report channel before the phase ended (it exited)."""
+
+
+async def next_report(
+    sock: trio.socket.SocketType, phase: str, what: str, forked: list[int] | None = None
+) -> int:
+    """Read the runtime's reports until ``{phase: true}``; return the sender's host pid.
+
+    ``phase`` is ``"started"`` (a leaf's runtime listens; the function's code
+    is not imported yet) or ``"ready"`` (a leaf imported it; a zygote
+    listens).  The pid comes from the kernel (SCM_CREDENTIALS, translated
+    into our PID namespace), not from anything the sandbox says.  A zygote
+    reports each package it preloaded; the process is then inspected from
+    the host and :class:`ZygoteUnsuitable` raised if it is no longer fit to
+    fork.  Raises :class:`RuntimeClosed` when the peer closes first and
+    SandboxError when a zygote refuses the fork.  No timeout: the caller's
+    cancel scope bounds each phase.  The zygote's fork reply (the child's pid
+    in the zygote's namespace) is appended to ``forked``.
+    """
+    while True:
+        try:
+            msg, ancdata, _flags, _addr = await sock.recvmsg(
+                65536, stdsocket.CMSG_SPACE(_UCRED.size)
+            )
+        except ConnectionResetError:
+            msg = b""
+        if not msg:
+            raise RuntimeClosed(f"{what}: the sandbox exited before it was {phase}")
+        data = json.loads(msg)
+        if "imported" in data:
+            package = str(data["imported"])
+            problems = [data["error"]] if "error" in data else []
+            if not problems:
+                pid = _sender_pid(ancdata, what)
+                problems = unfit_to_fork(pid, ignore_fds={0, 1, 2, data.get("channel_fd")})
+            if problems:
+                raise ZygoteUnsuitable(package, "; ".join(problems))
+            await sock.send(b'{"ok": true}')
+            continue
+        if "error" in data:
+            raise SandboxError(f"{what}: zygote refused the fork: {data['error']}")
+        if forked is not None and isinstance(data.get("forked"), int):
+            forked.append(data["forked"])
+        if data.get(phase):
+            return _sender_pid(ancdata, what)
+
+
+def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
+    """The JSON config the in-sandbox runtime starts with."""
+    paths = [mount.target for mount in sb.meta.packages if mount.on_path]
+    if sb.is_leaf:
+        return {"mode": "leaf", "entry": sb.meta.entry, "paths": paths}
+    return {
+        "mode": "zygote",
+        "imports": list(sb.meta.imports),
+        "paths": paths,
+        "preload": [[p.package, list(p.modules)] for p in sb.meta.preload],
+        "leaf_seccomp": base64.b64encode(leaf_bpf).decode(),
+    }
+
+
+def _open_child_fds(sb: SockSandbox, stack: ExitStack) -> tuple[int, tuple[int, int], list[int]]:
+    """Root dir fd, (stdout, stderr) pipe write ends and cgroup.procs fds for
+    a new sandbox, closed with ``stack`` (the worker's copies of the write
+    ends too: the sandbox then holds the only ones)."""
+    root_fd = os.open(sb.root.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    stack.callback(os.close, root_fd)
+    stdio = sb.prepared_stdio()
+    stack.callback(stdio.close_write_ends)
+    procs_fds = sb.prepared_cgroup().open_procs_fds()
+    for fd in procs_fds:
+        stack.callback(os.close, fd)
+    return root_fd, stdio.write_fds, procs_fds
+
+
+async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
+    """Start ``sb``, fresh or forked from the zygote ``parent``, in two phases.
+
+    1. *The sandbox starts*: the runtime runs and listens (a zygote also
+       preloads its packages), within ``sandbox.ready_timeout_s``.  Exceeding
+       it, or the runtime dying meanwhile, raises SandboxError: the
+       sandbox's failure, which a caller may retry.  A fork holds the
+       zygote's lock for this phase only; from its end the child counts as
+       the zygote's (``child_added``: the zygote, whose PID namespace the
+       child lives in, is not released under it).
+    2. *The init phase* (leaves): the function's code is imported, within
+       ``meta.limits.init_s``.  Exceeding it raises :class:`InitTimeout`;
+       the process dying meanwhile raises :class:`InitDied` with the
+       diagnosis (or SandboxError if its zygote died and took it along).
+       Both are the function's failures, never to be retried as the
+       sandbox's.  A forked child that fails here stops counting as the
+       zygote's (``child_not_started``).
+
+    On any error the caller releases ``sb``'s resources.
+    """
+    zygote = None if parent is None else parent.raw
+    assert zygote is None or isinstance(zygote, SockSandbox)  # a SockPool's own
+    if sb.is_leaf and sb.blocked is None:  # mapped by the leaf as it starts
+        cfg = pool.config.sandbox
+        sb.blocked = BlockedSyscalls.create(sb.scratch_fd, cfg.leaf_uid, cfg.leaf_gid)
+    if parent is None:
+        what = f"start {sb.id}"
+        parent_end, child_end = stdsocket.socketpair(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+        sock = trio.socket.from_stdlib_socket(parent_end)
+    else:
+        what = f"fork {sb.id} from {parent.id}"
+        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_SEQPACKET)
+    with sock:
+        passing_credentials(sock)
+        if parent is None:
+            with child_end:
+                _spawn(sb, pool, child_end)
+            pid = await _started(sb, sock, pool, what)
+            if pid != sb.pid:
+                raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
+            _check_open(pool)
+        else:
+            assert zygote is not None
+            async with parent._lock:  # serialised with the zygote's other calls
+                parent.check_running("zygote")  # again, now that calls are serialised
+                sb.zygote = zygote
+                await _request_fork(zygote, sb, pool, sock)
+                sb.pid = await _started(sb, sock, pool, what)
+                try:
+                    sb.pidfd = os.pidfd_open(sb.pid)
+                    sb.ns_pid = pid_in_parent_namespace(sb.pid) or sb.ns_pid
+                except ProcessLookupError:  # it died at once, and its zygote reaped it
+                    if not sb.is_leaf:
+                        raise SandboxError(f"{what}: it exited as soon as it started") from None
+                    sb.exited.set()
+                    raise await _init_death(sb, pool, zygote, what) from None
+                if sb.pid not in first_hierarchy_pids(sb.cgroup):
+                    raise SandboxError(f"{what}: pid {sb.pid} reported outside its cgroup")
+                _check_open(pool)  # before child_added: the caller's cleanup cannot undo it
+                parent.child_added()
+        if sb.is_leaf:
+            try:
+                await _init_phase(sb, sock, pool, zygote, what)
+            except BaseException:
+                if parent is not None:
+                    with trio.CancelScope(shield=True):
+                        await parent.child_not_started()
+                raise
+
+
+def _check_open(pool) -> None:
+    if pool.closing:
+        raise shutting_down()
+
+
+def shutting_down() -> SandboxError:
+    """The error of a creation the pool's closing cut short (cause ``worker_shutdown``)."""
+    err = SandboxError("the sandbox pool is shutting down")
+    err.cause = Cause.of(CauseCode.WORKER_SHUTDOWN)
+    return err
+
+
+async def _started(sb: SockSandbox, sock: trio.socket.SocketType, pool, what: str) -> int:
+    """Phase one: the runtime's pid once it reports started (a leaf) or ready (a zygote);
+    a forked one's pid in its zygote's namespace goes to ``sb.ns_pid``."""
+    timeout = pool.config.sandbox.ready_timeout_s
+    forked: list[int] = []
+    with trio.move_on_after(timeout):
+        try:
+            return await next_report(sock, "started" if sb.is_leaf else "ready", what, forked)
+        finally:
+            if forked:
+                sb.ns_pid = forked[-1]
+    raise SandboxError(f"{what}: not started within {timeout:g} s (sandbox.ready_timeout_s)")
+
+
+async def _init_phase(
+    sb: SockSandbox, sock: trio.socket.SocketType, pool, zygote: SockSandbox | None, what: str
+) -> None:
+    """Phase two: the leaf imports the function's code within ``meta.limits.init_s``."""
+    limit = sb.meta.limits.init_s
+    forked: list[int] = []  # the zygote's fork reply, if it came after "started"
+    with trio.move_on_after(limit):
+        try:
+            pid = await next_report(sock, "ready", what, forked)
+        except RuntimeClosed as exc:
+            if forked:
+                sb.ns_pid = forked[-1]
+            raise await _init_death(sb, pool, zygote, what) from exc
+        if forked:
+            sb.ns_pid = forked[-1]
+        if pid != sb.pid:
+            raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
+        _check_open(pool)
+        return
+    raise InitTimeout(limit)
+
+
+async def _init_death(
+    sb: SockSandbox, pool, zygote: SockSandbox | None, what: str
+) -> OlactorsError:
+    """Whose fault is a death during the init phase?  The function's
+    (:class:`InitDied`, with the diagnosis), unless the pool is closing or
+    the child's zygote died: the kernel kills a PID namespace's processes
+    before the namespace's init (the zygote) is gone, so its exit is awaited
+    briefly."""
+    if zygote is not None:
+        with trio.move_on_after(EXIT_GRACE_S):
+            await zygote.exited.wait()
+        if zygote.exited.is_set():
+            err = SandboxError(f"{what}: its zygote {zygote.id} died while the child started")
+            err.cause = Cause.of(CauseCode.ZYGOTE_DIED, zygote=zygote.id)
+            return err
+    if pool.closing:
+        return shutting_down()
+    if sb.pidfd >= 0:
+        with trio.move_on_after(EXIT_GRACE_S):
+            await trio.lowlevel.wait_readable(sb.pidfd)  # exited: its status is readable
+    cause = await sb.diagnose(None)  # the kernel's verdict, else the exit status
+    tail = sb.log_tail()
+    detail = f"\n--- sandbox log ---\n{tail}" if tail.strip() else ""
+    return InitDied(
+        f"the sandbox died while importing the function's code: {cause.summary()}{detail}",
+        cause,
+    )
+
+
+def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
+    """Spawn the runtime of a fresh sandbox, reporting on ``child_end``."""
+    sandbox_cfg = pool.config.sandbox
+    python = pool.python
+    with ExitStack() as stack:
+        root_fd, (out_fd, err_fd), procs_fds = _open_child_fds(sb, stack)
+        sb.pid = native.spawn(
+            native.SpawnSpec(
+                path=python,
+                argv=[
+                    python,
+                    "-I",
+                    "-S",
+                    RUNTIME_ARGV_SCRIPT,
+                    json.dumps(runtime_config(sb, pool.bpf["leaf"])),
+                ],
+                env=sandbox_env({**BASE_ENV, **sb.meta.env}),
+                cgroup_procs_fds=procs_fds,
+                netns_fd=pool.netns_fd(sb.network),
+                root_fd=root_fd,
+                hostname=sb.id,
+                uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
+                gid=sandbox_cfg.leaf_gid if sb.is_leaf else -1,
+                stdout_fd=out_fd,
+                stderr_fd=err_fd,
+                keep_fds=[child_end.fileno()],
+                seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
+                # called on the trio thread, which lives as long as the worker
+                die_with_parent=True,
+            )
+        )
+        sb.pidfd = os.pidfd_open(sb.pid)
+
+
+async def _request_fork(
+    parent: SockSandbox, sb: SockSandbox, pool, sock: trio.socket.SocketType
+) -> None:
+    """Ask ``parent``'s zygote to fork ``sb``; its reports then come on ``sock``.
+
+    Two messages: the fds for the zygote, then the request for the child
+    alone (hostname, identity, environment, config), which the zygote never
+    reads, so no function's environment is left in the zygote's memory.
+    """
+    sandbox_cfg = pool.config.sandbox
+    request = {
+        "hostname": sb.id,
+        "uid": sandbox_cfg.leaf_uid,
+        "gid": sandbox_cfg.leaf_gid,
+        "env": sandbox_env({**BASE_ENV, **sb.meta.env}),
+        "config": runtime_config(sb, pool.bpf["leaf"]),
+    }
+    with ExitStack() as stack:
+        root_fd, (out_fd, err_fd), procs_fds = _open_child_fds(sb, stack)
+        with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
+            try:
+                await sock.connect(path)
+            except ConnectionRefusedError as exc:
+                raise ZygoteGone(parent.id, is_exiting(parent.pid)) from exc
+        fds = array.array("i", [root_fd, out_fd, err_fd, *procs_fds])
+        await sock.sendmsg([b"fork"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)])
+    await sock.send(json.dumps(request).encode())
