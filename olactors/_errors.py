@@ -92,6 +92,13 @@ class FunctionNotFound(OlactorsError):
     status = 404
 
 
+class SandboxNotFound(OlactorsError):
+    """No live sandbox has that id (admin API)."""
+
+    code = "sandbox_not_found"
+    status = 404
+
+
 class MethodNotAllowed(OlactorsError):
     code = "method_not_allowed"
     status = 405

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from ._config import Config
-from ._errors import FunctionNotFound, OlactorsError, ShuttingDown
+from ._errors import FunctionNotFound, OlactorsError, SandboxNotFound, ShuttingDown
 from ._eviction import make_policy
 from ._groups import lone_errors_unwrapped
 from ._metrics import Metrics
@@ -60,6 +60,9 @@ from .sock import Invocation, InvocationResult, SandboxPool, open_sock_pool
 log = logging.getLogger("olactors.worker")
 EVENT_BUFFER = 65536
 RECORDS_DB = "records.db"
+#: The most of a sandbox's own log ``GET /sandboxes/<id>/log`` returns (it keeps
+#: its latest 128 to 256 KiB).
+SANDBOX_LOG_BYTES = 256 * 1024
 CLIENT_GONE = 499  # recorded for a call whose caller was cancelled (e.g. disconnected)
 
 
@@ -217,6 +220,15 @@ class Worker:
                 }
             )
         return out
+
+    def sandbox_log(self, sandbox_id: str) -> str:
+        """What the live sandbox ``sandbox_id`` wrote outside any call (import
+        time, threads between calls): its log's latest bytes (see
+        :data:`SANDBOX_LOG_BYTES`).  Raises :class:`SandboxNotFound`."""
+        for sb in self.pool.sandboxes():
+            if sb.id == sandbox_id:
+                return sb.log(SANDBOX_LOG_BYTES)
+        raise SandboxNotFound(f"no live sandbox {sandbox_id!r}")
 
     async def functions(self) -> list[dict[str, Any]]:
         return [

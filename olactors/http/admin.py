@@ -5,6 +5,9 @@ format), listed in :data:`ENDPOINTS`, which the dispatcher routes by and
 ``tests/test_openapi.py`` compares with ``openapi/admin.json``:
 
 * ``GET /status``, ``GET /stats``, ``GET /functions``, ``GET /sandboxes``
+* ``GET /sandboxes/<id>/log``: what a live sandbox wrote outside any call
+  (import time, threads between calls), its latest bytes, as ``text/plain``;
+  ``404 sandbox_not_found`` for an id no live sandbox has
 * ``GET /packages``: installed distributions (size, modules, holds), the disk
   budget, and the packages found unfit for zygotes (with the reason)
 * ``GET /registry``: the functions in the local registry
@@ -100,6 +103,7 @@ ENDPOINTS = (
     Endpoint("/stats", ("GET",)),
     Endpoint("/functions", ("GET",)),
     Endpoint("/sandboxes", ("GET",)),
+    Endpoint("/sandboxes/{id}/log", ("GET",)),
     Endpoint("/packages", ("GET",)),
     Endpoint("/registry", ("GET",)),
     Endpoint("/registry/{name}", ("POST", "DELETE")),
@@ -204,6 +208,9 @@ def create_admin_app(worker: Worker) -> QuartTrio:
     async def sandboxes(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return json_response(worker.sandboxes())
 
+    async def sandbox_log(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        return _text(worker.sandbox_log(args[0].decode("latin-1")))
+
     async def packages(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return json_response(worker.packages())
 
@@ -244,6 +251,7 @@ def create_admin_app(worker: Worker) -> QuartTrio:
         "/stats": stats,
         "/functions": functions,
         "/sandboxes": sandboxes,
+        "/sandboxes/{id}/log": sandbox_log,
         "/packages": packages,
         "/registry": registry_list,
         "/registry/{name}": registry_entry,

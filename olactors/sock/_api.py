@@ -213,6 +213,11 @@ class Sandbox(Protocol):
 
     def usage(self) -> SandboxUsage: ...
 
+    def log(self, max_bytes: int) -> str:
+        """The last ``max_bytes`` of what it wrote outside any call (import
+        time, threads between calls); "" once it is released."""
+        ...
+
 
 class SandboxPool(Protocol):
     """Creates sandboxes; fresh when ``parent`` is None, else forked from the zygote ``parent``."""

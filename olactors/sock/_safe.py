@@ -87,6 +87,10 @@ class RawSandbox(Protocol):
         """What the last call wrote (as far as it got, if it failed)."""
         ...
 
+    def log_tail(self, max_bytes: int) -> str:
+        """The last ``max_bytes`` of what it wrote outside any call."""
+        ...
+
     async def freeze(self) -> None: ...
 
     async def thaw(self) -> None: ...
@@ -233,6 +237,9 @@ class SafeSandbox(Generic[R]):
         if self._released:
             return SandboxUsage()
         return self.raw.usage()
+
+    def log(self, max_bytes: int) -> str:
+        return "" if self._released else self.raw.log_tail(max_bytes)
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.id} {self._state.value}{' leaf' if self.is_leaf else ' zygote'}>"

@@ -212,13 +212,13 @@ class SockSandbox:
         except OSError:
             return []
 
-    def log_tail(self) -> str:
+    def log_tail(self, max_bytes: int = LOG_TAIL_BYTES) -> str:
         """The end of its log (what it wrote outside calls), once what is
         still in its pipes has been moved there."""
         if self.stdio is None:
             return ""
         self.stdio.drain()
-        return self.stdio.log.tail(LOG_TAIL_BYTES)
+        return self.stdio.log.tail(max_bytes)
 
     async def diagnose(self, error: BaseException | None) -> Cause:
         """Why did it die (or fail with ``error``)?  A malformed answer first

@@ -335,6 +335,9 @@ class SimulatedSandbox:
     def call_output(self) -> CallOutput:
         return NO_OUTPUT  # simulated functions write nothing
 
+    def log_tail(self, max_bytes: int) -> str:
+        return ""
+
     async def freeze(self) -> None:
         self._check_process()
         await trio.sleep(self.pool.behaviour.pause_s(self.rng))
