@@ -28,6 +28,7 @@ from .._config import build_config
 from .._errors import OlactorsError
 from ..sock import Invocation
 from ..sock.simulated import SimulatedBehaviour, open_simulated_pool
+from ._functions import write_echo_functions
 
 TARGET_BYTES = 1024
 
@@ -35,10 +36,7 @@ TARGET_BYTES = 1024
 async def _measure(functions: int, worker_dir: Path) -> dict[str, float]:
     from ..worker import open_worker
 
-    registry = worker_dir / "registry"
-    for i in range(2 * functions):
-        (registry / f"fn{i}").mkdir(parents=True)
-        (registry / f"fn{i}" / "f.py").write_text("def f(event):\n    return event\n")
+    write_echo_functions(worker_dir / "registry", 2 * functions)
     config = build_config(
         None,
         [

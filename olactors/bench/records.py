@@ -18,6 +18,7 @@ the second half of the run within ``FLAT_MB``.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ from .._errors import OlactorsError
 from .._records import CallOutput, StreamCapture
 from ..sock import Invocation, InvocationResult
 from ..sock.simulated import SimulatedBehaviour, open_simulated_pool
+from ._functions import write_echo_functions
+from .sandbox import rss_bytes
 
 CONCURRENCY = 16
 PACE_BYTES = 1 << 20
@@ -39,20 +42,13 @@ FLAT_MB = 4.0
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise OlactorsError("no VmRSS in /proc/self/status")
+    return rss_bytes(os.getpid()) / (1 << 20)
 
 
 async def _measure(calls: int, functions: int, output_bytes: int, worker_dir: Path) -> dict:
     from ..worker import open_worker
 
-    registry = worker_dir / "registry"
-    for i in range(functions):
-        (registry / f"fn{i}").mkdir(parents=True)
-        (registry / f"fn{i}" / "f.py").write_text("def f(event):\n    return event\n")
+    write_echo_functions(worker_dir / "registry", functions)
     config = build_config(
         None,
         [
