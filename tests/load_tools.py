@@ -32,7 +32,7 @@ import httpx
 import trio
 
 from .conftest import REPO, cgroup_dirs_named
-from .test_http_api import alive, wait_for_file
+from .test_http_api import alive, parse_head, wait_for_file
 
 OK = "200 ok"
 KEEPALIVE_S = 2.0  # the raw client reconnects after this long idle, well before the server
@@ -222,16 +222,12 @@ class RawClient:
                 while b"\r\n\r\n" not in buffer:
                     buffer += await _receive(stream)
                 head, _, buffer = buffer.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
+                status, headers = parse_head(head)
                 length = int(headers.get("content-length", "0"))
                 while len(buffer) < length:
                     buffer += await _receive(stream)
                 body, buffer = buffer[:length], buffer[length:]
-                done.append((int(lines[0].split()[1]), headers, body))
+                done.append((status, headers, body))
                 idle_since = trio.current_time()
                 if headers.get("connection", "").lower() == "close":
                     await stream.aclose()

@@ -94,6 +94,16 @@ def tar_gz(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """The status and headers (names lower-cased) of a raw HTTP/1.1 response head."""
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers
+
+
 async def raw_get(base_url: str, target: str) -> tuple[int, dict[str, str], bytes]:
     """GET ``target`` sent byte for byte (httpx would normalise ``..`` away)."""
     url = httpx.URL(base_url)
@@ -105,14 +115,10 @@ async def raw_get(base_url: str, target: str) -> tuple[int, dict[str, str], byte
             while b"\r\n\r\n" not in data:
                 data += await stream.receive_some(65536)
             head, _, body = data.partition(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
+            status, headers = parse_head(head)
             while len(body) < int(headers["content-length"]):
                 body += await stream.receive_some(65536)
-    return int(lines[0].split()[1]), headers, body
+    return status, headers, body
 
 
 def assert_json_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
