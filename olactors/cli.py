@@ -1,5 +1,5 @@
 """`olactors` command line: serve, status, install, run, logs, why, lock, init, cleanup, bench,
-simulate.
+simulate, cluster.
 
 Errors a user can cause (bad config, bad path, no worker running) print one
 clear line to stderr and exit with status 2; they never show a traceback.
@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--functions", type=int, default=10)
     b.add_argument("--output-bytes", type=int, default=1024, help="stdout and stderr per call")
     b.add_argument("--json", action="store_true", help="print figures as JSON")
+
+    from .cluster.commands import add_cluster_parser
+
+    add_cluster_parser(sub)
 
     p = sub.add_parser(
         "simulate",
@@ -453,6 +457,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------- admin socket client
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from .cluster.commands import run_cluster
+
+    return run_cluster(args)
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulations import SCENARIOS
 
@@ -575,6 +585,7 @@ COMMANDS = {
     "cleanup": _cmd_cleanup,
     "bench": _cmd_bench,
     "simulate": _cmd_simulate,
+    "cluster": _cmd_cluster,
 }
 
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Makes sure the host has what olactors needs beyond PyPI: a C compiler and
 # libc headers (the native layer is compiled at install time), the Python
-# headers, and libseccomp. Installs Debian packages only when something is missing.
+# headers, and libseccomp; HAProxy and nginx for the multi-worker deployment
+# (`olactors cluster ...`, tested with the real programs). Installs Debian
+# packages only when something is missing.
 set -euo pipefail
 
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || missing+=(libseccomp2)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 python3 - <<'PY' || missing+=(python3-dev)
 import os, sysconfig, sys
 sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)

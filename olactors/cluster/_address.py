@@ -1,0 +1,77 @@
+"""``HOST:PORT`` arguments and the stable HAProxy server identity of a worker."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from .._errors import OlactorsError
+
+#: Server ids lie in [1, ID_SPACE): HAProxy places a server on its consistent-
+#: hashing ring from ``id * 4096 + n`` in 32 bits, so ids below 2**20 never wrap
+#: onto each other's points.
+ID_SPACE = 1 << 20
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+class BadAddress(OlactorsError):
+    code = "bad_address"
+    status = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str, what: str = "address") -> Address:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) with a port in 1..65535 and a host
+    that is an IP address or a DNS name (nothing a config file could misread)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise BadAddress(f"{what} {text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadAddress(f"{what} {text!r}: {host!r} is not an IPv6 address") from None
+    elif not _HOSTNAME.match(host):
+        raise BadAddress(f"{what} {text!r}: {host!r} is not a host name or IPv4 address")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise BadAddress(f"{what} {text!r}: port {port} is not in 1..65535")
+    return Address(host, port)
+
+
+def server_id(address: Address) -> int:
+    """A worker's HAProxy server id, from its address alone: every HAProxy
+    instance given the same workers (in any order, or added at run time)
+    places them at the same points of the ring, so all map functions alike."""
+    digest = hashlib.sha256(str(address).encode()).digest()
+    return 1 + int.from_bytes(digest[:8], "big") % (ID_SPACE - 1)
+
+
+def server_name(address: Address) -> str:
+    """A worker's HAProxy server name (``w-<host>-<port>``; ``:`` of IPv6 as ``_``)."""
+    return f"w-{address.host.replace(':', '_')}-{address.port}"
+
+
+def server_ids(addresses: list[Address]) -> dict[Address, int]:
+    """Ids for a set of workers: :func:`server_id`, and on the (rare) collision
+    the next free id, deciding in address order so every instance agrees."""
+    ids: dict[Address, int] = {}
+    used: set[int] = set()
+    for address in sorted(set(addresses), key=str):
+        candidate = server_id(address)
+        while candidate in used:
+            candidate = candidate % (ID_SPACE - 1) + 1
+        used.add(candidate)
+        ids[address] = candidate
+    return ids
