@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Keys whose value must be >= the given minimum.
 MINIMUMS: dict[str, float] = {
     "sandbox.tmp_mb": 1,
+    "sandbox.tmp_inodes": 16,
     "sandbox.cgroup_pool_size": 0,
     "sandbox.ready_timeout_s": 0.1,
     "sandbox.freeze_timeout_s": 0.1,

@@ -151,7 +151,7 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
     """The limits and network of ``fc``'s sandboxes under the worker ``config``.
 
     Unset values take the worker defaults (``limits.*``, ``sandbox.tmp_mb``,
-    ``sandbox.network``). A requested value above the worker maximum
+    ``sandbox.tmp_inodes``, ``sandbox.network``). A requested value above the worker maximum
     (``limits.max_*``; for the network, ``sandbox.network``: ``host`` only
     where the worker allows it) raises :class:`BadFunction` (500); a maximum
     of 0 for ``cpu_percent`` means no maximum.
@@ -184,6 +184,7 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
             procs=chosen["procs"],
             cpu_percent=chosen["cpu_percent"],
             tmp_mb=config.sandbox.tmp_mb,
+            tmp_inodes=config.sandbox.tmp_inodes,
             init_s=float(chosen["init_s"]),
         ),
         runtime_s=float(chosen["runtime_s"]),

@@ -74,12 +74,14 @@ class SandboxAcquirer:
                 procs=config.limits.zygote_procs,
                 cpu_percent=0,
                 tmp_mb=config.sandbox.tmp_mb,
+                tmp_inodes=config.sandbox.tmp_inodes,
             )
         return SandboxLimits(
             mem_mb=config.packages.install_mem_mb,
             procs=INSTALLER_PROCS,
             cpu_percent=100,
             tmp_mb=config.sandbox.tmp_mb,
+            tmp_inodes=config.sandbox.tmp_inodes,
         )
 
     async def acquire(

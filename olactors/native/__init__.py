@@ -36,6 +36,7 @@ SPAWN_STEPS = (
     "execve",
     "clone",
     "parent exited before the child could follow it",
+    "mount /proc",
 )
 
 
@@ -54,10 +55,64 @@ def _check(rc: int, doing: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcMount:
+    """A procfs to mount at ``target`` the way Docker does: each of
+    ``masked`` (full paths below ``target``) covered, a directory by an empty
+    read-only tmpfs and a file by ``/dev/null``; each of ``readonly`` bound
+    read-only onto itself.  Paths the kernel's procfs lacks are skipped.  The
+    procfs itself is ``nosuid,nodev,noexec``."""
+
+    target: str
+    masked: tuple[str, ...] = ()
+    readonly: tuple[str, ...] = ()
+
+
+def _proc_spec(mount: ProcMount, keep: list[object]) -> object:
+    """The C ``struct ol_proc_spec`` for ``mount`` (what it points to is kept in ``keep``)."""
+
+    def strings(paths: tuple[str, ...]) -> object:
+        items = [ffi.new("char[]", path.encode()) for path in paths]
+        keep.extend(items)
+        array = ffi.new("char *[]", items or [ffi.NULL])
+        keep.append(array)
+        return array
+
+    spec = ffi.new("struct ol_proc_spec *")
+    target = ffi.new("char[]", mount.target.encode())
+    keep.append(target)
+    spec.target = target
+    spec.masked = strings(mount.masked)
+    spec.n_masked = len(mount.masked)
+    spec.readonly = strings(mount.readonly)
+    spec.n_readonly = len(mount.readonly)
+    keep.append(spec)
+    return spec
+
+
+def mount_proc(mount: ProcMount, pidns_fd: int, *, via_helper: bool = False) -> None:
+    """Mount the procfs of the PID namespace ``pidns_fd`` (an ``ns/pid`` fd)
+    as ``mount`` describes, in this process's mount namespace.
+
+    The kernel's ``pidns`` option names the namespace (:func:`proc_pidns_option`);
+    ``via_helper`` is for kernels without it: a short-lived helper process is
+    created in the namespace, only to call ``fsopen`` there.  Raises NativeError.
+    """
+    keep: list[object] = []
+    spec = _proc_spec(mount, keep)
+    _check(lib.ol_mount_proc(spec, pidns_fd, int(via_helper)), f"mount /proc on {mount.target}")
+
+
+def proc_pidns_option() -> bool:
+    """Does this kernel's procfs take the ``pidns`` option (Linux 6.18)?"""
+    return bool(lib.ol_proc_pidns_option())
+
+
+@dataclass(frozen=True, slots=True)
 class SpawnSpec:
     """Everything a fresh sandbox process needs.  The child is created in new
     PID/UTS/IPC namespaces (``clone_flags``), then, in this order before
     ``execve``: joins its cgroups, joins ``netns_fd``, sets the hostname,
+    mounts ``proc`` (a procfs of its own PID namespace, as PID 1 of it),
     chroots to ``root_fd``, sets up fds, drops to ``uid``/``gid``, sets
     no_new_privs (+ optional parent-death signal), resets signal handlers and
     installs the seccomp ``bpf`` program.
@@ -88,6 +143,7 @@ class SpawnSpec:
     keep_fds: Sequence[int] = ()
     seccomp_bpf: bytes = b""
     die_with_parent: bool = False
+    proc: ProcMount | None = None
 
 
 def spawn(spec: SpawnSpec) -> int:
@@ -133,6 +189,7 @@ def spawn(spec: SpawnSpec) -> int:
     args.bpf = bpf
     args.bpf_len = len(spec.seccomp_bpf)
     args.die_with_parent = int(spec.die_with_parent)
+    args.proc = ffi.NULL if spec.proc is None else _proc_spec(spec.proc, keep)
     pid = lib.ol_spawn(args)
     if pid < 0:
         step = SPAWN_STEPS[args.err_step] if args.err_step < len(SPAWN_STEPS) else "?"
@@ -153,9 +210,19 @@ def bind(src: str, dst: str, *, readonly: bool, recursive: bool = False) -> None
     )
 
 
-def mount_tmpfs(dst: str, *, size_bytes: int, mode: int = 0o1777, allow_dev: bool = False) -> None:
-    """Mount a size-limited tmpfs on ``dst``."""
+def mount_tmpfs(
+    dst: str,
+    *,
+    size_bytes: int,
+    mode: int = 0o1777,
+    allow_dev: bool = False,
+    inodes: int | None = None,
+) -> None:
+    """Mount a tmpfs on ``dst`` limited to ``size_bytes`` (and ``inodes``: files,
+    directories, sockets...; the kernel's default when None)."""
     opts = f"size={size_bytes},mode={mode:o}"
+    if inodes is not None:
+        opts += f",nr_inodes={inodes}"
     _check(lib.ol_mount_tmpfs(dst.encode(), opts.encode(), int(allow_dev)), f"mount tmpfs {dst}")
 
 

@@ -7,6 +7,13 @@ from cffi import FFI
 ffibuilder = FFI()
 ffibuilder.cdef(
     """
+    struct ol_proc_spec {
+        const char *target;
+        const char *const *masked;
+        int n_masked;
+        const char *const *readonly;
+        int n_readonly;
+    };
     struct ol_spawn_args {
         const char *path;
         char *const *argv;
@@ -25,6 +32,7 @@ ffibuilder.cdef(
         const unsigned char *bpf;
         int bpf_len;
         int die_with_parent;
+        const struct ol_proc_spec *proc;
         int parent_pidfd;
         int err_step;
         int err_errno;
@@ -37,6 +45,8 @@ ffibuilder.cdef(
     int ol_umount(const char *path, int detach);
     int ol_private_mount_namespace(void);
     int ol_new_netns(void);
+    int ol_mount_proc(const struct ol_proc_spec *spec, int pidns_fd, int via_helper);
+    int ol_proc_pidns_option(void);
     int ol_mknod_char(const char *path, int mode, int major_nr, int minor_nr);
     """
 )

@@ -1,6 +1,9 @@
 /* olactors native layer: process spawning into sandboxes, cgroup moves,
  * mounts and namespaces.
  *
+ * ol_mount_proc() mounts a procfs of a sandbox's PID namespace on its root
+ * with Docker's masked and read-only paths (see the comment above it).
+ *
  * ol_spawn() uses clone(CLONE_VM|CLONE_VFORK) on a private stack, like
  * posix_spawn: the parent is suspended until the child has exec'd or failed,
  * and the child shares memory with the parent, so it reports a failure by
@@ -30,9 +33,39 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifndef FSOPEN_CLOEXEC
+#define FSOPEN_CLOEXEC 0x00000001
+#endif
+#ifndef FSMOUNT_CLOEXEC
+#define FSMOUNT_CLOEXEC 0x00000001
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOUNT_ATTR_NOSUID
+#define MOUNT_ATTR_NOSUID 0x00000002
+#define MOUNT_ATTR_NODEV 0x00000004
+#define MOUNT_ATTR_NOEXEC 0x00000008
+#endif
+#define OL_FSCONFIG_SET_FD 5
+#define OL_FSCONFIG_CMD_CREATE 6
+
 #define OL_STACK_SIZE (256 * 1024)
+#define OL_HELPER_STACK_SIZE (64 * 1024)
 #define OL_MAX_KEEP 16
 #define OL_HIGH_FD 900
+
+/* A procfs to mount at target, with Docker's masks: every path in masked
+ * (full paths below target) is covered (a directory by an empty read-only
+ * tmpfs, a file by /dev/null) and every path in readonly is bound read-only
+ * onto itself.  Paths this kernel's procfs lacks are skipped. */
+struct ol_proc_spec {
+    const char *target;
+    const char *const *masked;
+    int n_masked;
+    const char *const *readonly;
+    int n_readonly;
+};
 
 struct ol_spawn_args {
     const char *path;
@@ -52,6 +85,7 @@ struct ol_spawn_args {
     const unsigned char *bpf;
     int bpf_len;
     int die_with_parent;
+    const struct ol_proc_spec *proc; /* mounted by the child, PID 1 of its namespace */
     int parent_pidfd; /* set by ol_spawn: the caller's process, for die_with_parent */
     /* out */
     int err_step;
@@ -72,6 +106,7 @@ enum {
     OL_STEP_EXEC,
     OL_STEP_CLONE,
     OL_STEP_PARENT_GONE,
+    OL_STEP_PROC,
 };
 
 static int fail(struct ol_spawn_args *a, int step)
@@ -80,6 +115,194 @@ static int fail(struct ol_spawn_args *a, int step)
     a->err_errno = errno;
     _exit(127);
     return -1;
+}
+
+/* ------------------------------------------------------------- /proc
+ * A procfs shows the PID namespace its fs_context was created in: the
+ * namespace of the process that called fsopen(), unless the kernel takes the
+ * "pidns" option (Linux 6.18), which names another one by a namespace fd.
+ * Everything here is raw system calls (it also runs in ol_spawn's child). */
+
+static int proc_masks(const struct ol_proc_spec *spec)
+{
+    struct stat st;
+    int i;
+    for (i = 0; i < spec->n_masked; i++) {
+        const char *p = spec->masked[i];
+        if (stat(p, &st) != 0) {
+            if (errno == ENOENT)
+                continue;
+            return -1;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            if (mount("tmpfs", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                      "size=4k,nr_inodes=1,mode=0555") != 0)
+                return -1;
+        } else if (mount("/dev/null", p, NULL, MS_BIND, NULL) != 0) {
+            return -1;
+        }
+    }
+    for (i = 0; i < spec->n_readonly; i++) {
+        const char *p = spec->readonly[i];
+        if (stat(p, &st) != 0) {
+            if (errno == ENOENT)
+                continue;
+            return -1;
+        }
+        if (mount(p, p, NULL, MS_BIND | MS_REC, NULL) != 0 ||
+            mount(NULL, p, NULL,
+                  MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  NULL) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Create the superblock of the configured fs_context fsfd, attach it at
+ * spec->target (nosuid, nodev, noexec) and apply the masks. */
+static int proc_attach(int fsfd, const struct ol_proc_spec *spec)
+{
+    int mfd, rc, saved;
+    if (syscall(SYS_fsconfig, fsfd, OL_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0)
+        return -1;
+    mfd = (int)syscall(SYS_fsmount, fsfd, FSMOUNT_CLOEXEC,
+                       MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    if (mfd < 0)
+        return -1;
+    rc = (int)syscall(SYS_move_mount, mfd, "", AT_FDCWD, spec->target, MOVE_MOUNT_F_EMPTY_PATH);
+    saved = errno;
+    close(mfd);
+    errno = saved;
+    if (rc != 0)
+        return -1;
+    return proc_masks(spec);
+}
+
+/* The procfs of the caller's own PID namespace (ol_spawn's child). */
+static int proc_mount_own(const struct ol_proc_spec *spec)
+{
+    int rc, saved, fsfd = (int)syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC);
+    if (fsfd < 0)
+        return -1;
+    rc = proc_attach(fsfd, spec);
+    saved = errno;
+    close(fsfd);
+    errno = saved;
+    return rc;
+}
+
+/* Kernels without the pidns option: a short-lived helper creates the
+ * fs_context from inside the namespace.  The outer child (sharing memory and
+ * fds with the caller, which vfork-waits) joins the PID namespace for its
+ * children and clones the inner one, which is created in it, calls fsopen
+ * (the fd lands in the shared fd table) and exits.  Signals stay blocked in
+ * both, so none of the caller's handlers runs there. */
+struct proc_helper {
+    int pidns_fd;
+    int fsfd;
+    int err;
+    char *inner_stack;
+};
+
+static int proc_helper_inner(void *arg)
+{
+    struct proc_helper *h = arg;
+    h->fsfd = (int)syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC);
+    if (h->fsfd < 0)
+        h->err = errno;
+    _exit(0);
+    return 0;
+}
+
+static int proc_helper_outer(void *arg)
+{
+    struct proc_helper *h = arg;
+    int pid;
+    if (setns(h->pidns_fd, CLONE_NEWPID) != 0) {
+        h->err = errno;
+        _exit(1);
+    }
+    pid = clone(proc_helper_inner, h->inner_stack + OL_HELPER_STACK_SIZE,
+                CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, h);
+    if (pid < 0) {
+        h->err = errno;
+        _exit(1);
+    }
+    while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+        ;
+    _exit(0);
+    return 0;
+}
+
+static int proc_context_via_helper(int pidns_fd)
+{
+    struct proc_helper h = {.pidns_fd = pidns_fd, .fsfd = -1, .err = 0};
+    char *stacks = malloc(2 * OL_HELPER_STACK_SIZE);
+    sigset_t all, old;
+    int pid;
+    if (!stacks) {
+        errno = ENOMEM;
+        return -1;
+    }
+    h.inner_stack = stacks + OL_HELPER_STACK_SIZE;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid = clone(proc_helper_outer, stacks + OL_HELPER_STACK_SIZE,
+                CLONE_VM | CLONE_VFORK | CLONE_FILES | SIGCHLD, &h);
+    if (pid < 0)
+        h.err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid > 0)
+        while (waitpid(pid, NULL, __WALL) < 0 && errno == EINTR)
+            ;
+    free(stacks);
+    if (h.fsfd < 0) {
+        errno = h.err ? h.err : EIO;
+        return -1;
+    }
+    return h.fsfd;
+}
+
+/* Mount the procfs of the PID namespace pidns_fd refers to at spec->target,
+ * with the masks: through the pidns option, or (via_helper) through a helper
+ * process created in the namespace. */
+int ol_mount_proc(const struct ol_proc_spec *spec, int pidns_fd, int via_helper)
+{
+    int fsfd, rc, saved;
+    if (via_helper) {
+        fsfd = proc_context_via_helper(pidns_fd);
+        if (fsfd < 0)
+            return -1;
+    } else {
+        fsfd = (int)syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC);
+        if (fsfd < 0)
+            return -1;
+        if (syscall(SYS_fsconfig, fsfd, OL_FSCONFIG_SET_FD, "pidns", NULL, pidns_fd) != 0) {
+            saved = errno;
+            close(fsfd);
+            errno = saved;
+            return -1;
+        }
+    }
+    rc = proc_attach(fsfd, spec);
+    saved = errno;
+    close(fsfd);
+    errno = saved;
+    return rc;
+}
+
+/* 1 if procfs takes the pidns option (a PID namespace named by fd), else 0. */
+int ol_proc_pidns_option(void)
+{
+    int rc, ns, fsfd = (int)syscall(SYS_fsopen, "proc", FSOPEN_CLOEXEC);
+    if (fsfd < 0)
+        return 0;
+    ns = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC);
+    rc = ns >= 0 && syscall(SYS_fsconfig, fsfd, OL_FSCONFIG_SET_FD, "pidns", NULL, ns) == 0;
+    if (ns >= 0)
+        close(ns);
+    close(fsfd);
+    return rc;
 }
 
 static int spawn_child(void *arg)
@@ -99,6 +322,9 @@ static int spawn_child(void *arg)
         return fail(a, OL_STEP_SETNS);
     if (a->hostname && sethostname(a->hostname, strlen(a->hostname)) != 0)
         return fail(a, OL_STEP_HOSTNAME);
+    /* the sandbox's /proc: this child is PID 1 of the namespace it shows */
+    if (a->proc && proc_mount_own(a->proc) != 0)
+        return fail(a, OL_STEP_PROC);
     /* 3. root directory */
     if (a->root_fd >= 0) {
         if (fchdir(a->root_fd) != 0 || chroot(".") != 0 || chdir("/") != 0)

@@ -34,14 +34,17 @@ class SandboxState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SandboxLimits:
-    """cgroup and /tmp limits, and ``init_s``: how long a leaf may take to
-    import its handler once its runtime started (the init phase; a longer
-    import raises :class:`~olactors._errors.InitTimeout` from ``create``)."""
+    """cgroup limits, the writable space's (``/tmp``, ``/dev/shm`` and the
+    scratch dir together: ``tmp_mb`` bytes, ``tmp_inodes`` files), and
+    ``init_s``: how long a leaf may take to import its handler once its
+    runtime started (the init phase; a longer import raises
+    :class:`~olactors._errors.InitTimeout` from ``create``)."""
 
     mem_mb: int = 128
     procs: int = 64
     cpu_percent: int = 100
     tmp_mb: int = 64
+    tmp_inodes: int = 16384
     init_s: float = 60.0
 
 

@@ -40,6 +40,7 @@ from ._api import (
 from ._events import EventHub, PoolEvents
 from ._output import SandboxLog, Stream
 from ._process import prepare_worker_process, worker_id
+from ._procfs import ProcMounter
 from ._recovery import WorkerDirLock, open_worker_backend, recover_worker_dir
 from ._rootfs import (
     RUNTIME_SOURCE,
@@ -91,6 +92,7 @@ class SockPool(PoolEvents):
         self.python = config.sandbox.python or python_executable()
         self.bpf = seccomp.compile_profiles()  # ConfigError: never a sandbox unfiltered
         self.closing = False
+        self.procs = ProcMounter()  # forked sandboxes' /proc (fresh ones mount their own)
 
     # ------------------------------------------------------------- interface
     def sandboxes(self) -> list[Sandbox]:
@@ -184,22 +186,23 @@ class SockPool(PoolEvents):
         sid = f"sb-{next(self._ids)}"
         sb_dir = self.run_dir / sid
         sb_dir.mkdir(parents=True)
-        scratch = sb_dir / "scratch" if scratch_dir is None else Path(scratch_dir)
-        scratch.mkdir(exist_ok=True)
-        if is_leaf:
-            os.chown(scratch, self.config.sandbox.leaf_uid, self.config.sandbox.leaf_gid)
+        root = SandboxRoot(sb_dir / "root")
+        # Its own scratch dir is in its writable space, made by _prepare.
+        scratch = root.own_scratch if scratch_dir is None else Path(scratch_dir)
+        if scratch_dir is not None:
+            scratch.mkdir(exist_ok=True)
         return SockSandbox(
             id=sid,
             is_leaf=is_leaf,
             meta=meta,
             dir=sb_dir,
             scratch=scratch,
-            root=SandboxRoot(sb_dir / "root"),
+            root=root,
             code_dir=code_dir,
             cgroup=None,
             pool=self,
             network=meta.network,
-            scratch_fd=os.open(scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC),
+            own_scratch=scratch_dir is None,
         )
 
     async def _prepare(self, sb: SockSandbox) -> None:
@@ -215,10 +218,14 @@ class SockPool(PoolEvents):
         sb.root.mount(
             self._base,
             code_dir=sb.code_dir,
-            scratch=str(sb.scratch),
+            scratch=None if sb.own_scratch else str(sb.scratch),
             tmp_bytes=limits.tmp_mb << 20,
+            tmp_inodes=limits.tmp_inodes,
             packages=sb.meta.packages,
         )
+        if sb.is_leaf:
+            os.chown(sb.scratch, self.config.sandbox.leaf_uid, self.config.sandbox.leaf_gid)
+        sb.scratch_fd = os.open(sb.scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     async def release_resources(
         self, sb: SockSandbox, *, reuse_cgroup: bool = True

@@ -9,11 +9,20 @@ symlinks), the Python installation when it lives outside ``/usr``, a tmpfs
 empty read-only directory, so sandboxes never see host packages.
 
 A sandbox root is a recursive read-only bind of the base plus the function's
-code at ``/handler`` (read-only), its scratch dir at ``/host`` (writable), a
-size-limited tmpfs at ``/tmp``, and, when it uses packages, a small tmpfs at
-``/packages`` holding exactly its package dirs, each bound read-only (the
-tmpfs is then made read-only too).  Bind mounts + chroot; no mount namespace per
-sandbox.  All mounts live in the worker's private mount namespace.
+code at ``/handler`` (read-only), its writable space (below), its ``/proc``
+(``_procfs.py``), and, when it uses packages, a small tmpfs at ``/packages``
+holding exactly its package dirs, each bound read-only (the tmpfs is then
+made read-only too).  Bind mounts + chroot; no mount namespace per sandbox.
+All mounts live in the worker's private mount namespace.
+
+**Writable space.**  Everything a sandbox can write is one tmpfs of its own,
+``<sandbox dir>/writable``, bounded in bytes (``sandbox.tmp_mb``) and in
+inodes (``sandbox.tmp_inodes``), whose directories are bound at ``/tmp``,
+``/dev/shm`` and ``/host`` (the scratch dir; a caller that passes its own
+scratch dir, the package installer, gets that dir there instead).  One bound
+for all three: a function cannot spread past it across mounts, filling it
+gives the function ENOSPC, and nothing of it is on the worker's disk.  Its
+pages are charged to the sandbox's memory cgroup like any tmpfs's.
 """
 
 from __future__ import annotations
@@ -31,7 +40,14 @@ from .. import native
 from ._api import PACKAGES_MOUNT, PackageMount
 
 RUNTIME_SOURCE = Path(__file__).with_name("runtime")
-MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "dev", "packages")
+MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "dev", "packages", "proc")
+#: The directories of a sandbox's writable space: /host (its own scratch
+#: dir), /tmp and /dev/shm.
+SCRATCH_DIR, TMP_DIR, SHM_DIR = "host", "tmp", "shm"
+#: Inodes of the writable space beyond ``sandbox.tmp_inodes``: its own
+#: directories and what the runtime makes there (the blocked-syscalls map,
+#: the leaf's socket), so a function gets the configured number.
+WRITABLE_RESERVED_INODES = 8
 PACKAGES_TMPFS_BYTES = 1 << 20  # holds only the mount points of package dirs
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
@@ -162,6 +178,7 @@ class BaseRoot:
             node = os.path.join(dev, name)
             native.mknod_char(node, 0o666, major, minor)
             os.chmod(node, 0o666)  # mknod's mode is filtered by the umask
+        os.mkdir(os.path.join(dev, "shm"), 0o755)  # each sandbox binds its own there
         # Read-only: the tmpfs is shared by every sandbox (device I/O still works).
         native.remount_readonly(dev)
         self._bind(str(RUNTIME_SOURCE), "/runtime")
@@ -177,42 +194,96 @@ class BaseRoot:
 
 
 class SandboxRoot:
-    """A per-sandbox root at ``<sandbox dir>/root``."""
+    """A per-sandbox root at ``<sandbox dir>/root`` and its writable space at
+    ``<sandbox dir>/writable``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.writable = path.parent / "writable"
         self.mounted = False
+        self.writable_mounted = False
+
+    @property
+    def own_scratch(self) -> Path:
+        """The scratch dir in its writable space (``/host`` unless a caller gives one)."""
+        return self.writable / SCRATCH_DIR
 
     def mount(
         self,
         base: BaseRoot,
         *,
         code_dir: str | None,
-        scratch: str,
+        scratch: str | None,
         tmp_bytes: int,
+        tmp_inodes: int,
         packages: tuple[PackageMount, ...] = (),
     ) -> None:
-        """Assemble the root; on failure undo what was done and raise NativeError."""
+        """Assemble the root; on failure undo what was done and raise NativeError.
+
+        ``scratch`` None: the scratch dir is :attr:`own_scratch`, in the
+        writable space.  ``/proc`` is mounted later, once the sandbox's PID
+        namespace exists (``_procfs.py``).
+        """
         root = str(self.path)
         self.path.mkdir(exist_ok=True)
-        native.bind(str(base.path), root, readonly=True, recursive=True)
-        self.mounted = True
         try:
+            self._mount_writable(tmp_bytes, tmp_inodes)
+            native.bind(str(base.path), root, readonly=True, recursive=True)
+            self.mounted = True
             if code_dir:
                 native.bind(code_dir, root + "/handler", readonly=True)
-            native.bind(scratch, root + "/host", readonly=False)
-            native.mount_tmpfs(root + "/tmp", size_bytes=tmp_bytes)
+            host = str(self.own_scratch) if scratch is None else scratch
+            native.bind(host, root + "/host", readonly=False)
+            native.bind(str(self.writable / TMP_DIR), root + "/tmp", readonly=False)
+            native.bind(str(self.writable / SHM_DIR), root + "/dev/shm", readonly=False)
             if packages:
                 mount_packages(root, packages)
         except BaseException:
             self.unmount()
             raise
 
+    def _mount_writable(self, size_bytes: int, inodes: int) -> None:
+        """One tmpfs for everything the sandbox can write (see the module doc)."""
+        self.writable.mkdir(exist_ok=True)
+        native.mount_tmpfs(
+            str(self.writable),
+            size_bytes=size_bytes,
+            mode=0o755,
+            inodes=inodes + WRITABLE_RESERVED_INODES,
+        )
+        self.writable_mounted = True
+        os.mkdir(self.own_scratch, 0o755)
+        for name in (TMP_DIR, SHM_DIR):
+            os.mkdir(self.writable / name)
+            os.chmod(self.writable / name, 0o1777)  # mkdir's mode is filtered by the umask
+
+    def is_mounted(self) -> bool:
+        """Is anything of it still mounted?"""
+        return (
+            self.mounted
+            or self.writable_mounted
+            or os.path.ismount(self.path)
+            or os.path.ismount(self.writable)
+        )
+
     def unmount(self) -> None:
-        """Detach the whole tree (one syscall; idempotent)."""
+        """Detach the whole tree, then the writable space (idempotent; each is
+        tried even if the other fails, the first failure is raised)."""
+        failure: OSError | None = None
         if self.mounted:
             self.mounted = False
-            native.umount(str(self.path), detach=True)
+            try:
+                native.umount(str(self.path), detach=True)
+            except OSError as exc:
+                failure = exc
+        if self.writable_mounted:
+            self.writable_mounted = False
+            try:
+                native.umount(str(self.writable), detach=True)
+            except OSError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 def mount_packages(root: str, packages: tuple[PackageMount, ...]) -> None:

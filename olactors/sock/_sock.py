@@ -131,6 +131,8 @@ class SockSandbox:
     cgroup: Cgroup | None  # None until _prepare takes one from the cgroup pool
     pool: SockPool  # for cgroup release and counters
     network: str
+    #: Its scratch dir is in its writable space (not one its creator gave).
+    own_scratch: bool = True
     pid: int = 0
     pidfd: int = -1
     scratch_fd: int = -1
@@ -432,7 +434,7 @@ def remove_sandbox_dir(sb: SockSandbox) -> None:
     if sb.scratch_fd >= 0:
         os.close(sb.scratch_fd)
         sb.scratch_fd = -1
-    if sb.root.mounted or os.path.ismount(sb.root.path):
+    if sb.root.is_mounted():
         raise SandboxError(f"{sb.id}: root still mounted, not removing {sb.dir}")
     shutil.rmtree(sb.dir, ignore_errors=True)
     if os.path.lexists(sb.dir):

@@ -18,6 +18,7 @@ import logging
 import os
 import socket as stdsocket
 import struct
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 
 import trio
@@ -26,6 +27,7 @@ from .. import native
 from .._causes import Cause, CauseCode
 from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
 from ._blocked import BlockedSyscalls, sandbox_env
+from ._procfs import proc_mount
 from ._safe import SafeSandbox
 from ._sock import (
     BASE_ENV,
@@ -78,6 +80,8 @@ class ZygoteGone(SandboxError):
 
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+#: The worker's word to a forked child that its /proc is mounted.
+PROC_MOUNTED = b'{"proc": true}'
 
 
 def passing_credentials(sock: stdsocket.socket | trio.socket.SocketType) -> None:
@@ -97,7 +101,11 @@ class RuntimeClosed(SandboxError):
 
 
 async def next_report(
-    sock: trio.socket.SocketType, phase: str, what: str, forked: list[int] | None = None
+    sock: trio.socket.SocketType,
+    phase: str,
+    what: str,
+    forked: list[int] | None = None,
+    on_namespaces: Callable[[int], Awaitable[None]] | None = None,
 ) -> int:
     """Read the runtime's reports until ``{phase: true}``; return the sender's host pid.
 
@@ -110,7 +118,9 @@ async def next_report(
     fork.  Raises :class:`RuntimeClosed` when the peer closes first and
     SandboxError when a zygote refuses the fork.  No timeout: the caller's
     cancel scope bounds each phase.  The zygote's fork reply (the child's pid
-    in the zygote's namespace) is appended to ``forked``.
+    in the zygote's namespace) is appended to ``forked``.  A forked child's
+    ``{"namespaces": true}`` (its PID namespace exists: mount its /proc) is
+    handed to ``on_namespaces`` with the sender's pid.
     """
     while True:
         try:
@@ -122,6 +132,9 @@ async def next_report(
         if not msg:
             raise RuntimeClosed(f"{what}: the sandbox exited before it was {phase}")
         data = json.loads(msg)
+        if data.get("namespaces") and on_namespaces is not None:
+            await on_namespaces(_sender_pid(ancdata, what))
+            continue
         if "imported" in data:
             package = str(data["imported"])
             problems = [data["error"]] if "error" in data else []
@@ -215,15 +228,15 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
                 parent.check_running("zygote")  # again, now that calls are serialised
                 sb.zygote = zygote
                 await _request_fork(zygote, sb, pool, sock)
-                sb.pid = await _started(sb, sock, pool, what)
-                try:
-                    sb.pidfd = os.pidfd_open(sb.pid)
-                    sb.ns_pid = pid_in_parent_namespace(sb.pid) or sb.ns_pid
-                except ProcessLookupError:  # it died at once, and its zygote reaped it
+                pid = await _started(sb, sock, pool, what, _proc_mounter(sb, pool, sock, what))
+                if sb.pidfd < 0 or pid != sb.pid:
+                    raise SandboxError(f"{what}: pid {pid} started, not the one given a /proc")
+                sb.ns_pid = pid_in_parent_namespace(sb.pid) or sb.ns_pid
+                if sb.process_gone():  # it died at once, and its zygote reaped it
                     if not sb.is_leaf:
-                        raise SandboxError(f"{what}: it exited as soon as it started") from None
+                        raise SandboxError(f"{what}: it exited as soon as it started")
                     sb.exited.set()
-                    raise await _init_death(sb, pool, zygote, what) from None
+                    raise await _init_death(sb, pool, zygote, what)
                 if sb.pid not in first_hierarchy_pids(sb.cgroup):
                     raise SandboxError(f"{what}: pid {sb.pid} reported outside its cgroup")
                 _check_open(pool)  # before child_added: the caller's cleanup cannot undo it
@@ -250,14 +263,21 @@ def shutting_down() -> SandboxError:
     return err
 
 
-async def _started(sb: SockSandbox, sock: trio.socket.SocketType, pool, what: str) -> int:
+async def _started(
+    sb: SockSandbox,
+    sock: trio.socket.SocketType,
+    pool,
+    what: str,
+    on_namespaces: Callable[[int], Awaitable[None]] | None = None,
+) -> int:
     """Phase one: the runtime's pid once it reports started (a leaf) or ready (a zygote);
     a forked one's pid in its zygote's namespace goes to ``sb.ns_pid``."""
     timeout = pool.config.sandbox.ready_timeout_s
     forked: list[int] = []
+    phase = "started" if sb.is_leaf else "ready"
     with trio.move_on_after(timeout):
         try:
-            return await next_report(sock, "started" if sb.is_leaf else "ready", what, forked)
+            return await next_report(sock, phase, what, forked, on_namespaces)
         finally:
             if forked:
                 sb.ns_pid = forked[-1]
@@ -315,6 +335,28 @@ async def _init_death(
     )
 
 
+def _proc_mounter(
+    sb: SockSandbox, pool, sock: trio.socket.SocketType, what: str
+) -> Callable[[int], Awaitable[None]]:
+    """What the worker does when a forked child reports its namespaces (its
+    first act, before it joins its cgroups and enters its root): take its
+    pidfd, mount its /proc (see ``_procfs.py``) and tell it so; it runs no
+    function or package code before that word.  Once only."""
+
+    async def mount(pid: int) -> None:
+        if sb.pidfd >= 0:
+            raise SandboxError(f"{what}: a second namespaces report (pid {pid})")
+        try:
+            sb.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise SandboxError(f"{what}: the child exited as soon as it was forked") from None
+        sb.pid = pid
+        pool.procs.mount_for(str(sb.root.path), pid, sb.pidfd)
+        await sock.send(PROC_MOUNTED)
+
+    return mount
+
+
 def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
     """Spawn the runtime of a fresh sandbox, reporting on ``child_end``."""
     sandbox_cfg = pool.config.sandbox
@@ -344,6 +386,7 @@ def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
                 seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
                 # called on the trio thread, which lives as long as the worker
                 die_with_parent=True,
+                proc=proc_mount(str(sb.root.path)),
             )
         )
         sb.pidfd = os.pidfd_open(sb.pid)

@@ -47,6 +47,10 @@ MAX_FORK_MESSAGE = 1 << 20
 MAX_FDS = 16
 REQUEST_TIMEOUT_S = 10.0
 HANDOVER_TIMEOUT_S = 1.0
+#: A forked child's first message (its namespaces exist) and the worker's
+#: answer once it mounted the child's /proc (see olactors/sock/_procfs.py).
+NAMESPACES_READY = b'{"namespaces": true}'
+PROC_MOUNTED = b'{"proc": true}'
 
 
 # ----------------------------------------------------------------- leaf mode
@@ -461,6 +465,8 @@ def _become_child(conn: socket.socket, fds: list) -> None:
     import _proc
 
     try:
+        # First: the worker mounts this sandbox's /proc while it goes on.
+        conn.send(NAMESPACES_READY)
         conn.settimeout(REQUEST_TIMEOUT_S)
         request = json.loads(conn.recv(MAX_FORK_MESSAGE))
         conn.settimeout(None)
@@ -493,7 +499,7 @@ def _become_child(conn: socket.socket, fds: list) -> None:
             _proc.drop_privileges(request["uid"], request["gid"])
             _proc.set_no_new_privs()
             _linux.install_seccomp(LEAF_SECCOMP)  # raises if empty: never unfiltered
-        run(config, conn)
+        run(config, conn, proc_pending=True)
     except BaseException:  # noqa: BLE001
         import traceback
 
@@ -640,8 +646,20 @@ def _preload(preload: list, ready: socket.socket) -> None:
         ready.settimeout(None)
 
 
-def run(config: dict, ready: socket.socket) -> None:
-    """Become a leaf or zygote, report its phases on ``ready``, serve forever."""
+def _await_proc(conn: socket.socket) -> None:
+    """Wait for the worker's word that this (forked) sandbox's /proc is mounted."""
+    conn.settimeout(REQUEST_TIMEOUT_S)
+    if conn.recv(64) != PROC_MOUNTED:
+        raise RuntimeError("the worker did not mount this sandbox's /proc")
+    conn.settimeout(None)
+
+
+def run(config: dict, ready: socket.socket, proc_pending: bool = False) -> None:
+    """Become a leaf or zygote, report its phases on ``ready``, serve forever.
+
+    ``proc_pending``: a forked child, whose /proc the worker is mounting; no
+    function or package code runs before the worker says it is done.
+    """
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
@@ -652,11 +670,15 @@ def run(config: dict, ready: socket.socket) -> None:
     if config["mode"] == "leaf":
         listener = _listen(LEAF_SOCKET, socket.SOCK_STREAM)
         ready.send(b'{"started": true}')
+        if proc_pending:
+            _await_proc(ready)
         app = load_entry(config.get("entry") or "")  # the init phase: function code runs
         ready.send(b'{"ready": true}')
         ready.close()
         serve_leaf(listener, app)
     else:
+        if proc_pending:
+            _await_proc(ready)
         # Everything a forked child needs is prepared here, once, not per fork.
         import base64
         import gc
