@@ -37,6 +37,7 @@ SPAWN_STEPS = (
     "clone",
     "parent exited before the child could follow it",
     "mount /proc",
+    "drop capabilities",
 )
 
 
@@ -113,9 +114,11 @@ class SpawnSpec:
     PID/UTS/IPC namespaces (``clone_flags``), then, in this order before
     ``execve``: joins its cgroups, joins ``netns_fd``, sets the hostname,
     mounts ``proc`` (a procfs of its own PID namespace, as PID 1 of it),
-    chroots to ``root_fd``, sets up fds, drops to ``uid``/``gid``, sets
-    no_new_privs (+ optional parent-death signal), resets signal handlers and
-    installs the seccomp ``bpf`` program.
+    chroots to ``root_fd``, sets up fds, drops every capability not in
+    ``cap_keep`` from the bounding set, drops to ``uid``/``gid``, empties
+    the other capability sets but ``cap_keep`` (all of them for a uid
+    change), sets no_new_privs (+ optional parent-death signal), resets
+    signal handlers and installs the seccomp ``bpf`` program.
 
     ``die_with_parent``: the child gets SIGKILL when the *thread* that called
     :func:`spawn` exits (``PR_SET_PDEATHSIG`` follows the creating thread, not
@@ -144,6 +147,10 @@ class SpawnSpec:
     seccomp_bpf: bytes = b""
     die_with_parent: bool = False
     proc: ProcMount | None = None
+    #: Capabilities kept (bit n = capability n) by a child that keeps its uid;
+    #: the rest leave every set, the bounding set included.  A child that
+    #: drops to ``uid``/``gid`` keeps none whatever this says.
+    cap_keep: int = 0
 
 
 def spawn(spec: SpawnSpec) -> int:
@@ -190,6 +197,7 @@ def spawn(spec: SpawnSpec) -> int:
     args.bpf_len = len(spec.seccomp_bpf)
     args.die_with_parent = int(spec.die_with_parent)
     args.proc = ffi.NULL if spec.proc is None else _proc_spec(spec.proc, keep)
+    args.cap_keep = spec.cap_keep
     pid = lib.ol_spawn(args)
     if pid < 0:
         step = SPAWN_STEPS[args.err_step] if args.err_step < len(SPAWN_STEPS) else "?"

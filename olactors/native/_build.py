@@ -33,6 +33,7 @@ ffibuilder.cdef(
         int bpf_len;
         int die_with_parent;
         const struct ol_proc_spec *proc;
+        unsigned long long cap_keep;
         int parent_pidfd;
         int err_step;
         int err_errno;

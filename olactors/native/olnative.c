@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -86,6 +87,10 @@ struct ol_spawn_args {
     int bpf_len;
     int die_with_parent;
     const struct ol_proc_spec *proc; /* mounted by the child, PID 1 of its namespace */
+    /* Capabilities the child keeps (bit n = capability n); every other one
+     * leaves its bounding, permitted, effective and inheritable sets, and
+     * the ambient set is cleared.  A child dropping to uid/gid keeps none. */
+    unsigned long long cap_keep;
     int parent_pidfd; /* set by ol_spawn: the caller's process, for die_with_parent */
     /* out */
     int err_step;
@@ -107,7 +112,50 @@ enum {
     OL_STEP_CLONE,
     OL_STEP_PARENT_GONE,
     OL_STEP_PROC,
+    OL_STEP_CAPS,
 };
+
+#define OL_CAP_MAX 64
+
+/* Drop every capability not in keep from the bounding set (stops at the
+ * first number the kernel does not know).  Needs CAP_SETPCAP, so it runs
+ * before the uid change. */
+static int drop_bounding(unsigned long long keep)
+{
+    int cap;
+    for (cap = 0; cap < OL_CAP_MAX; cap++) {
+        if (keep & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+            if (errno == EINVAL)
+                return 0; /* beyond the kernel's last capability */
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Set permitted and effective to keep (within what is held), inheritable
+ * and ambient to nothing.  Raw capset: libcap is not linked. */
+static int set_capabilities(unsigned long long keep)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capget, &hdr, data) != 0)
+        return -1;
+    data[0].permitted &= (unsigned)(keep & 0xffffffffULL);
+    data[1].permitted &= (unsigned)(keep >> 32);
+    data[0].effective = data[0].permitted;
+    data[1].effective = data[1].permitted;
+    data[0].inheritable = data[1].inheritable = 0;
+    if (syscall(SYS_capset, &hdr, data) != 0)
+        return -1;
+    /* EINVAL: a kernel without ambient capabilities (< 4.3) has none to clear */
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
+        return -1;
+    return 0;
+}
 
 static int fail(struct ol_spawn_args *a, int step)
 {
@@ -358,7 +406,12 @@ static int spawn_child(void *arg)
         if (dup2(tmp[i], i) < 0)
             return fail(a, OL_STEP_FDS);
     }
-    /* 5. identity: drop to an unprivileged uid/gid when asked.  Raw system
+    /* 5. capabilities out of the bounding set first (that needs
+     * CAP_SETPCAP, which the uid change below takes away); a child that
+     * changes its uid keeps none at all. */
+    if (drop_bounding(a->uid >= 0 ? 0 : a->cap_keep) != 0)
+        return fail(a, OL_STEP_CAPS);
+    /* identity: drop to an unprivileged uid/gid when asked.  Raw system
      * calls, as in glibc's posix_spawn: the libc wrappers run the multi-thread
      * "setxid" protocol over the parent's thread list (shared through
      * CLONE_VM) and take its lock, which another worker thread may hold while
@@ -370,6 +423,10 @@ static int spawn_child(void *arg)
     }
     if (a->uid >= 0 && syscall(SYS_setresuid, a->uid, a->uid, a->uid) != 0)
         return fail(a, OL_STEP_IDS);
+    /* the uid change emptied permitted and effective; inheritable and
+     * ambient are cleared here, and a root child keeps only cap_keep */
+    if (set_capabilities(a->uid >= 0 ? 0 : a->cap_keep) != 0)
+        return fail(a, OL_STEP_CAPS);
     /* 6. process attributes */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail(a, OL_STEP_PRCTL);

@@ -24,6 +24,7 @@ from contextlib import ExitStack
 import trio
 
 from .. import native
+from .._capabilities import ZYGOTE_MASK
 from .._causes import Cause, CauseCode
 from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
 from ._blocked import BlockedSyscalls, sandbox_env
@@ -384,6 +385,7 @@ def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
                 stderr_fd=err_fd,
                 keep_fds=[child_end.fileno()],
                 seccomp_bpf=pool.bpf["leaf" if sb.is_leaf else "zygote"],
+                cap_keep=0 if sb.is_leaf else ZYGOTE_MASK,
                 # called on the trio thread, which lives as long as the worker
                 die_with_parent=True,
                 proc=proc_mount(str(sb.root.path)),

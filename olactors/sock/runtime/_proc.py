@@ -9,6 +9,7 @@ single-threaded process, which is exactly what a suitable zygote is.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 
@@ -18,6 +19,12 @@ CLONE_NEWPID = 0x20000000
 SANDBOX_NAMESPACES = CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
 _SIGCHLD = 17
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}[platform.machine()]
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[platform.machine()]
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_CAP_MAX = 64
 
 # PyDLL keeps the GIL held across the call, as os.fork does.
 _libc = ctypes.PyDLL(None, use_errno=True)
@@ -69,10 +76,27 @@ def sethostname(name: str) -> None:
 
 
 def drop_privileges(uid: int, gid: int) -> None:
-    """Become ``uid``/``gid`` with no supplementary groups (capabilities drop with uid 0)."""
+    """Become ``uid``/``gid`` with no supplementary groups and no capability in
+    any set: the bounding set is emptied first (that needs CAP_SETPCAP, which
+    the uid change takes away), the uid change empties permitted and
+    effective, then inheritable and ambient are cleared."""
+    for cap in range(_CAP_MAX):
+        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == errno.EINVAL:
+                break  # beyond the kernel's last capability
+            _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}, all zero
+    _check(
+        _libc.syscall(_SYS_CAPSET, ctypes.addressof(header), ctypes.addressof(data), 0, 0, 0),
+        "capset",
+    )
+    if _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        if ctypes.get_errno() != errno.EINVAL:  # a kernel without ambient capabilities
+            _check(-1, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
 
 
 def set_no_new_privs() -> None:

@@ -495,8 +495,10 @@ def _become_child(conn: socket.socket, fds: list) -> None:
             import _linux
             import _sigsys
 
-            _sigsys.attach()  # its own map, before its filter can trap anything
-            _proc.drop_privileges(request["uid"], request["gid"])
+            _proc.drop_privileges(request["uid"], request["gid"])  # every capability too
+            # Its own map (owned by the leaf uid: opened after the drop, so the
+            # zygote needs no DAC_OVERRIDE), before its filter can trap anything.
+            _sigsys.attach()
             _proc.set_no_new_privs()
             _linux.install_seccomp(LEAF_SECCOMP)  # raises if empty: never unfiltered
         run(config, conn, proc_pending=True)
