@@ -218,6 +218,20 @@ class SandboxDied(OlactorsError):
         self.cause = cause
 
 
+class BadSandboxResponse(OlactorsError):
+    """The sandbox answered outside what the worker accepts: malformed, or
+    beyond ``limits.max_response_bytes``, ``max_response_headers`` or
+    ``max_response_header_bytes``.  The sandbox was destroyed (cause
+    ``bad_response``) without the worker buffering more than the limits."""
+
+    code = "bad_response"
+    status = 502
+
+    def __init__(self, message: str, cause: Cause) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class SandboxUnavailable(OlactorsError):
     """No sandbox could be created for the call (creation failed twice);
     ``cause`` is the last creation failure's, when it was diagnosed."""

@@ -17,7 +17,9 @@ on its next call.  Whether a death counts is the cause's
 ``counts_against_function``: deaths that are not the function's fault
 (evicted, code updated, worker shutdown, released, its zygote died) do not;
 runtime-limit timeouts (504 with cause ``timeout``, the handler's own doing)
-do not either.
+do not either.  An answer the worker refuses (malformed, or beyond
+``limits.max_response_*``) destroys the sandbox too and is 502
+``bad_response`` (cause ``bad_response``, counted like a death).
 
 Each call's :class:`~olactors._records.CallTrace` gets the sandbox, whether it
 was cold and why (:class:`~olactors._records.ColdReason`), the sandbox's CPU
@@ -58,6 +60,7 @@ import trio
 from .._causes import Cause, CauseCode, released
 from .._errors import (
     BadFunction,
+    BadSandboxResponse,
     HandlerTimeout,
     InitDied,
     InitFailed,
@@ -247,9 +250,15 @@ class Instance:
                     )
                 )
                 return
-            req.reply.fail(
-                SandboxDied(f"the sandbox died during the call: {cause.summary()}", cause)
-            )
+            if cause.code is CauseCode.BAD_RESPONSE:
+                failure: OlactorsError = BadSandboxResponse(
+                    f"the sandbox's response was refused and the sandbox destroyed: "
+                    f"{cause.summary()}",
+                    cause,
+                )
+            else:
+                failure = SandboxDied(f"the sandbox died during the call: {cause.summary()}", cause)
+            req.reply.fail(failure)
             if cause.counts_against_function:
                 metrics.sandbox_failures += 1
                 raise InstanceFailure(cause.summary()) from exc

@@ -1,19 +1,25 @@
 """A minimal HTTP/1.1 client for a leaf's unix socket (one keep-alive connection).
 
 Both ends are ours (see runtime/server.py), so this speaks exactly the subset
-the runtime serves: Content-Length bodies, no chunking, keep-alive.
+the runtime serves: Content-Length bodies, no chunking, keep-alive.  But the
+other end runs function code, which may replace the runtime's socket with its
+own server: every answer is read within :class:`ResponseLimits` as it arrives
+(a head larger than its limit, too many header lines, a Content-Length beyond
+the body limit or any Transfer-Encoding is :class:`BadResponse` before more
+is read), so a sandbox can never make the worker buffer more than the limits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import trio
 
 from ._api import Invocation, InvocationResult
 
-MAX_RESPONSE_HEADER = 65536
+READ_SIZE = 65536
 PATH_SAFE = "/:@!$&'()*+,;=-._~"
 QUERY_SAFE = PATH_SAFE + "?%"
 
@@ -27,9 +33,32 @@ class BadResponse(ProtocolError):
     oversized: its own fault (cause ``bad_response``), not a death."""
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseLimits:
+    """What a sandbox may send back (``limits.max_response_*``)."""
+
+    max_bytes: int = 6 << 20  # the body
+    max_headers: int = 100  # header lines
+    max_header_bytes: int = 65536  # status line and headers, CRLFs included
+
+    @classmethod
+    def of(cls, limits: object) -> ResponseLimits:
+        """From the worker config's ``limits`` section."""
+        return cls(
+            getattr(limits, "max_response_bytes"),  # noqa: B009 - a config namespace
+            getattr(limits, "max_response_headers"),  # noqa: B009
+            getattr(limits, "max_response_header_bytes"),  # noqa: B009
+        )
+
+
 class LeafClient:
-    def __init__(self, connect: Callable[[], Awaitable[trio.SocketStream]]) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[trio.SocketStream]],
+        limits: ResponseLimits = ResponseLimits(),
+    ) -> None:
         self._connect = connect
+        self._limits = limits
         self._stream: trio.SocketStream | None = None
         self._buf = bytearray()
 
@@ -51,40 +80,69 @@ class LeafClient:
         await self._stream.send_all("".join(head).encode("latin-1") + inv.body)
         return await self._read_response()
 
-    async def _fill(self) -> None:
+    async def _fill(self, most: int) -> None:
+        """Read at most ``most`` more bytes (at least one) into the buffer."""
         assert self._stream is not None
-        chunk = await self._stream.receive_some(65536)
+        chunk = await self._stream.receive_some(max(1, min(READ_SIZE, most)))
         if not chunk:
             raise ProtocolError("sandbox closed the connection before answering")
         self._buf += chunk
 
+    async def _read_head(self) -> int:
+        """Where the head in the buffer ends (its CRLFCRLF), read within the limit."""
+        limit = self._limits.max_header_bytes
+        searched = 0
+        while (end := self._buf.find(b"\r\n\r\n", searched)) < 0:
+            if len(self._buf) >= limit:
+                raise BadResponse(
+                    f"response head larger than {limit} bytes (limits.max_response_header_bytes)"
+                )
+            searched = max(0, len(self._buf) - 3)
+            await self._fill(limit - len(self._buf))
+        if end + 4 > limit:
+            raise BadResponse(
+                f"response head larger than {limit} bytes (limits.max_response_header_bytes)"
+            )
+        return end
+
     async def _read_response(self) -> InvocationResult:
-        while (end := self._buf.find(b"\r\n\r\n")) < 0:
-            if len(self._buf) > MAX_RESPONSE_HEADER:
-                raise BadResponse("response header too large")
-            await self._fill()
+        end = await self._read_head()
         lines = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
         del self._buf[: end + 4]
+        if len(lines) - 1 > self._limits.max_headers:
+            raise BadResponse(
+                f"{len(lines) - 1} response header lines, more than "
+                f"{self._limits.max_headers} (limits.max_response_headers)"
+            )
         try:
             status = int(lines[0].split(" ", 2)[1])
         except (IndexError, ValueError):
             raise BadResponse(f"bad status line {lines[0][:200]!r}") from None
         headers = []
-        length = 0
+        length: int | None = None
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name, value = name.strip().lower(), value.strip()
             if name == "content-length":
                 try:
-                    length = int(value)
+                    given = int(value)
                 except ValueError:
                     raise BadResponse(f"bad content-length {value[:50]!r}") from None
-                if length < 0:
-                    raise BadResponse(f"bad content-length {length}")
+                if given < 0 or (length is not None and given != length):
+                    raise BadResponse(f"bad content-length {value[:50]!r}")
+                length = given
+            elif name == "transfer-encoding":
+                raise BadResponse("a transfer-encoding in a sandbox's response")
             else:
                 headers.append((name, value))
+        length = length or 0
+        if length > self._limits.max_bytes:
+            raise BadResponse(
+                f"response body of {length} bytes, more than {self._limits.max_bytes} "
+                "(limits.max_response_bytes)"
+            )
         while len(self._buf) < length:
-            await self._fill()
+            await self._fill(length - len(self._buf))
         body = bytes(self._buf[:length])
         del self._buf[:length]
         return InvocationResult(status, tuple(headers), body)

@@ -35,7 +35,7 @@ from .._errors import SandboxError
 from .._records import NO_OUTPUT, CallOutput
 from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
 from ._blocked import BlockedSyscalls
-from ._client import BadResponse, LeafClient
+from ._client import BadResponse, LeafClient, ResponseLimits
 from ._rootfs import SandboxRoot
 from ._safe import ReleaseFailed
 from ._stdio import SandboxStdio
@@ -163,7 +163,7 @@ class SockSandbox:
 
     async def invoke(self, request: Invocation) -> InvocationResult:
         if self.client is None:
-            self.client = LeafClient(self.connect)
+            self.client = LeafClient(self.connect, ResponseLimits.of(self.pool.config.limits))
         if self.blocked is not None:
             self.blocked.reset()
         stdio = self.prepared_stdio()
