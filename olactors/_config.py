@@ -15,15 +15,17 @@ from typing import Any
 import yaml
 
 from ._errors import ConfigError
+from ._network import CONFIG_CHECKS
 
 DEFAULTS_PATH = Path(__file__).resolve().parent / "config" / "worker.yaml"
 
 # Keys whose value must be one of a fixed set.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "sandbox.network": ("none", "host"),
     "sandbox.cgroup_version": ("auto", "v1", "v2"),
     "memory.eviction_policy": ("openlambda", "lru", "gdsf"),
 }
+# List keys whose items are not strings: the type of their items.
+LIST_ITEM_TYPES: dict[str, type] = {"sandbox.egress_allow_host": int}
 # Keys whose value must be >= the given minimum.
 MINIMUMS: dict[str, float] = {
     "sandbox.tmp_mb": 1,
@@ -206,7 +208,7 @@ def load_defaults() -> dict[str, dict[str, Any]]:
     return defaults
 
 
-def _type_ok(default: Any, value: Any) -> bool:
+def _type_ok(default: Any, value: Any, item_type: type = str) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -214,7 +216,9 @@ def _type_ok(default: Any, value: Any) -> bool:
     if isinstance(default, int):
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, list):
-        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+        return isinstance(value, list) and all(
+            isinstance(item, item_type) and not isinstance(item, bool) for item in value
+        )
     return isinstance(value, type(default))
 
 
@@ -240,8 +244,10 @@ def _set(base: dict[str, dict[str, Any]], dotted: str, value: Any, origin: str) 
     if section not in base or key not in base[section]:
         raise ConfigError(f"{origin}: unknown key {dotted!r}")
     default = base[section][key]
-    if not _type_ok(default, value):
-        kind = "a list of strings" if isinstance(default, list) else type(default).__name__
+    item_type = LIST_ITEM_TYPES.get(dotted, str)
+    if not _type_ok(default, value, item_type):
+        items = "integers" if item_type is int else "strings"
+        kind = f"a list of {items}" if isinstance(default, list) else type(default).__name__
         raise ConfigError(f"{origin}: {dotted} must be {kind}, got {value!r}")
     if isinstance(default, int | float) and not abs(value) <= NUMBER_MAX:  # also NaN
         raise ConfigError(
@@ -257,6 +263,9 @@ def _set(base: dict[str, dict[str, Any]], dotted: str, value: Any, origin: str) 
         raise ConfigError(
             f"{origin}: {dotted} must be one of {', '.join(CHOICES[dotted])}, got {value!r}"
         )
+    problem = CONFIG_CHECKS[dotted](value) if dotted in CONFIG_CHECKS else None
+    if problem is not None:
+        raise ConfigError(f"{origin}: {dotted} {problem}")
     if dotted in MINIMUMS and value < MINIMUMS[dotted]:
         raise ConfigError(f"{origin}: {dotted} must be >= {MINIMUMS[dotted]}, got {value!r}")
     base[section][key] = float(value) if isinstance(default, float) else value

@@ -14,7 +14,7 @@ Schema (every key optional; any other key is rejected, naming its path)::
       cpu_percent: 50
       runtime_s: 5.0
       init_s: 120                 # the handler's import (see below)
-    network: none                 # none | host (default: the worker's sandbox.network)
+    network: none                 # none | egress (default: the worker's sandbox.network)
     entry: "pkg.mod:handler"      # default: f.py's f
     packages:                     # requirements from the worker's package index
       - "requests>=2,<3"          # pip syntax: name, [extras], range, ; marker
@@ -47,6 +47,7 @@ import yaml
 
 from ._config import MINIMUMS, NUMBER_MAX, Config, describe_yaml_error, load_yaml
 from ._errors import BadFunction
+from ._network import Network, network_problem
 
 if TYPE_CHECKING:
     from .packages import FunctionPackages
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
     from .sock._api import SandboxLimits
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-NETWORKS = ("none", "host")
 _TOP_KEYS = (
     "triggers",
     "environment",
@@ -93,7 +93,7 @@ class FunctionConfig:
     cpu_percent: int | None = None
     runtime_s: float | None = None
     init_s: float | None = None
-    network: str | None = None
+    network: Network | None = None
     entry: str | None = None
     packages: tuple[str, ...] = ()
     dependencies: FunctionPackages | None = None
@@ -105,7 +105,7 @@ class ResolvedLimits:
 
     sandbox: SandboxLimits
     runtime_s: float
-    network: str
+    network: Network
 
 
 def parse_function_config(text: str | None, origin: str = "ol.yaml") -> FunctionConfig:
@@ -136,11 +136,10 @@ def parse_function_config(text: str | None, origin: str = "ol.yaml") -> Function
     fields.update(_parse_limits(data.get("limits"), origin))
     if "network" in data:
         value = data["network"]
-        if value not in NETWORKS:
-            raise BadFunction(
-                f"{origin}: network must be one of {', '.join(NETWORKS)}, got {value!r}"
-            )
-        fields["network"] = value
+        problem = network_problem(value)
+        if problem is not None:
+            raise BadFunction(f"{origin}: network {problem}")
+        fields["network"] = Network(value)
     if "entry" in data:
         fields["entry"] = _parse_entry(data["entry"], origin)
     fields["packages"] = _parse_packages(data.get("packages"), origin)
@@ -152,7 +151,7 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
 
     Unset values take the worker defaults (``limits.*``, ``sandbox.tmp_mb``,
     ``sandbox.tmp_inodes``, ``sandbox.network``). A requested value above the worker maximum
-    (``limits.max_*``; for the network, ``sandbox.network``: ``host`` only
+    (``limits.max_*``; for the network, ``sandbox.network``: ``egress`` only
     where the worker allows it) raises :class:`BadFunction` (500); a maximum
     of 0 for ``cpu_percent`` means no maximum.
     """
@@ -169,11 +168,11 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
                 f"ol.yaml limits.{key} {value} exceeds the worker maximum {maximum} "
                 f"(limits.max_{key})"
             )
-    if fc.network == "host" and config.sandbox.network != "host":
-        # The installer is the only sandbox with network access unless the operator opts in.
+    if fc.network is Network.EGRESS and config.sandbox.network != Network.EGRESS:
+        # Functions reach the outside only where the operator opts in.
         raise BadFunction(
-            "ol.yaml network: host is not allowed on this worker "
-            "(its sandbox.network is none; set it to host to allow it)"
+            "ol.yaml network: egress is not allowed on this worker "
+            "(its sandbox.network is none; set it to egress to allow it)"
         )
     chosen = {
         key: getattr(limits, key) if value is None else value for key, value in requested.items()
@@ -188,7 +187,7 @@ def resolve_limits(fc: FunctionConfig, config: Config) -> ResolvedLimits:
             init_s=float(chosen["init_s"]),
         ),
         runtime_s=float(chosen["runtime_s"]),
-        network=fc.network if fc.network is not None else config.sandbox.network,
+        network=fc.network if fc.network is not None else Network(config.sandbox.network),
     )
 
 

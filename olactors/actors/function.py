@@ -184,6 +184,7 @@ class FunctionActor:
             self._close_queue()
             with trio.CancelScope(shield=True):
                 await self._stop_instances()
+                await self.deps.pool.forget_network(self.name)
                 try:
                     await self.deps.puller.forget(self.name)
                 except OlactorsError:

@@ -1,7 +1,9 @@
 """ImportCache and ZygoteActors: the tree of zygotes leaves are forked from.
 
-One ZygoteActor per (tree node, network mode, exact versions of the node's
-packages), spawned on first use: a node serving numpy 2.1 and 2.2 has two.
+One ZygoteActor per (tree node, exact versions of the node's packages),
+spawned on first use: a node serving numpy 2.1 and 2.2 has two.  Zygotes
+have no network (package imports run without one); each forked leaf enters
+its own function's network namespace, whatever its mode.
 A zygote mounts exactly its node's package dirs and preloads its own
 packages' top-level modules, one package at a time; a package that leaves
 the process unfit to fork (see :mod:`olactors.sock._suitability`) is
@@ -56,15 +58,13 @@ class ReleaseLease:
 @dataclass(frozen=True, slots=True)
 class GetZygoteActor:
     node: str
-    network: str
     packages: PackageSet  # the function's; the zygote takes its node's part
     reply: Reply[ZygoteRef]
 
 
 class ZygoteRef:
-    def __init__(self, node: ZygoteNode, network: str, inbox: trio.MemorySendChannel) -> None:
+    def __init__(self, node: ZygoteNode, inbox: trio.MemorySendChannel) -> None:
         self.node = node
-        self.network = network
         self._inbox = inbox
 
     async def acquire(self) -> Sandbox:
@@ -115,11 +115,11 @@ class ImportCacheRef:
         self._inbox = inbox
         self._unsuitable = unsuitable
 
-    async def actor(self, node: str, network: str, packages: PackageSet = NO_PACKAGES) -> ZygoteRef:
-        return await ask(self._inbox, GetZygoteActor(node, network, packages, Reply()))
+    async def actor(self, node: str, packages: PackageSet = NO_PACKAGES) -> ZygoteRef:
+        return await ask(self._inbox, GetZygoteActor(node, packages, Reply()))
 
     @asynccontextmanager
-    async def zygote(self, packages: PackageSet, network: str) -> AsyncIterator[Sandbox]:
+    async def zygote(self, packages: PackageSet) -> AsyncIterator[Sandbox]:
         """Lease the running zygote for a function with ``packages`` (raises if unavailable).
 
         A zygote that turns out to preload an unsuitable package is given up
@@ -128,7 +128,7 @@ class ImportCacheRef:
         tried = set()
         while True:
             node = self.tree.node_for(packages.versions, self._unsuitable())
-            ref = await self.actor(node.name, network, packages)
+            ref = await self.actor(node.name, packages)
             try:
                 sandbox = await ref.acquire()
             except ZygoteUnsuitable:
@@ -147,7 +147,6 @@ class Zygote:
     def __init__(
         self,
         node: ZygoteNode,
-        network: str,
         parent: ZygoteRef | None,
         pool: SandboxPool,
         mempool: MemPoolRef,
@@ -156,7 +155,6 @@ class Zygote:
         on_unsuitable: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.node = node
-        self.network = network
         self.parent = parent
         self.pool = pool
         self.mempool = mempool
@@ -174,12 +172,11 @@ class Zygote:
     @property
     def label(self) -> str:
         versions = "".join(f":{p.name}=={p.version}" for p in self.packages.packages)
-        return f"zygote:{self.node.name}:{self.network}{versions}"
+        return f"zygote:{self.node.name}{versions}"
 
     def meta(self) -> SandboxMeta:
         return SandboxMeta(
             limits=self.acquirer.limits(SandboxKind.ZYGOTE),
-            network=self.network,
             imports=self.node.imports,
             label=self.label,
             packages=self.packages.mounts(),
@@ -272,7 +269,7 @@ async def run_zygote(
     task_status: trio.TaskStatus[ZygoteRef] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     send, inbox = trio.open_memory_channel(4096)
-    task_status.started(ZygoteRef(zygote.node, zygote.network, send))
+    task_status.started(ZygoteRef(zygote.node, send))
     pause_after = zygote.config.import_cache.pause_after_s
     try:
         while True:
@@ -305,7 +302,7 @@ async def run_zygote(
 
 
 class ImportCache:
-    """State of the ImportCache actor: one ZygoteActor per (node, network)."""
+    """State of the ImportCache actor: one ZygoteActor per (node, versions)."""
 
     def __init__(
         self,
@@ -325,23 +322,19 @@ class ImportCache:
         self.actors: dict[tuple, ZygoteRef] = {}
         self.zygotes: dict[tuple, Zygote] = {}
 
-    async def actor(
-        self, nursery: trio.Nursery, name: str, network: str, packages: PackageSet
-    ) -> ZygoteRef:
+    async def actor(self, nursery: trio.Nursery, name: str, packages: PackageSet) -> ZygoteRef:
         """The actor for node ``name`` at the versions ``packages`` holds,
         spawned (after its missing ancestors) on first use."""
         node = self.tree.nodes[name]
-        key = (name, network, node.pins(packages.versions))
+        key = (name, node.pins(packages.versions))
         ref = self.actors.get(key)
         if ref is not None:
             return ref
         parent = None
         if node.parent_name is not None:
-            parent = await self.actor(nursery, node.parent_name, network, packages)
+            parent = await self.actor(nursery, node.parent_name, packages)
         own = packages.only(node.all_packages)
-        zygote = Zygote(
-            node, network, parent, self.pool, self.mempool, self.config, own, self.on_unsuitable
-        )
+        zygote = Zygote(node, parent, self.pool, self.mempool, self.config, own, self.on_unsuitable)
         ref = await nursery.start(run_zygote, zygote)
         self.actors[key] = ref
         self.zygotes[key] = zygote
@@ -351,7 +344,6 @@ class ImportCache:
         return [
             {
                 "node": z.node.name,
-                "network": z.network,
                 "sandbox": z.sandbox.id if z.sandbox is not None else None,
                 "state": z.sandbox.state.value if z.sandbox is not None else "none",
                 "packages": z.packages.versions,
@@ -373,6 +365,6 @@ async def run_import_cache(
         task_status.started(ImportCacheRef(cache.tree, send, cache.unsuitable))
         try:
             async for msg in inbox:
-                msg.reply.send(await cache.actor(nursery, msg.node, msg.network, msg.packages))
+                msg.reply.send(await cache.actor(nursery, msg.node, msg.packages))
         finally:
             inbox.close()

@@ -352,6 +352,7 @@ class Instance:
         async with deps.packages.holding(config.dependencies) as packages:
             meta = SandboxMeta(
                 network=self.limits.network,
+                network_scope=self.name,  # the function's namespace, shared by its leaves
                 env=dict(config.environment),
                 entry=config.entry or "",
                 label=self.name,
@@ -363,9 +364,7 @@ class Instance:
                 meta,
                 leaf_limits=self.limits.sandbox,
                 code_dir=str(self.code.code_dir),
-                fork_from=None
-                if import_cache is None
-                else lambda: import_cache.zygote(packages, meta.network),
+                fork_from=None if import_cache is None else lambda: import_cache.zygote(packages),
                 on_attempt=started,
             )
 

@@ -4,7 +4,7 @@
 the pins of its ``ol.lock`` when it has one, else pip's resolution of its
 declaration (cached per declaration), each pinned distribution installed in
 ``packages/<name>/<version>/``.  Each install runs in its own installer
-sandbox (the only sandbox kind with network access) with
+sandbox (always with egress networking, whatever sandbox.network says) with
 ``packages.install_mem_mb`` reserved from the memory pool and
 ``packages.install_timeout_s`` to finish.
 
@@ -35,6 +35,7 @@ import trio
 from .._causes import CauseCode, released
 from .._config import Config
 from .._errors import InitFailed, OlactorsError, SandboxError
+from .._network import Network
 from ..packages import FunctionPackages, IndexOptions, Pin, resolve_async
 from ..packages._install import (
     INSTALLER_ENTRY,
@@ -276,7 +277,7 @@ class PackagePuller:
         assert self.pip_dir is not None
         return SandboxMeta(
             limits=self.acquirer.limits(SandboxKind.INSTALLER),
-            network="host",
+            network=Network.EGRESS,  # a namespace of its own (no scope), NAT to the index
             env=self.env,
             entry=INSTALLER_ENTRY,
             label=f"installer {pin.name}=={pin.version}",

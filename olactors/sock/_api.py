@@ -73,13 +73,19 @@ class Preload:
 
 @dataclass(frozen=True, slots=True)
 class SandboxMeta:
-    """What to create: limits, network (``none``/``host``), environment, the
-    package dirs it sees, and for leaves the entry (``module:attr``), for
-    zygotes the modules to pre-import: stdlib ``imports`` and then, package by
-    package, ``preload``."""
+    """What to create: limits, network (``none``/``egress``, see
+    :mod:`olactors._network`), environment, the package dirs it sees, and for
+    leaves the entry (``module:attr``), for zygotes the modules to pre-import:
+    stdlib ``imports`` and then, package by package, ``preload``.
+
+    Leaves with the same ``network_scope`` (their function's name) and
+    network share one network namespace, kept until the pool's
+    ``forget_network(scope)``; a leaf without a scope gets one of its own.
+    Zygotes have no network (both fields are ignored for them)."""
 
     limits: SandboxLimits = SandboxLimits()
     network: str = "none"
+    network_scope: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
     entry: str = "f:f"
     imports: tuple[str, ...] = ()
@@ -245,3 +251,8 @@ class SandboxPool(Protocol):
         ...
 
     def sandboxes(self) -> list[Sandbox]: ...
+
+    async def forget_network(self, scope: str) -> None:
+        """The function ``scope`` stopped: its network namespaces go with its
+        last sandbox (at once if none is left)."""
+        ...

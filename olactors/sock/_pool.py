@@ -18,7 +18,6 @@ from pathlib import Path
 
 import trio
 
-from .. import native
 from .._causes import Cause, CauseCode
 from .._config import Config
 from .._errors import (
@@ -30,6 +29,7 @@ from .._errors import (
     ZygoteUnsuitable,
 )
 from .._groups import lone_errors_unwrapped
+from .._network import EgressPolicy, Network
 from . import seccomp
 from ._api import (
     Sandbox,
@@ -37,7 +37,9 @@ from ._api import (
     SandboxForked,
     SandboxMeta,
 )
+from ._egress import Egress, check_subnet_free
 from ._events import EventHub, PoolEvents
+from ._netns import NetworkNamespaces
 from ._output import SandboxLog, Stream
 from ._process import prepare_worker_process, worker_id
 from ._procfs import ProcMounter
@@ -76,7 +78,7 @@ class SockPool(PoolEvents):
         cgroups: CgroupPool,
         anomalies: CgroupAnomalies,
         base: BaseRoot,
-        netns_fd: int,
+        networks: NetworkNamespaces,
     ) -> None:
         self.config = config
         self.worker_dir = worker_dir
@@ -85,7 +87,7 @@ class SockPool(PoolEvents):
         self._nursery = nursery
         self._cgroups = cgroups
         self._base = base
-        self._netns_fd = netns_fd
+        self.networks = networks
         self._hub = EventHub()
         self._ids = itertools.count(1)
         self._live: dict[str, SafeSandbox] = {}
@@ -122,6 +124,8 @@ class SockPool(PoolEvents):
         sb = self._new_raw(is_leaf, code_dir, scratch_dir, meta)
         started = trio.current_time()
         try:
+            if is_leaf:
+                sb.netns = await self.networks.acquire(meta.network_scope, Network(meta.network))
             await self._prepare(sb)
             await start(sb, self, parent)
         except BaseException as exc:
@@ -157,9 +161,19 @@ class SockPool(PoolEvents):
             self._hub.emit(SandboxForked(parent, safe))
         return safe
 
-    def netns_fd(self, network: str) -> int:
-        """The network namespace a fresh sandbox joins (-1: stay in the host's)."""
-        return self._netns_fd if network == "none" else -1
+    def netns_fd(self, sb: SockSandbox) -> int:
+        """The network namespace ``sb`` joins: its function's for a leaf (see
+        :mod:`._netns`), the empty one of every zygote otherwise."""
+        if sb.netns is not None:
+            return sb.netns.fd
+        if sb.is_leaf:
+            raise SandboxError(f"leaf {sb.id} has no network namespace")
+        return self.networks.zygote_fd
+
+    async def forget_network(self, scope: str) -> None:
+        """The function ``scope`` stopped: its network namespaces are destroyed
+        with its last sandbox (at once if it has none)."""
+        await self.networks.forget(scope)
 
     # ------------------------------------------------------------- internals
     async def _zygote_gone(self, zygote: SafeSandbox, exiting: bool) -> None:
@@ -242,6 +256,10 @@ class SockPool(PoolEvents):
             report = await release_sandbox(
                 sb, self._cgroups, self.config.sandbox.kill_timeout_s, reuse_cgroup=reuse_cgroup
             )
+        if sb.netns is not None:
+            lease, sb.netns = sb.netns, None
+            with trio.CancelScope(shield=True):
+                await self.networks.release(lease)
         if report.processes_gone:
             self._live.pop(sb.id, None)
             if sb.stdio is not None:
@@ -312,17 +330,19 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
     else:
         base_path, assembled = worker_dir / "base", True
         make_base_skeleton(base_path)
-    netns_fd = -1
+    networks = None
     base = None
     watchdog = None
     try:
         await cgroups.start()
         watchdog = start_watchdog(sys.executable, backend.subtree_paths())
         base = BaseRoot.mount(base_path, assembled=assembled)
-        netns_fd = native.new_network_namespace()
+        policy = EgressPolicy.from_config(config)
+        await trio.to_thread.run_sync(check_subnet_free, policy)  # ConfigError: serve exits 2
+        networks = NetworkNamespaces(Egress(wid, policy))
         with lone_errors_unwrapped():  # the watchers never raise
             async with trio.open_nursery() as nursery:
-                pool = SockPool(config, worker_dir, nursery, cgroups, anomalies, base, netns_fd)
+                pool = SockPool(config, worker_dir, nursery, cgroups, anomalies, base, networks)
                 try:
                     yield pool
                 finally:
@@ -333,8 +353,11 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
         with trio.CancelScope(shield=True):
             if base is not None:
                 base.unmount()
-            if netns_fd >= 0:
-                os.close(netns_fd)
+            if networks is not None:
+                try:
+                    await networks.aclose()
+                except OlactorsError as exc:
+                    log.warning("removing the sandbox networks failed: %s", exc.message)
             await cgroups.close()
             if watchdog is not None:
                 await trio.to_thread.run_sync(watchdog.stop, config.sandbox.kill_timeout_s)

@@ -25,6 +25,10 @@ What a dead worker can leave behind, and what becomes of it:
   private namespace) are detached.
 - ``run/`` (sandbox dirs and their sockets, code snapshots, endpoints,
   ``cgroups.json``) is deleted, never through a mount point.
+- network namespaces: held only by the worker's fds and its sandboxes'
+  processes, so the kernel frees them (and deletes their egress veths) once
+  those are dead; recovery deletes any veth still carrying the worker's alias
+  and the worker's nftables table (``inet olactors_<worker id>``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 from .. import native
 from .._config import Config
 from .._errors import ConfigError, OlactorsError
+from . import _egress
 from ._process import worker_id
 from ._rootfs import mounts_under, remove_tree_safely
 from .cgroups import CgroupAnomalies, CgroupBackend, CgroupLayout, open_backend
@@ -143,6 +148,7 @@ async def recover_worker_dir(worker_dir: Path, config: Config, lock: WorkerDirLo
         backend = open_worker_backend(config, layout, wid, CgroupAnomalies())
         await backend.remove_subtree(timeout=config.sandbox.kill_timeout_s)
         done.extend(f"removed cgroup subtree {p}" for p in existing)
+    done.extend(await _egress.recover(wid))
     for point in mounts_under(worker_dir):
         try:
             native.umount(point, detach=True)

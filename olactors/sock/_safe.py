@@ -33,6 +33,7 @@ import trio
 
 from .._causes import Cause, CauseCode, SignalSender
 from .._errors import SandboxDead, SandboxError, SandboxStateError
+from .._network import network_problem
 from .._records import CallOutput
 from ._api import (
     PACKAGES_MOUNT,
@@ -114,8 +115,9 @@ def check_create(
     """The checks every pool's ``create`` makes before it builds anything.
 
     Returns the zygote to fork from (None for a fresh sandbox).  ``parent``
-    must be a live sandbox of this pool (``live``), not a leaf, running, and
-    on the network asked for; the network must be known.
+    must be a live sandbox of this pool (``live``), not a leaf, and running;
+    the network must be known (zygotes have none: a forked leaf enters its
+    own function's namespace, whatever its mode).
     """
     zygote = None
     if parent is not None:
@@ -125,12 +127,7 @@ def check_create(
         if zygote.is_leaf:
             raise SandboxError(f"cannot fork from leaf {zygote.id}")
         zygote.check_running("zygote")  # fail fast, before making anything
-        if zygote.raw.network != meta.network:
-            raise SandboxError(
-                f"cannot fork a network={meta.network} sandbox from zygote {zygote.id} "
-                f"(network={zygote.raw.network})"
-            )
-    if meta.network not in ("none", "host"):
+    if network_problem(meta.network) is not None:
         raise SandboxError(f"unknown network mode {meta.network!r}")
     check_package_mounts(meta.packages)
     if zygote is not None:

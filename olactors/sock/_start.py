@@ -376,7 +376,7 @@ def _spawn(sb: SockSandbox, pool, child_end: stdsocket.socket) -> None:
                 ],
                 env=sandbox_env({**BASE_ENV, **sb.meta.env}),
                 cgroup_procs_fds=procs_fds,
-                netns_fd=pool.netns_fd(sb.network),
+                netns_fd=pool.netns_fd(sb),
                 root_fd=root_fd,
                 hostname=sb.id,
                 uid=sandbox_cfg.leaf_uid if sb.is_leaf else -1,
@@ -399,7 +399,8 @@ async def _request_fork(
 ) -> None:
     """Ask ``parent``'s zygote to fork ``sb``; its reports then come on ``sock``.
 
-    Two messages: the fds for the zygote, then the request for the child
+    Two messages: the fds for the zygote (the child's root dir, stdout,
+    stderr, network namespace and cgroup.procs files), then the request for the child
     alone (hostname, identity, environment, config), which the zygote never
     reads, so no function's environment is left in the zygote's memory.
     """
@@ -413,11 +414,12 @@ async def _request_fork(
     }
     with ExitStack() as stack:
         root_fd, (out_fd, err_fd), procs_fds = _open_child_fds(sb, stack)
+        netns_fd = pool.netns_fd(sb)  # the function's: the zygote is shared by many
         with sandbox_socket(parent.scratch_fd, "zygote.sock") as path:
             try:
                 await sock.connect(path)
             except ConnectionRefusedError as exc:
                 raise ZygoteGone(parent.id, is_exiting(parent.pid)) from exc
-        fds = array.array("i", [root_fd, out_fd, err_fd, *procs_fds])
+        fds = array.array("i", [root_fd, out_fd, err_fd, netns_fd, *procs_fds])
         await sock.sendmsg([b"fork"], [(stdsocket.SOL_SOCKET, stdsocket.SCM_RIGHTS, fds)])
     await sock.send(json.dumps(request).encode())

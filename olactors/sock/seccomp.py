@@ -107,6 +107,10 @@ _S_IFMT = 0o170000
 _MKNOD_TYPES = (0, 0o100000, 0o010000, 0o140000)  # -, S_IFREG, S_IFIFO, S_IFSOCK
 #: Index of the ``mode`` argument of the filtered mknod calls.
 _MKNOD_MODE_ARG = {"mknod": 1, "mknodat": 2}
+#: The namespace type each kind may join with ``setns(fd, type)`` (0: no setns
+#: at all).  ``setns`` stays in FORBIDDEN_EVERYWHERE: no yaml may list it.
+SETNS_ALLOWED: dict[str, int] = {"zygote": CLONE_NEWNET, "leaf": 0}
+
 #: Index of the ``flags`` argument of the filtered namespace-creating calls.
 _NS_FLAGS_ARG = {"clone": 0, "unshare": 0}  # clone(flags, ...) on every arch
 
@@ -286,6 +290,11 @@ def _build_filter(kind: str, allowed: Iterable[str]) -> pyseccomp.SyscallFilter:
                 flt.add_rule(pyseccomp.ALLOW, name, arg)
         else:
             flt.add_rule(pyseccomp.ALLOW, name)
+    if SETNS_ALLOWED[kind]:
+        # A forked child enters its function's network namespace (the zygote is
+        # shared by many functions); setns(fd, 0) would take any kind of namespace.
+        arg = pyseccomp.Arg(1, pyseccomp.EQ, SETNS_ALLOWED[kind])
+        flt.add_rule(pyseccomp.ALLOW, "setns", arg)
     # Its flags live in a struct in memory that seccomp cannot read: make libc
     # fall back to clone(2), whose flags the rule above does inspect.
     flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")

@@ -417,6 +417,9 @@ class SimulatedPool(PoolEvents):
         self._timer_running = False
 
     # ------------------------------------------------------------- interface
+    async def forget_network(self, scope: str) -> None:
+        """Nothing to free: simulated sandboxes have no network namespaces."""
+
     def sandboxes(self) -> list[Sandbox]:
         return list(self._live.values())
 
@@ -435,7 +438,7 @@ class SimulatedPool(PoolEvents):
         """Create a sandbox after the simulated latency (``SockPool.create``'s contract).
 
         Fresh when ``parent`` is None, else forked from the zygote ``parent``
-        (a running non-leaf of this pool on the same network), serialised with
+        (a running non-leaf of this pool), serialised with
         the parent's other calls.  A failed or cancelled create leaves nothing.
         """
         if self.closing:

@@ -470,10 +470,12 @@ def _become_child(conn: socket.socket, fds: list) -> None:
         conn.settimeout(REQUEST_TIMEOUT_S)
         request = json.loads(conn.recv(MAX_FORK_MESSAGE))
         conn.settimeout(None)
-        root_fd, out_fd, err_fd, *cgroup_fds = fds
+        root_fd, out_fd, err_fd, netns_fd, *cgroup_fds = fds
         for fd in cgroup_fds:
             os.write(fd, b"0")
             os.close(fd)
+        _proc.join_network_namespace(netns_fd)  # its function's, not the zygote's
+        os.close(netns_fd)
         _proc.chroot_to_fd(root_fd)
         os.close(root_fd)
         _proc.sethostname(request["hostname"])

@@ -1,0 +1,288 @@
+"""Configuring sandbox network namespaces with the host's own tools.
+
+``ip`` (iproute2) brings loopbacks up and makes the egress veths, ``nft``
+(nftables) holds the worker's table of rules (see :mod:`olactors._network`
+for the policy).  Nothing here touches a packet: the kernel does all of it.
+
+Each egress namespace gets a veth pair: ``eth0`` inside (an address
+``/32`` from ``sandbox.egress_subnet``, a default route to the gateway),
+``<prefix><n>`` on the host (the gateway address ``/32``, a route to the
+sandbox's address, the alias ``olactors-<worker id>`` recovery looks for).
+Addresses are chosen under a host-wide lock file, among those no route of
+the host uses yet, so workers sharing a host never pick the same one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from .._errors import ConfigError, SandboxError
+from .._network import EgressPolicy, iface_alias, iface_name, iface_prefix, table_name
+
+log = logging.getLogger("olactors.sock.network")
+
+#: Serialises the choice of sandbox addresses between the workers of a host.
+ADDRESS_LOCK = "/run/olactors-egress.lock"
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+ALIAS_PREFIX = "olactors-"
+
+
+class NetworkSetupFailed(SandboxError):
+    """``ip`` or ``nft`` refused to configure a sandbox network."""
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if path is None:
+        package = {"nft": "nftables", "ip": "iproute2", "nsenter": "util-linux"}[name]
+        raise ConfigError(
+            f"network: egress needs the {name!r} command (Debian package {package}; "
+            "scripts/bootstrap.sh installs it)"
+        )
+    return path
+
+
+async def run_tool(
+    argv: Sequence[str], stdin: str = "", pass_fds: Sequence[int] = (), what: str = ""
+) -> str:
+    """Run ``argv`` (its first item a tool name), return its stdout; raise
+    :class:`NetworkSetupFailed` with its stderr when it fails."""
+    command = [_tool(argv[0]), *argv[1:]]
+    result = await trio.run_process(
+        command,
+        stdin=stdin.encode(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        pass_fds=tuple(pass_fds),
+    )
+    if result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip()
+        raise NetworkSetupFailed(f"{what or argv[0]} failed (exit {result.returncode}): {err}")
+    return result.stdout.decode(errors="replace")
+
+
+async def inside(netns_fd: int, batch: str, what: str) -> None:
+    """Run the ``ip -batch`` commands ``batch`` inside the namespace ``netns_fd``."""
+    await run_tool(
+        ["nsenter", f"--net=/proc/self/fd/{netns_fd}", _tool("ip"), "-batch", "-"],
+        stdin=batch,
+        pass_fds=(netns_fd,),
+        what=what,
+    )
+
+
+async def loopback_up(netns_fd: int) -> None:
+    """Bring the namespace's loopback up: 127.0.0.1 works inside (and only there)."""
+    await inside(netns_fd, "link set lo up\n", "bringing a sandbox loopback up")
+
+
+def ensure_ip_forward() -> None:
+    """NAT needs ``net.ipv4.ip_forward=1``: set it (logged) if it is not."""
+    with open(IP_FORWARD) as f:
+        if f.read().strip() == "1":
+            return
+    with open(IP_FORWARD, "w") as f:
+        f.write("1\n")
+    log.warning(
+        "set net.ipv4.ip_forward=1 (egress sandboxes reach the outside through NAT); "
+        "it stays set when the worker stops"
+    )
+
+
+def _take_address_lock() -> int:
+    """Wait for the host-wide lock on choosing sandbox addresses; its fd (close to release)."""
+    fd = os.open(ADDRESS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _ip_json(*args: str) -> list[dict]:
+    out = subprocess.run(
+        [_tool("ip"), "-json", *args], capture_output=True, check=True, text=True
+    ).stdout
+    result = json.loads(out or "[]")
+    return result if isinstance(result, list) else []
+
+
+def _routed_addresses(policy: EgressPolicy) -> set[ipaddress.IPv4Address]:
+    """Sandbox addresses of ``policy.subnet`` that a route of the host points at."""
+    used = set()
+    for route in _ip_json("-4", "route", "show", "table", "all"):
+        try:
+            net = ipaddress.IPv4Network(route.get("dst", ""), strict=False)
+        except ValueError:
+            continue  # "default"
+        if net.prefixlen == 32 and net.overlaps(policy.subnet):
+            used.add(net.network_address)
+    return used
+
+
+def _sandbox_links() -> dict[str, str]:
+    """Host-side sandbox veths of every worker of this host: name -> alias."""
+    return {
+        link["ifname"]: link["ifalias"]
+        for link in _ip_json("link", "show")
+        if str(link.get("ifalias", "")).startswith(ALIAS_PREFIX)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Veth:
+    """The host side of an egress namespace's veth pair."""
+
+    name: str
+    address: ipaddress.IPv4Address
+
+
+class Egress:
+    """The worker's egress machinery: its nftables table and its veths.
+
+    The table is made with the first egress namespace (and ``ip_forward``
+    set then), and removed by :meth:`aclose` and by :func:`recover`.
+    """
+
+    def __init__(self, worker_id: str, policy: EgressPolicy) -> None:
+        self.worker_id = worker_id
+        self.policy = policy
+        self.table = table_name(worker_id)
+        self._numbers = iter(range(1, 10**6))
+        self._table_made = False
+        self._lock = trio.Lock()
+
+    async def _ensure_table(self) -> None:
+        async with self._lock:
+            if self._table_made:
+                return
+            await trio.to_thread.run_sync(ensure_ip_forward)
+            rules = self.policy.ruleset(self.table, iface_prefix(self.worker_id))
+            await run_tool(["nft", "-f", "-"], stdin=rules, what="loading the egress rules")
+            self._table_made = True
+
+    async def attach(self, netns_fd: int) -> Veth:
+        """Connect the namespace ``netns_fd`` to the host (veth, addresses, routes)."""
+        await self._ensure_table()
+        name = iface_name(self.worker_id, next(self._numbers))
+        gateway = self.policy.gateway
+        lock_fd = await trio.to_thread.run_sync(_take_address_lock)
+        try:
+            address = self.policy.pick_address(
+                await trio.to_thread.run_sync(_routed_addresses, self.policy)
+            )
+            if address is None:
+                raise NetworkSetupFailed(
+                    f"sandbox.egress_subnet {self.policy.subnet} has no free address left"
+                )
+            host_side = (
+                f"link add {name} type veth peer name eth0 netns /proc/self/fd/{netns_fd}\n"
+                f"link set dev {name} alias {iface_alias(self.worker_id)}\n"
+                f"addr add {gateway}/32 dev {name}\n"
+                f"link set dev {name} up\n"
+                f"route add {address}/32 dev {name} src {gateway}\n"
+            )
+            try:
+                await run_tool(
+                    ["ip", "-batch", "-"], host_side, (netns_fd,), "making an egress veth"
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.detach(Veth(name, address), missing_ok=True)
+                raise
+        finally:
+            os.close(lock_fd)
+        veth = Veth(name, address)
+        try:
+            await inside(
+                netns_fd,
+                "link set lo up\n"
+                f"addr add {address}/32 dev eth0\n"
+                "link set eth0 up\n"
+                f"route add {gateway}/32 dev eth0 scope link\n"
+                f"route add default via {gateway} dev eth0 src {address}\n",
+                "configuring an egress namespace",
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.detach(veth)
+            raise
+        return veth
+
+    async def detach(self, veth: Veth, *, missing_ok: bool = False) -> None:
+        """Delete the veth pair (its address and route go with it)."""
+        try:
+            await run_tool(["ip", "link", "del", "dev", veth.name], what=f"deleting {veth.name}")
+        except NetworkSetupFailed:
+            if not missing_ok:
+                raise
+
+    async def aclose(self) -> None:
+        """Remove the worker's table (the veths go with their namespaces)."""
+        if self._table_made:
+            self._table_made = False
+            await run_tool(["nft", "delete", "table", "inet", self.table], what="removing rules")
+
+
+def check_subnet_free(policy: EgressPolicy) -> None:
+    """Refuse an egress subnet that a host network other than sandbox veths uses."""
+    veths = _sandbox_links()
+    for route in _ip_json("-4", "route", "show", "table", "main"):
+        dev = route.get("dev", "")
+        try:
+            net = ipaddress.IPv4Network(route.get("dst", ""), strict=False)
+        except ValueError:
+            continue
+        if net.overlaps(policy.subnet) and dev not in veths:
+            raise ConfigError(
+                f"sandbox.egress_subnet {policy.subnet} overlaps the host's route to {net} "
+                f"(dev {dev}); choose a range the host does not use"
+            )
+
+
+def worker_table_exists(worker_id: str) -> bool:
+    out = subprocess.run(
+        [_tool("nft"), "-json", "list", "tables", "inet"],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    wanted = table_name(worker_id)
+    return any(item.get("table", {}).get("name") == wanted for item in json.loads(out)["nftables"])
+
+
+async def recover(worker_id: str) -> list[str]:
+    """Remove the table and veths a dead worker ``worker_id`` left; what was done.
+
+    Its veths normally vanish with its namespaces (the kernel deletes a veth
+    pair when either end's namespace goes); one still being deleted is fine.
+    """
+    done: list[str] = []
+    if shutil.which("nft") is not None and await trio.to_thread.run_sync(
+        worker_table_exists, worker_id
+    ):
+        await run_tool(["nft", "delete", "table", "inet", table_name(worker_id)])
+        done.append(f"removed nftables table inet {table_name(worker_id)}")
+    if shutil.which("ip") is None:
+        return done
+    alias = iface_alias(worker_id)
+    links = await trio.to_thread.run_sync(_sandbox_links)
+    for name in [n for n, a in links.items() if a == alias]:
+        try:
+            await run_tool(["ip", "link", "del", "dev", name], what=f"deleting {name}")
+            done.append(f"removed veth {name}")
+        except NetworkSetupFailed as exc:
+            log.info("veth %s: %s (gone with its namespace)", name, exc.message)
+    return done
