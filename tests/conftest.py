@@ -8,7 +8,9 @@ left no cgroup, mount or process behind.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -61,6 +63,23 @@ def v1_layout():
 
 def olactors_cgroups() -> list[str]:
     return sorted(cgroup_dirs_named("olactors"))
+
+
+def olactors_networks() -> list[str]:
+    """Workers' nftables tables and sandbox veths on this host (root only)."""
+    if not IS_ROOT:
+        return []
+    found = []
+    if shutil.which("nft"):
+        tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+        found += [t for t in tables.stdout.splitlines() if " olactors_" in t]
+    links = subprocess.run(["ip", "-json", "link", "show"], capture_output=True, text=True)
+    found += [
+        f"veth {link['ifname']}"
+        for link in json.loads(links.stdout or "[]")
+        if str(link.get("ifalias", "")).startswith("olactors-")
+    ]
+    return found
 
 
 @pytest.fixture
@@ -117,16 +136,20 @@ def child_processes() -> list[int]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks(tmp_path_factory):
-    """Every cgroup, mount and process the tests created is gone at the end."""
+    """Every cgroup, mount, process and sandbox network (nftables table, veth)
+    the tests created is gone at the end."""
     before_cgroups = set(olactors_cgroups())
+    before_networks = set(olactors_networks())
     root = str(tmp_path_factory.getbasetemp())
     yield
     leaked_cgroups = sorted(set(olactors_cgroups()) - before_cgroups)
+    leaked_networks = sorted(set(olactors_networks()) - before_networks)
     leaked_mounts = mounts_mentioning(root)
     leaked_procs = child_processes()
     assert not leaked_cgroups, f"tests leaked cgroups: {leaked_cgroups}"
     assert not leaked_mounts, f"tests leaked mounts: {leaked_mounts}"
     assert not leaked_procs, f"tests leaked processes: {leaked_procs}"
+    assert not leaked_networks, f"tests leaked sandbox networks: {leaked_networks}"
 
 
 @pytest.fixture

@@ -408,12 +408,12 @@ async def test_zygote_tree_forks_down_package_free_nodes(worker_dir, tmp_path, c
     async with sim_worker(worker_dir, f"import_cache.tree={tree}") as (worker, pool):
         await call(worker, "echo")
         by_label = {sb.raw.meta.label: sb for sb in pool.sandboxes()}
-        assert set(by_label) == {"zygote:root:none", "zygote:a:none", "zygote:b:none", "echo"}
-        assert by_label["echo"].parent is by_label["zygote:b:none"]
-        assert by_label["zygote:b:none"].parent is by_label["zygote:a:none"]
-        assert by_label["zygote:b:none"].raw.meta.imports == ("decimal",)
+        assert set(by_label) == {"zygote:root", "zygote:a", "zygote:b", "echo"}
+        assert by_label["echo"].parent is by_label["zygote:b"]
+        assert by_label["zygote:b"].parent is by_label["zygote:a"]
+        assert by_label["zygote:b"].raw.meta.imports == ("decimal",)
         await trio.sleep(2)  # unused zygotes pause; the one with a child stays referenced
-        assert by_label["zygote:root:none"].state is SandboxState.PAUSED
+        assert by_label["zygote:root"].state is SandboxState.PAUSED
 
 
 async def test_memory_pressure_evicts_paused_sandboxes_lru(worker_dir, clock):

@@ -28,7 +28,7 @@ def test_defaults_load_and_are_documented():
     [
         ("sandbox:\n  tmpmb: 3\n", "unknown key 'sandbox.tmpmb'"),
         ("sandboxes: {}\n", "unknown section 'sandboxes'"),
-        ("sandbox:\n  network: bridge\n", "sandbox.network must be one of none, host"),
+        ("sandbox:\n  network: bridge\n", "sandbox.network must be one of none, egress"),
         ("sandbox:\n  tmp_mb: lots\n", "sandbox.tmp_mb must be int"),
         ("sandbox:\n  tmp_mb: true\n", "sandbox.tmp_mb must be int"),
         ("limits:\n  mem_mb: 4\n", "limits.mem_mb must be >= 16"),

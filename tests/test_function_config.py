@@ -34,7 +34,7 @@ limits:
   cpu_percent: 50
   runtime_s: 2
   init_s: 90
-network: host
+network: egress
 entry: "pkg.handlers:main"
 """
 
@@ -61,7 +61,7 @@ def test_full_config():
     assert (fc.mem_mb, fc.procs, fc.cpu_percent) == (256, 16, 50)
     assert fc.runtime_s == 2.0 and isinstance(fc.runtime_s, float)
     assert fc.init_s == 90.0 and isinstance(fc.init_s, float)
-    assert fc.network == "host"
+    assert fc.network == "egress"
     assert fc.entry == "pkg.handlers:main"
 
 
@@ -111,7 +111,7 @@ def test_empty_sections_count_as_absent():
         ("limits:\n  init_s: 0.05\n", "ol.yaml: limits.init_s must be at least 0.1"),
         ("limits:\n  init_s: [1]\n", "ol.yaml: limits.init_s must be a number"),
         ("limits:\n  mem_mb: 8\n", "ol.yaml: limits.mem_mb must be at least 16, got 8"),
-        ("network: bridge\n", "ol.yaml: network must be one of none, host, got 'bridge'"),
+        ("network: bridge\n", "ol.yaml: network must be one of none, egress, got 'bridge'"),
         ("entry: 5\n", "ol.yaml: entry must be a string like 'module:function', got 5"),
         ("entry: handler\n", "ol.yaml: entry 'handler' is not 'module:function'"),
         ("entry: 'a..b:f'\n", "ol.yaml: entry 'a..b:f' is not 'module:function'"),
@@ -186,33 +186,33 @@ def test_resolve_defaults_come_from_the_worker():
         "limits.runtime_s=3",
         "limits.init_s=20",
         "sandbox.tmp_mb=8",
-        "sandbox.network=host",
+        "sandbox.network=egress",
     )
     resolved = resolve_limits(FunctionConfig(), config)
     assert resolved == ResolvedLimits(
         sandbox=SandboxLimits(mem_mb=100, procs=10, cpu_percent=70, tmp_mb=8, init_s=20.0),
         runtime_s=3.0,
-        network="host",
+        network="egress",
     )
 
 
 def test_resolve_uses_the_function_requests():
     fc = parse_function_config(FULL)
-    resolved = resolve_limits(fc, _config("sandbox.network=host"))
+    resolved = resolve_limits(fc, _config("sandbox.network=egress"))
     assert resolved.sandbox == SandboxLimits(
         mem_mb=256, procs=16, cpu_percent=50, tmp_mb=64, init_s=90.0
     )
     assert resolved.runtime_s == 2.0
-    assert resolved.network == "host"
+    assert resolved.network == "egress"
     assert resolve_limits(parse_function_config("network: none"), _config()).network == "none"
     assert (
-        resolve_limits(parse_function_config("network: none"), _config("sandbox.network=host"))
+        resolve_limits(parse_function_config("network: none"), _config("sandbox.network=egress"))
     ).network == "none"
 
 
 def test_function_network_needs_the_workers_consent():
-    with pytest.raises(BadFunction, match="network: host is not allowed on this worker"):
-        resolve_limits(parse_function_config("network: host"), _config())
+    with pytest.raises(BadFunction, match="network: egress is not allowed on this worker"):
+        resolve_limits(parse_function_config("network: egress"), _config())
 
 
 @pytest.mark.parametrize(

@@ -247,7 +247,7 @@ async def test_create_failures_are_clear_and_leave_nothing(pool, tmp_path, echo)
         await pool.create(leaf, True, echo, None, SandboxMeta())
     await leaf.destroy(released("done"))
     zygote = await pool.create(None, False, None, None, SandboxMeta())
-    with pytest.raises(SandboxError, match="network"):
+    with pytest.raises(SandboxError, match="unknown network mode 'host'"):
         await pool.create(zygote, True, echo, None, SandboxMeta(network="host"))
     await zygote.pause()
     with pytest.raises(SandboxStateError, match="paused"):

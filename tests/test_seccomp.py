@@ -256,6 +256,7 @@ RESULTS["setuid"] = probe("setuid", os.getuid())
 RESULTS["clone_newpid"] = clone(CLONE_NEWPID)
 RESULTS["clone_newuser"] = clone(CLONE_NEWUSER)
 RESULTS["clone_plain"] = clone(0)
+RESULTS["setns_net"] = probe("setns", -1, CLONE_NEWNET)
 check("alive_after_denials", lambda: json.loads(json.dumps([1])) == [1])
 done()
 """
@@ -298,6 +299,10 @@ RESULTS["clone_newuser"] = clone(CLONE_NEWUSER)
 RESULTS["clone_pid_user"] = clone(CLONE_NEWPID | CLONE_NEWUSER)
 RESULTS["clone_newns"] = clone(CLONE_NEWNS)
 RESULTS["clone_newnet"] = clone(CLONE_NEWNET)
+# A forked child joins its function's network namespace: setns for that type only.
+RESULTS["setns_net"] = probe("setns", -1, CLONE_NEWNET)
+RESULTS["setns_pid"] = probe("setns", -1, CLONE_NEWPID)
+RESULTS["setns_mnt"] = probe("setns", -1, CLONE_NEWNS)
 done()
 """
 
@@ -313,6 +318,7 @@ RESULTS["chroot"] = probe("chroot", b"/")
 RESULTS["setuid"] = probe("setuid", os.getuid())
 RESULTS["clone_newpid"] = clone(CLONE_NEWPID)
 RESULTS["clone3"] = probe("clone3", 0, 0)
+RESULTS["setns_net"] = probe("setns", -1, CLONE_NEWNET)  # the zygote's, not the leaf's
 check("subprocess_true", lambda: __import__("subprocess").run(["/bin/true"]).returncode == 0)
 done()
 """
@@ -409,6 +415,7 @@ def test_leaf_runs_cpython_and_denies_privileged_calls(bpf_files, tmp_path):
     assert results["clone_newpid"] == "EPERM"
     assert results["clone_newuser"] == "EPERM"
     assert results["clone_plain"] == "exit=0"
+    assert results["setns_net"] == "EPERM"
 
 
 @needs_root
@@ -433,6 +440,9 @@ def test_zygote_may_chroot_unshare_and_clone_pid_namespaces(bpf_files, tmp_path)
     assert results["clone_pid_user"] == "EPERM"
     assert results["clone_newns"] == "EPERM"
     assert results["clone_newnet"] == "EPERM"
+    assert results["setns_net"] == "EBADF"  # the filter let it through to the kernel
+    assert results["setns_pid"] == "EPERM"
+    assert results["setns_mnt"] == "EPERM"
 
 
 @needs_root
@@ -446,6 +456,7 @@ def test_leaf_filter_stacked_on_zygote_filter_removes_zygote_calls(bpf_files, tm
     assert results["setuid"] == "EPERM"
     assert results["clone_newpid"] == "EPERM"
     assert results["clone3"] == "ENOSYS"
+    assert results["setns_net"] == "EPERM"
     assert results["subprocess_true"] == "ok"
 
 
