@@ -318,3 +318,49 @@ class HandlerTimeout(OlactorsError):
 class ShuttingDown(OlactorsError):
     code = "shutting_down"
     status = 503
+
+
+# ------------------------------------------------------------------- secrets
+class BadSecretName(OlactorsError):
+    """A secret name outside ``[A-Za-z0-9_.-]{1,128}`` (or ``.``/``..``)."""
+
+    code = "bad_secret_name"
+    status = 400
+
+
+class SecretTooLarge(OlactorsError):
+    """A secret's value is larger than 64 KiB."""
+
+    code = "secret_too_large"
+    status = 413
+
+
+class SecretNotFound(OlactorsError):
+    """No secret of that name is stored (admin API)."""
+
+    code = "secret_not_found"
+    status = 404
+
+
+class SecretNotGranted(OlactorsError):
+    """The function's ol.yaml declares ``secret`` and the admin has not granted
+    it to the function: 424 before any of its code runs."""
+
+    code = "secret_not_granted"
+    status = 424
+
+    def __init__(self, message: str, secret: str) -> None:
+        super().__init__(message)
+        self.secret = secret
+
+    def details(self) -> dict[str, object]:
+        return {"secret": self.secret, **self.cause_details()}
+
+
+class SecretKeyUnusable(OlactorsError):
+    """The secrets key file (``secrets.key_file``) is missing, unreadable, too
+    open, or not the key the stored secrets were encrypted under: no secret
+    can be read or written until the right key file is in place."""
+
+    code = "secret_key_unusable"
+    status = 500

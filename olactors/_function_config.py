@@ -19,6 +19,7 @@ Schema (every key optional; any other key is rejected, naming its path)::
     packages:                     # requirements from the worker's package index
       - "requests>=2,<3"          # pip syntax: name, [extras], range, ; marker
       - 'numpy; python_version >= "3.11"'
+    secrets: [DB_PASSWORD]        # secrets it needs (granted by the admin; see below)
 
 ``limits.init_s`` bounds the function's import when a sandbox starts (the
 *init phase*, after the runtime itself started): beyond it the call gets 504
@@ -33,6 +34,12 @@ f.py's ``# ol-install:``, never two of them (see :mod:`olactors.packages`).
 A mapping section left empty (``limits:``) counts as absent. Every error is a
 :class:`BadFunction` whose message starts with the ``origin`` (``ol.yaml``) and
 names the key.
+
+``secrets`` names secrets the function needs (``[A-Za-z0-9_.-]{1,128}``, no
+duplicates).  Declaring grants nothing: the admin grants (``olactors secret
+grant``), and a call of a function whose declared secret is not granted is
+424 ``secret_not_granted`` before any of its code runs.  A granted secret is
+delivered whether or not it is declared.
 """
 
 from __future__ import annotations
@@ -46,8 +53,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ._config import MINIMUMS, NUMBER_MAX, Config, describe_yaml_error, load_yaml
-from ._errors import BadFunction
+from ._errors import BadFunction, BadSecretName
 from ._network import Network, network_problem
+from ._secrets import validate_secret_name
 
 if TYPE_CHECKING:
     from .packages import FunctionPackages
@@ -64,6 +72,7 @@ _TOP_KEYS = (
     "network",
     "entry",
     "packages",
+    "secrets",
 )
 _TRIGGER_KINDS = ("http",)
 _TRIGGER_KEYS = ("method",)
@@ -97,6 +106,7 @@ class FunctionConfig:
     entry: str | None = None
     packages: tuple[str, ...] = ()
     dependencies: FunctionPackages | None = None
+    secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +153,7 @@ def parse_function_config(text: str | None, origin: str = "ol.yaml") -> Function
     if "entry" in data:
         fields["entry"] = _parse_entry(data["entry"], origin)
     fields["packages"] = _parse_packages(data.get("packages"), origin)
+    fields["secrets"] = _parse_secrets(data.get("secrets"), origin)
     return FunctionConfig(**fields)
 
 
@@ -305,6 +316,26 @@ def _parse_packages(value: Any, origin: str) -> tuple[str, ...]:
         parse_requirement(item, where)
         texts.append(item.strip())
     return tuple(texts)
+
+
+def _parse_secrets(value: Any, origin: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadFunction(f"{origin}: secrets must be a list of secret names, got {_kind(value)}")
+    names: list[str] = []
+    for index, item in enumerate(value):
+        where = f"{origin}: secrets[{index}]"
+        if not isinstance(item, str):
+            raise BadFunction(f"{where} must be a secret name, got {_kind(item)}")
+        try:
+            validate_secret_name(item)
+        except BadSecretName as exc:
+            raise BadFunction(f"{where}: {exc.message}") from None
+        if item in names:
+            raise BadFunction(f"{where}: {item!r} is listed twice")
+        names.append(item)
+    return tuple(names)
 
 
 # ------------------------------------------------------------------ helpers
