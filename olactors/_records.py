@@ -52,6 +52,7 @@ class ColdReason(enum.StrEnum):
     SCALED_UP = "scaled_up"  # a new instance beside busy ones
     EVICTED = "evicted"  # its paused sandbox had been evicted
     CODE_UPDATED = "code_updated"  # a new version of the code
+    SECRETS_CHANGED = "secrets_changed"  # a secret granted to it was set, granted or revoked
     RESTARTED = "restarted"  # the previous sandbox died
 
 

@@ -225,12 +225,20 @@ def mount_tmpfs(
     mode: int = 0o1777,
     allow_dev: bool = False,
     inodes: int | None = None,
+    owner: tuple[int, int] | None = None,
+    noswap: bool = False,
 ) -> None:
     """Mount a tmpfs on ``dst`` limited to ``size_bytes`` (and ``inodes``: files,
-    directories, sockets...; the kernel's default when None)."""
+    directories, sockets...; the kernel's default when None), its root dir
+    owned by ``owner`` (uid, gid; root when None) with ``mode``; ``noswap``:
+    its pages never go to swap (Linux 6.4; NativeError EINVAL before)."""
     opts = f"size={size_bytes},mode={mode:o}"
     if inodes is not None:
         opts += f",nr_inodes={inodes}"
+    if owner is not None:
+        opts += f",uid={owner[0]},gid={owner[1]}"
+    if noswap:
+        opts += ",noswap"
     _check(lib.ol_mount_tmpfs(dst.encode(), opts.encode(), int(allow_dev)), f"mount tmpfs {dst}")
 
 

@@ -23,6 +23,7 @@ import trio
 
 from .._causes import Cause
 from .._records import NO_OUTPUT, CallOutput
+from .._secrets import SecretFile
 from .cgroups._api import CgroupUsage
 
 
@@ -75,8 +76,9 @@ class Preload:
 class SandboxMeta:
     """What to create: limits, network (``none``/``egress``, see
     :mod:`olactors._network`), environment, the package dirs it sees, and for
-    leaves the entry (``module:attr``), for zygotes the modules to pre-import:
-    stdlib ``imports`` and then, package by package, ``preload``.
+    leaves the entry (``module:attr``) and the secrets it gets at
+    ``/run/secrets`` (never a zygote's), for zygotes the modules to
+    pre-import: stdlib ``imports`` and then, package by package, ``preload``.
 
     Leaves with the same ``network_scope`` (their function's name) and
     network share one network namespace, kept until the pool's
@@ -92,6 +94,7 @@ class SandboxMeta:
     label: str = ""
     packages: tuple[PackageMount, ...] = ()
     preload: tuple[Preload, ...] = ()
+    secrets: tuple[SecretFile, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .._records import NO_OUTPUT, CallOutput, StreamCapture
+from .._secrets import Redactor
 
 #: Each file of a sandbox's log holds at most this many bytes; the log keeps
 #: the current file and the one before it (``log`` and ``log.1``).
@@ -76,8 +77,13 @@ class BoundedStream:
     def empty(self) -> bool:
         return not self._data and not self._dropped
 
-    def capture(self) -> StreamCapture:
-        return StreamCapture(bytes(self._data), self._dropped)
+    def capture(self, redactor: Redactor | None = None) -> StreamCapture:
+        """What was kept; with ``redactor``, secret values replaced (and the
+        beginning of one at the end, when the rest was cut off)."""
+        data = bytes(self._data)
+        if redactor:
+            data = redactor.redact_cut(data) if self._dropped else redactor.redact(data)
+        return StreamCapture(data, self._dropped)
 
 
 class CallCapture:
@@ -108,13 +114,16 @@ class CallCapture:
         """Nothing was written to either stream."""
         return all(s is None or s.empty for s in self._streams)
 
-    def finish(self, blocked_syscalls: tuple[str, ...] = ()) -> CallOutput:
-        """What the call wrote, plus the syscalls its sandbox blocked meanwhile."""
+    def finish(
+        self, blocked_syscalls: tuple[str, ...] = (), redactor: Redactor | None = None
+    ) -> CallOutput:
+        """What the call wrote (secret values replaced by ``redactor``), plus
+        the syscalls its sandbox blocked meanwhile."""
         if not blocked_syscalls and self.empty:
             return NO_OUTPUT  # the common case, without copies
         return CallOutput(
-            self._stream(Stream.STDOUT).capture(),
-            self._stream(Stream.STDERR).capture(),
+            self._stream(Stream.STDOUT).capture(redactor),
+            self._stream(Stream.STDERR).capture(redactor),
             blocked_syscalls,
         )
 
@@ -128,11 +137,20 @@ class SandboxLog:
     older one, whose bytes are counted in ``dropped_bytes``) and a new file
     starts, so the log holds the latest ``file_bytes`` to ``2 * file_bytes``
     bytes and never more.  Writes are synchronous appends to a local file.
+
+    With a ``redactor`` (a leaf with secrets) each stream's secret values are
+    replaced before they are written; the end of a stream that could be the
+    beginning of a value is held back until the next bytes show whether it
+    is (and written, redacted, when the log closes).
     """
 
-    def __init__(self, path: Path, file_bytes: int = LOG_FILE_BYTES) -> None:
+    def __init__(
+        self, path: Path, file_bytes: int = LOG_FILE_BYTES, redactor: Redactor | None = None
+    ) -> None:
         self.path = path
         self.file_bytes = file_bytes
+        self._redactor = redactor if redactor else None
+        self._held: dict[Stream, bytes] = {}
         #: Bytes that left the log (an older file replaced) or never reached it.
         self.dropped_bytes = 0
         self._fd = -1
@@ -147,6 +165,16 @@ class SandboxLog:
         if self._closed or not data:
             self.dropped_bytes += len(data)
             return
+        if self._redactor is not None:
+            data = self._redactor.redact(self._held.pop(stream, b"") + data)
+            held, _name = self._redactor.partial_tail(data)
+            if held:
+                self._held[stream], data = data[-held:], data[:-held]
+            if not data:
+                return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if len(data) > self.file_bytes:  # only its end can stay
             self.dropped_bytes += len(data) - self.file_bytes
             data = data[-self.file_bytes :]
@@ -191,6 +219,9 @@ class SandboxLog:
 
     def close(self) -> None:
         """Stop writing (later bytes are counted as dropped); idempotent."""
+        if self._redactor is not None and not self._closed:
+            for stream in list(self._held):
+                self._write(self._redactor.redact_cut(self._held.pop(stream)))
         self._closed = True
         if self._fd >= 0:
             os.close(self._fd)

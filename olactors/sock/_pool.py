@@ -30,6 +30,7 @@ from .._errors import (
 )
 from .._groups import lone_errors_unwrapped
 from .._network import EgressPolicy, Network
+from .._secrets import Redactor
 from . import seccomp
 from ._api import (
     Sandbox,
@@ -220,7 +221,12 @@ class SockPool(PoolEvents):
         )
 
     async def _prepare(self, sb: SockSandbox) -> None:
-        sb.stdio = SandboxStdio(SandboxLog(sb.dir / "log"), self.config.debug.max_output_bytes)
+        redactor = Redactor(sb.meta.secrets) if sb.meta.secrets else None
+        sb.stdio = SandboxStdio(
+            SandboxLog(sb.dir / "log", redactor=redactor),
+            self.config.debug.max_output_bytes,
+            redactor,
+        )
         for stream in Stream:  # read from the start: a full pipe would block the sandbox
             self._nursery.start_soon(sb.stdio.read, stream)
         limits = sb.meta.limits

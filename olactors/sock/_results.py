@@ -12,9 +12,11 @@ their typed cause; the last two are the client's errors (4xx) and have none.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from .._causes import Cause, CauseCode
+from .._secrets import Redactor
 from ._api import InvocationResult
 
 #: The header the runtime marks its own error answers with.
@@ -61,3 +63,16 @@ def runtime_error_cause(result: InvocationResult) -> Cause | None:
             CauseCode.HANDLER_EXCEPTION, type="BadResult", message=message, traceback=""
         )
     return None
+
+
+def redact_runtime_error(result: InvocationResult, redactor: Redactor | None) -> InvocationResult:
+    """``result`` with the sandbox's secret values replaced in a runtime error
+    answer (a handler's exception message and traceback reach the caller, the
+    record and the cause).  The function's own answers are its own business
+    and stay as they are."""
+    if not redactor or runtime_error_code(result) is None:
+        return result
+    body = runtime_error_body(result)
+    if body is None:
+        return replace(result, body=redactor.redact(result.body))
+    return replace(result, body=json.dumps(redactor.redact_json(body)).encode())

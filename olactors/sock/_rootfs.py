@@ -48,6 +48,8 @@ SCRATCH_DIR, TMP_DIR, SHM_DIR = "host", "tmp", "shm"
 #: directories and what the runtime makes there (the blocked-syscalls map,
 #: the leaf's socket), so a function gets the configured number.
 WRITABLE_RESERVED_INODES = 8
+#: Where a leaf's own secrets tmpfs is mounted (``_secretfs.py``); empty in the base.
+SECRETS_POINT = "run/secrets"
 PACKAGES_TMPFS_BYTES = 1 << 20  # holds only the mount points of package dirs
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib64", "lib32", "libx32")
 _DEV_NODES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9)}
@@ -109,6 +111,7 @@ def make_base_skeleton(base: Path) -> None:
     (base / "usr").mkdir(exist_ok=True)
     for name in MOUNT_POINTS:
         (base / name).mkdir(exist_ok=True)
+    (base / SECRETS_POINT).mkdir(parents=True, exist_ok=True)
     os.chmod(base / "tmp", 0o1777)
     for name in MERGED_USR_LINKS:
         host = Path("/") / name
@@ -162,6 +165,7 @@ class BaseRoot:
         if not self.assembled:
             for name in MOUNT_POINTS:
                 (self.path / name).mkdir(exist_ok=True)
+            (self.path / SECRETS_POINT).mkdir(parents=True, exist_ok=True)
         else:
             self._bind("/usr", "/usr")
             prefix = python_prefix()

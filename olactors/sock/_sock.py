@@ -142,6 +142,8 @@ class SockSandbox:
     #: exit status the zygote forwards).
     zygote: SockSandbox | None = None
     ns_pid: int = 0
+    #: A forked sandbox's zygote sent its fork reply (it no longer holds the child's fds).
+    fork_replied: bool = False
     #: The worker killed it (its release began).
     killed: bool = False
     #: Held while a forked leaf's forwarded exit status is read.

@@ -30,6 +30,7 @@ from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, Zygote
 from ._blocked import BlockedSyscalls, sandbox_env
 from ._procfs import proc_mount
 from ._safe import SafeSandbox
+from ._secretfs import SECRETS_MOUNTED, mount_secrets
 from ._sock import (
     BASE_ENV,
     EXIT_GRACE_S,
@@ -158,7 +159,9 @@ def runtime_config(sb: SockSandbox, leaf_bpf: bytes) -> dict:
     """The JSON config the in-sandbox runtime starts with."""
     paths = [mount.target for mount in sb.meta.packages if mount.on_path]
     if sb.is_leaf:
-        return {"mode": "leaf", "entry": sb.meta.entry, "paths": paths}
+        # Only that secrets come (see _secretfs.py): never a name or a value.
+        secrets = {"secrets": True} if sb.meta.secrets else {}
+        return {"mode": "leaf", "entry": sb.meta.entry, "paths": paths, **secrets}
     return {
         "mode": "zygote",
         "imports": list(sb.meta.imports),
@@ -244,6 +247,8 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
                 parent.child_added()
         if sb.is_leaf:
             try:
+                if sb.meta.secrets:
+                    await _deliver_secrets(sb, sock, pool, what)
                 await _init_phase(sb, sock, pool, zygote, what)
             except BaseException:
                 if parent is not None:
@@ -282,7 +287,31 @@ async def _started(
         finally:
             if forked:
                 sb.ns_pid = forked[-1]
+                sb.fork_replied = True
     raise SandboxError(f"{what}: not started within {timeout:g} s (sandbox.ready_timeout_s)")
+
+
+async def _deliver_secrets(sb: SockSandbox, sock: trio.socket.SocketType, pool, what: str) -> None:
+    """Mount a started leaf's secrets, then let it import its code (see
+    ``_secretfs.py``).  A forked leaf's zygote must have replied first: it
+    closes its copies of the child's fds (its root dir among them) before
+    it replies.  Within ``sandbox.ready_timeout_s``; a failure is the
+    sandbox's (SandboxError)."""
+    timeout = pool.config.sandbox.ready_timeout_s
+    with trio.move_on_after(timeout):
+        if sb.zygote is not None and not sb.fork_replied:
+            forked: list[int] = []
+            await next_report(sock, "forked", what, forked)
+            sb.ns_pid = forked[-1]
+            sb.fork_replied = True
+        cfg = pool.config.sandbox
+        try:
+            mount_secrets(str(sb.root.path), sb.meta.secrets, cfg.leaf_uid, cfg.leaf_gid)
+        except OSError as exc:
+            raise SandboxError(f"{what}: mounting its secrets failed: {exc}") from exc
+        await sock.send(SECRETS_MOUNTED)
+        return
+    raise SandboxError(f"{what}: its zygote did not confirm the fork within {timeout:g} s")
 
 
 async def _init_phase(

@@ -34,6 +34,7 @@ import select
 import trio
 
 from .._records import NO_OUTPUT, CallOutput
+from .._secrets import Redactor
 from ._output import CallCapture, SandboxLog, Sink, Stream
 
 #: Bytes read per ``read``: a default pipe's capacity.
@@ -65,9 +66,13 @@ class SandboxStdio:
     (every writer gone) or when cancelled, closing its read end.
     """
 
-    def __init__(self, log: SandboxLog, max_output_bytes: int) -> None:
+    def __init__(
+        self, log: SandboxLog, max_output_bytes: int, redactor: Redactor | None = None
+    ) -> None:
         self.log = log
         self.max_output_bytes = max_output_bytes
+        #: Replaces the sandbox's secret values in each call's output (its log has its own).
+        self.redactor = redactor if redactor else None
         self._read_fds: dict[Stream, int] = {}
         self._write_fds: dict[Stream, int] = {}
         self._streams: dict[int, Stream] = {}  # read end -> its stream
@@ -189,7 +194,7 @@ class SandboxStdio:
         self.drain()
         self._call = None
         self._sink = self.log
-        self._last = call.finish(blocked_syscalls)
+        self._last = call.finish(blocked_syscalls, self.redactor)
         return self._last
 
     def call_output(self) -> CallOutput:

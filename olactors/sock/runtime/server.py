@@ -17,6 +17,9 @@ zygote pre-imports), ``paths`` (package dirs appended to ``sys.path``) and
 each preloaded package's modules a zygote reports ``{"imported": package}``
 (with ``"error"`` if an import failed) and waits for the worker's verdict:
 ``{"ok": true}`` to go on; anything else (or the worker closing) ends it.
+``secrets`` (leaves: true when the function has granted secrets): after
+``{"started": true}`` the leaf waits for the worker's ``{"secrets": true}``
+(its ``/run/secrets`` is mounted) before it imports the function's code.
 
 Responses the runtime generates itself (``handler_exception``, ``bad_result``,
 ``handler_import_failed``, ``bad_json``, ``bad_request``) are JSON
@@ -51,6 +54,8 @@ HANDOVER_TIMEOUT_S = 1.0
 #: answer once it mounted the child's /proc (see olactors/sock/_procfs.py).
 NAMESPACES_READY = b'{"namespaces": true}'
 PROC_MOUNTED = b'{"proc": true}'
+#: The worker's word that a leaf's /run/secrets is in place (olactors/sock/_secretfs.py).
+SECRETS_MOUNTED = b'{"secrets": true}'
 
 
 # ----------------------------------------------------------------- leaf mode
@@ -578,6 +583,14 @@ def _spare_wait(channel: socket.socket) -> None:
     _become_child(conn, fds)
 
 
+def _close_all(fds: list) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def serve_zygote(listener: socket.socket) -> None:
     """Answer fork requests (one SEQPACKET connection each), from a spare when one is ready."""
     import _proc
@@ -601,6 +614,12 @@ def serve_zygote(listener: socket.socket) -> None:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     _become_child(conn, fds)
             spare = None
+            # The child has its fds now: this zygote drops its copies (the
+            # child's root dir among them) before it replies, so from the
+            # reply on it holds nothing that reaches the child's root (the
+            # worker mounts a leaf's secrets there only after the reply).
+            _close_all(fds)
+            fds = []
             conn.send(json.dumps({"forked": pid}).encode())
         except Exception as exc:  # noqa: BLE001 - a bad request must not kill the zygote
             try:
@@ -612,11 +631,7 @@ def serve_zygote(listener: socket.socket) -> None:
             except OSError:
                 pass
         finally:
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            _close_all(fds)
             conn.close()
         if spare is None:
             spare = _new_spare(listener)
@@ -650,6 +665,15 @@ def _preload(preload: list, ready: socket.socket) -> None:
         ready.settimeout(None)
 
 
+def _await_secrets(ready: socket.socket) -> None:
+    """Wait for the worker's word that /run/secrets is mounted (a leaf whose
+    config says secrets come): its function's code is imported only after."""
+    ready.settimeout(REQUEST_TIMEOUT_S)
+    if ready.recv(64) != SECRETS_MOUNTED:
+        raise RuntimeError("the worker did not confirm this sandbox's secrets")
+    ready.settimeout(None)
+
+
 def _await_proc(conn: socket.socket) -> None:
     """Wait for the worker's word that this (forked) sandbox's /proc is mounted."""
     conn.settimeout(REQUEST_TIMEOUT_S)
@@ -676,6 +700,8 @@ def run(config: dict, ready: socket.socket, proc_pending: bool = False) -> None:
         ready.send(b'{"started": true}')
         if proc_pending:
             _await_proc(ready)
+        if config.get("secrets"):
+            _await_secrets(ready)
         app = load_entry(config.get("entry") or "")  # the init phase: function code runs
         ready.send(b'{"ready": true}')
         ready.close()
