@@ -1,5 +1,5 @@
-"""`olactors` command line: serve, status, install, run, logs, why, lock, init, cleanup, bench,
-simulate, cluster.
+"""`olactors` command line: serve, status, install, run, logs, why, secret, lock, init, cleanup,
+bench, simulate, cluster.
 
 Errors a user can cause (bad config, bad path, no worker running) print one
 clear line to stderr and exit with status 2; they never show a traceback.
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import OlactorsError
+from .cli_secrets import add_secret_parser, cmd_secret
 from .worker_dir import DEFAULT_PATH
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="function name")
     p.add_argument("request_id", help="the call's request id (its X-Request-Id)")
     _add_path(p, overrides=False)
+
+    add_secret_parser(sub, _add_path)
 
     p = sub.add_parser(
         "lock", help="resolve a function dir's packages and write its ol.lock (exact versions)"
@@ -581,6 +584,7 @@ COMMANDS = {
     "run": _cmd_run,
     "logs": _cmd_logs,
     "why": _cmd_why,
+    "secret": cmd_secret,
     "lock": _cmd_lock,
     "cleanup": _cmd_cleanup,
     "bench": _cmd_bench,

@@ -55,7 +55,9 @@ from .records import (
     run_recorder,
 )
 from .registry import LocalRegistry, registry_path
+from .secrets import SecretStore, key_file_path
 from .sock import Invocation, InvocationResult, SandboxPool, open_sock_pool
+from .state import StateDir, state_path
 
 log = logging.getLogger("olactors.worker")
 EVENT_BUFFER = 65536
@@ -83,8 +85,11 @@ class Worker:
         recorder: RecorderRef | None = None,
         records: RecordStore | None = None,
         request_ids: RecentIds | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.config = config
+        #: Secrets and their grants (None: no state dir, e.g. simulations).
+        self.secrets = secrets
         self.shutdown = shutdown or ShutdownDeadline()
         self.worker_dir = worker_dir
         self.pool = pool
@@ -286,6 +291,8 @@ class Worker:
             "import_cache": self.import_cache.describe() if self.import_cache else [],
             "records": self.record_stats(),
         }
+        if self.secrets is not None:
+            stats["secrets"] = self.secrets.describe()  # counts only, never a name or value
         sandbox_anomalies = getattr(self.pool, "sandbox_anomalies", None)
         if sandbox_anomalies is not None:
             stats["sandbox_anomalies"] = sandbox_anomalies()
@@ -303,6 +310,7 @@ async def open_worker(
     pool: SandboxPool | None = None,
     code_source: CodeSource | None = None,
     recording: bool = True,
+    state: bool = True,
 ) -> AsyncIterator[Worker]:
     """Start every actor; on exit drain calls, stop the actors, destroy every sandbox.
 
@@ -311,6 +319,8 @@ async def open_worker(
     ``recording=False`` starts no recorder and opens no records database
     (simulations: in virtual time, the store's worker threads finish at
     moments no seed decides, and same-seed runs would differ).
+    ``state=False`` opens no state directory (``state.dir``): no secret is
+    stored or delivered (simulations, for the same reason).
     """
     worker_dir = worker_dir.resolve()
     tree = load_zygote_tree(config.import_cache.tree)
@@ -366,7 +376,10 @@ async def open_worker(
                     )
                     recorder = await nursery.start(run_recorder, records, settings)
                 shutdown = ShutdownDeadline()
-                deps = Deps(config, pool, mempool, cache_ref, puller, metrics, packages, shutdown)
+                secrets = _secret_store(config, worker_dir) if state else None
+                deps = Deps(
+                    config, pool, mempool, cache_ref, puller, metrics, packages, shutdown, secrets
+                )
                 manager = await nursery.start(run_manager, deps)
                 worker = Worker(
                     config,
@@ -383,6 +396,7 @@ async def open_worker(
                     recorder,
                     records,
                     request_ids,
+                    secrets,
                 )
                 try:
                     yield worker
@@ -397,6 +411,13 @@ async def open_worker(
                     with trio.CancelScope(deadline=worker.shutdown.at, shield=True):
                         await manager.drain()
                     nursery.cancel_scope.cancel()
+
+
+def _secret_store(config: Config, worker_dir: Path) -> SecretStore:
+    """The secret store in the state dir, sealed with the key file (made on first need)."""
+    state = StateDir(state_path(config.state.dir, worker_dir))
+    key_file = key_file_path(config.secrets.key_file, worker_dir)
+    return SecretStore(state, key_file, config.registry.cache_s)
 
 
 async def _open_records(store: RecordStore, keep_per_function: int) -> RecentIds:

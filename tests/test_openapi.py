@@ -30,7 +30,7 @@ from olactors.http.openapi import HTTP_METHODS, SURFACES, load_spec, operations,
 
 from .test_http_api import ECHO, is_request_id, serving, tar_gz, write_fn
 
-SAMPLES = {"name": "echo", "path": "a/b"}
+SAMPLES = {"name": "echo", "path": "a/b", "function": "echo"}
 #: Paths no surface serves, plus the admin paths (which the public port must not serve).
 UNDESCRIBED = (
     "/",

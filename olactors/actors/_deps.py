@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .._config import Config
 from .._metrics import Metrics
+from .._secrets import GrantedSecrets
 from .._shutdown import ShutdownDeadline
 from ..sock import SandboxPool
 from .import_cache import ImportCacheRef
@@ -15,6 +16,14 @@ from .package_puller import PackagePullerRef
 
 if TYPE_CHECKING:
     from .code_puller import CodePullerRef
+
+
+class SecretsSource(Protocol):
+    """Where a function's granted secrets come from (the secret store)."""
+
+    async def for_function(self, function: str) -> GrantedSecrets:
+        """The secrets granted to ``function`` now (within ``registry.cache_s``)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,3 +37,5 @@ class Deps:
     packages: PackagePullerRef
     #: The worker's shutdown deadline: instances stopping at shutdown get until then, no longer.
     shutdown: ShutdownDeadline = field(default_factory=ShutdownDeadline)
+    #: The granted secrets of functions (None: no secret store, e.g. simulations).
+    secrets: SecretsSource | None = None

@@ -18,6 +18,13 @@ escalation puts the function in a failing state: for
 ``functions.failure_cooldown_s`` every request gets 503 ``function_failing``
 with the cause, instead of sandboxes being restarted in a loop.
 
+Before a call is given to an instance the function's granted secrets are
+looked up (the secret store, at most ``registry.cache_s`` old): a secret
+its ol.yaml declares but that is not granted answers 424
+``secret_not_granted`` before any of its code runs, and a change of the
+granted set (a value set again, a grant, a revoke) is handled like a code
+change: new calls go to new instances, which get the new secrets.
+
 On a code change, new requests go to instances of the new version; old
 instances finish their call in hand and stop, and the old code snapshot is
 released once the last of them is gone.  With no request for
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .._causes import Cause, CauseCode
+from .._causes import Cause, CauseCode, released
 from .._errors import (
     FunctionFailing,
     FunctionNotFound,
@@ -43,10 +50,12 @@ from .._errors import (
     OlactorsError,
     QueueFull,
     SandboxUnavailable,
+    SecretNotGranted,
 )
 from .._function_config import ResolvedLimits, resolve_limits
 from .._records import ColdReason
 from .._scaling import RecentDurations, Scaler
+from .._secrets import NO_SECRETS, GrantedSecrets
 from ..supervisors import ChildHandle, ChildSpec, Restart, supervise
 from ._calls import drain
 from ._deps import Deps
@@ -114,6 +123,8 @@ class Slot:
     handle: ChildHandle | None = None
     busy: bool = False
     retiring: bool = False
+    #: The fingerprint of the secrets its sandboxes get (names and versions).
+    secrets: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -156,6 +167,10 @@ class FunctionActor:
         #: Instances of an older version were retired: the next one's first sandbox
         #: is cold because the code changed (ColdReason.CODE_UPDATED).
         self._code_updated = False
+        #: The secrets granted to the function as last looked up.
+        self.secrets: GrantedSecrets = NO_SECRETS
+        #: Instances were retired for a change of secrets (ColdReason.SECRETS_CHANGED).
+        self._secrets_changed = False
 
     async def follow_notices(self) -> None:
         """Apply instance notices as they come (a task of this actor)."""
@@ -233,12 +248,44 @@ class FunctionActor:
             raise MethodNotAllowed(
                 f"function {self.name!r} accepts {', '.join(methods)}, not {method}", methods
             )
+        await self._check_secrets(code)
         self._check_waited(req)
         slot = await self._idle_instance(req)
         slot.busy = True
         req.trace.version = slot.version
         req.trace.queue_ms = (trio.current_time() - req.submitted) * 1000
         slot.requests.send_nowait(req)
+
+    async def _check_secrets(self, code: FunctionCode) -> None:
+        """The function's granted secrets, as of at most ``registry.cache_s``
+        ago: SecretNotGranted (424) for a declared one that is not granted;
+        a changed set retires the instances holding the old one."""
+        source = self.deps.secrets
+        granted = NO_SECRETS if source is None else await source.for_function(self.name)
+        if code.config.secrets:
+            names = granted.names
+            for name in code.config.secrets:
+                if name not in names:
+                    raise SecretNotGranted(
+                        f"function {self.name!r} declares the secret {name!r} in its ol.yaml, "
+                        f"but it is not granted to it (olactors secret grant {name} {self.name})",
+                        name,
+                    )
+        if granted.fingerprint != self.secrets.fingerprint:
+            self._switch_secrets(granted)
+
+    def _switch_secrets(self, granted: GrantedSecrets) -> None:
+        """New calls go to new instances with ``granted``; the old ones finish
+        their call in hand and stop (their sandboxes are released)."""
+        if self.slots:
+            log.info("%s: its secrets changed; replacing its instances", self.name)
+        self.secrets = granted
+        changed = released("its secrets changed")
+        for slot in list(self.slots.values()):
+            if slot.secrets != granted.fingerprint and not slot.retiring:
+                slot.instance.stop_cause = changed
+                self._retire(slot)
+                self._secrets_changed = True
 
     def _check_waited(self, req: CallRequest) -> None:
         """QueueFull (429) for a call that has waited longer than its function's
@@ -314,14 +361,19 @@ class FunctionActor:
         cfg = self.deps.config.functions
         iid = next(self._ids)
         send, receive = trio.open_memory_channel[CallRequest](1)
-        instance = Instance(iid, self.code, self.limits, self.deps, receive, self.notices_send)
+        instance = Instance(
+            iid, self.code, self.limits, self.deps, receive, self.notices_send, self.secrets
+        )
         busy = any(s.busy for s in self.slots.values() if not s.retiring)
         if self._code_updated:
             instance.cold_reason = ColdReason.CODE_UPDATED
             self._code_updated = False  # the first sandbox of the new version only
+        elif self._secrets_changed:
+            instance.cold_reason = ColdReason.SECRETS_CHANGED
+            self._secrets_changed = False
         elif busy:
             instance.cold_reason = ColdReason.SCALED_UP
-        slot = Slot(instance, send, self.code.version)
+        slot = Slot(instance, send, self.code.version, secrets=self.secrets.fingerprint)
         self.slots[iid] = slot
         self.versions[slot.version] += 1
         spec = ChildSpec(

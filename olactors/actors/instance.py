@@ -76,8 +76,9 @@ from .._errors import (
 )
 from .._function_config import ResolvedLimits
 from .._records import NO_OUTPUT, CallTrace, ColdReason
+from .._secrets import NO_SECRETS, GrantedSecrets, Redactor
 from ..sock import Invocation, Sandbox, SandboxMeta, SandboxState
-from ..sock._results import runtime_error_cause
+from ..sock._results import redact_runtime_error, runtime_error_cause
 from ..supervisors import Unrecoverable
 from ._acquire import SandboxAcquirer, SandboxKind
 from ._deps import Deps
@@ -121,8 +122,12 @@ class Instance:
         deps: Deps,
         requests: trio.MemoryReceiveChannel[CallRequest],
         notices: trio.MemorySendChannel[object],
+        secrets: GrantedSecrets = NO_SECRETS,
     ) -> None:
         self.id = instance_id
+        #: What its sandboxes get at /run/secrets (fixed: a change replaces the instance).
+        self.secrets = secrets
+        self.redactor = Redactor(secrets.files) if secrets else None
         self.code = code
         self.limits = limits
         self.deps = deps
@@ -264,6 +269,7 @@ class Instance:
                 raise InstanceFailure(cause.summary()) from exc
             return
         self._trace_usage(sb, trace)
+        result = redact_runtime_error(result, self.redactor)
         trace.output = result.output
         trace.cause = runtime_error_cause(result)  # the handler raised, or its import failed
         req.reply.send(result)
@@ -357,6 +363,7 @@ class Instance:
                 entry=config.entry or "",
                 label=self.name,
                 packages=packages.mounts(),
+                secrets=self.secrets.files,
             )
             acquirer = SandboxAcquirer(deps.pool, deps.mempool, deps.config)
             return await acquirer.acquire(

@@ -26,6 +26,19 @@ format), listed in :data:`ENDPOINTS`, which the dispatcher routes by and
   (:func:`~olactors._records.explain`), as ``text/plain``.  An unknown
   function is ``404 function_not_found``, an unknown id ``404 record_not_found``
 
+Secrets (values never appear in an answer; see :mod:`olactors.secrets`):
+
+* ``GET /secrets``: ``{"secrets": [{"name", "version", "created_at",
+  "updated_at", "grants"}, ...]}``
+* ``PUT /secrets/<name>``: the body is the value (at most 64 KiB, else ``413
+  secret_too_large``); 201 when new, 200 when it replaced a value (a new
+  version), with the description and ``created``
+* ``DELETE /secrets/<name>``: ``{"name", "deleted": true}``, ``404
+  secret_not_found``
+* ``PUT`` / ``DELETE /secrets/<name>/grants/<function>``: grant or revoke
+  (idempotent); the description with ``changed``.  A name outside
+  ``[A-Za-z0-9_.-]{1,128}`` is ``400 bad_secret_name``
+
 Registry writes answer ``409 registry_read_only`` when the worker reads its
 functions from an http(s) registry.  Bodies are capped at
 ``registry.max_code_mb`` MiB.
@@ -42,9 +55,11 @@ from quart import Response
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 
-from .._errors import FunctionNotFound, OlactorsError
+from .._errors import BodyTooLarge, FunctionNotFound, OlactorsError, SecretTooLarge
 from .._records import CallRecord, explain
+from .._secrets import MAX_SECRET_BYTES, validate_secret_name
 from ..records import MAX_LIST, RecordNotFound, valid_request_id
+from ..state import StateUnavailable
 from ._common import (
     NotFound,
     RawRoutedApp,
@@ -59,6 +74,7 @@ from .openapi import SURFACES, Surface, spec_bytes
 
 if TYPE_CHECKING:
     from ..registry import LocalRegistry
+    from ..secrets import SecretStore
     from ..worker import Worker
 
 
@@ -107,6 +123,10 @@ ENDPOINTS = (
     Endpoint("/packages", ("GET",)),
     Endpoint("/registry", ("GET",)),
     Endpoint("/registry/{name}", ("POST", "DELETE")),
+    Endpoint("/secrets", ("GET",)),
+    # The longer /secrets path first: /secrets/{name} takes any rest.
+    Endpoint("/secrets/{name}/grants/{function}", ("PUT", "DELETE")),
+    Endpoint("/secrets/{name}", ("PUT", "DELETE")),
     Endpoint("/openapi.json", ("GET",)),
     Endpoint("/openapi/public.json", ("GET",)),
     # The longer /debug paths first: /debug/{name} takes any rest.
@@ -157,6 +177,14 @@ def _request_id(raw: bytes) -> str:
     if not valid_request_id(request_id):
         raise RecordNotFound(f"no record of request {request_id!r} (not a request id)")
     return request_id
+
+
+def _secret_name(raw: bytes) -> str:
+    """A secret name from a raw path segment (no percent-decoding: ``%`` is
+    not a name character, so an encoded name is refused)."""
+    if b"/" in raw:
+        raise NotFound(f"no endpoint at /secrets/{raw.decode('latin-1')}")
+    return validate_secret_name(raw.decode("latin-1"))
 
 
 def _text(body: str) -> Response:
@@ -214,6 +242,37 @@ def create_admin_app(worker: Worker) -> QuartTrio:
     async def packages(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return json_response(worker.packages())
 
+    def secret_store() -> SecretStore:
+        if worker.secrets is None:
+            raise StateUnavailable("this worker runs without a state dir: no secrets")
+        return worker.secrets
+
+    async def secret_list(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
+        return json_response({"secrets": await secret_store().list()})
+
+    async def secret_entry(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        name = _secret_name(args[0])
+        store = secret_store()
+        if request.method == "PUT":
+            try:
+                value = await read_body(request, MAX_SECRET_BYTES)
+            except BodyTooLarge:
+                raise SecretTooLarge(
+                    f"a secret's value is at most {MAX_SECRET_BYTES} bytes (64 KiB)"
+                ) from None
+            described = await store.set(name, value)
+            return json_response(described, 201 if described["created"] else 200)
+        await store.delete(name)
+        return json_response({"name": name, "deleted": True})
+
+    async def secret_grant(request: TrioRequest, info: RequestInfo, args: Args) -> Response:
+        name = _secret_name(args[0])
+        function = parse_name(args[1])
+        store = secret_store()
+        if request.method == "PUT":
+            return json_response(await store.grant(name, function))
+        return json_response(await store.revoke(name, function))
+
     async def admin_spec(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         return spec("admin")
 
@@ -255,6 +314,9 @@ def create_admin_app(worker: Worker) -> QuartTrio:
         "/packages": packages,
         "/registry": registry_list,
         "/registry/{name}": registry_entry,
+        "/secrets": secret_list,
+        "/secrets/{name}": secret_entry,
+        "/secrets/{name}/grants/{function}": secret_grant,
         "/openapi.json": admin_spec,
         "/openapi/public.json": public_spec,
         "/debug/{name}": debug_list,
