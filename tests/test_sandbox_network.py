@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import trio
 
 from olactors import native
 from olactors._causes import released
@@ -411,3 +412,38 @@ async def test_egress_subnet_overlapping_a_host_network_is_refused(worker_dir):
     with pytest.raises(ConfigError, match="overlaps the host's route"):
         async with open_sock_pool(config, worker_dir):
             pass
+
+
+# ------------------------------------------------------------------ lifetime
+def worker_veths(worker_dir) -> list[str]:
+    alias = iface_alias(worker_id(worker_dir))
+    links = json.loads(sh("ip", "-json", "link", "show"))
+    return [link["ifname"] for link in links if link.get("ifalias") == alias]
+
+
+async def test_a_functions_namespace_is_made_once_and_goes_when_it_stops(worker_dir):
+    """One veth for all of a function's calls, even with a fresh sandbox per
+    call; gone once the function actor idles out; the table goes at shutdown."""
+    wid = worker_id(worker_dir)
+    async with serving(
+        worker_dir, "sandbox.network=egress", "functions.idle_timeout_s=1"
+    ) as served:
+        write_fn(served, "once", "def f(event):\n    return 1\n", "reuse_sandbox: false\n")
+        async with served.client() as client:
+            for _ in range(3):
+                r = await client.post("/run/once", json=None)
+                assert r.status_code == 200, r.text
+                assert len(worker_veths(worker_dir)) == 1
+        assert table_name(wid) in sh("nft", "list", "tables")
+        with trio.fail_after(20):
+            while worker_veths(worker_dir):
+                await trio.sleep(0.1)
+    assert table_name(wid) not in sh("nft", "list", "tables")
+
+
+def test_bench_sandbox_reports_the_namespace_cost(tmp_path):
+    from olactors.bench.sandbox import measure
+
+    figures = trio.run(measure, 2, tmp_path)
+    assert figures["netns_none_p50_ms"] > 0 and figures["netns_egress_p50_ms"] > 0
+    assert figures["fork_p50_ms"] > 0

@@ -1,9 +1,11 @@
 """`olactors bench sandbox`: SOCK sandbox lifecycle latencies vs. reference figures.
 
 Measured in one run, ``samples`` times each: fresh create-to-first-response,
-fork-from-zygote create-to-first-response, pause, unpause, destroy; and two
-references on the same machine: a raw fork+exit+wait of a process as large as
-the zygote, and a bare ``python -c pass`` start.
+fork-from-zygote create-to-first-response, pause, unpause, destroy; the
+making of a function's network namespace (``none``: loopback up; ``egress``:
+also its veth and addresses), which a function pays once, not per call; and
+two references on the same machine: a raw fork+exit+wait of a process as
+large as the zygote, and a bare ``python -c pass`` start.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ import trio
 from .._causes import released
 from .._config import build_config
 from .._errors import OlactorsError
+from .._network import Network
 from ..sock import Invocation, InvocationResult, SandboxMeta, SockSandbox, open_sock_pool
 from ..sock._rootfs import python_executable
 from ._stats import p50, p99
 
 ECHO = "def f(event):\n    return event\n"
+#: The leaves measured are one function's: they share its network namespace.
+LEAF = SandboxMeta(network_scope="bench-echo")
 
 RAW_FORK_SCRIPT = r"""
 import os, sys, time
@@ -96,7 +101,7 @@ async def time_creates(pool, parent, code: Path, samples: int, destroy: list[flo
     created = []
     for _ in range(samples):
         t0 = time.perf_counter()
-        sb = await pool.create(parent, True, str(code), None, SandboxMeta())
+        sb = await pool.create(parent, True, str(code), None, LEAF)
         result = await sb.invoke(request)
         created.append(_ms(t0))
         expect_ok(result)
@@ -104,6 +109,19 @@ async def time_creates(pool, parent, code: Path, samples: int, destroy: list[flo
         await sb.destroy(released("bench"))
         destroy.append(_ms(t0))
     return created
+
+
+async def time_namespaces(pool, mode: Network, samples: int) -> list[float]:
+    """Making (and destroying, untimed) the network namespace of ``samples`` new functions."""
+    made = []
+    for i in range(samples):
+        scope = f"bench-netns-{mode.value}-{i}"
+        t0 = time.perf_counter()
+        lease = await pool.networks.acquire(scope, mode)
+        made.append(_ms(t0))
+        await pool.networks.release(lease)
+        await pool.forget_network(scope)
+    return made
 
 
 async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
@@ -115,14 +133,13 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
     unpause: list[float] = []
     destroy: list[float] = []
     async with open_sock_pool(build_config(None), worker_dir) as pool:
-        meta = SandboxMeta()
         fresh = await time_creates(pool, None, code, samples, destroy)
-        zygote = await pool.create(None, False, None, None, meta)
+        zygote = await pool.create(None, False, None, None, SandboxMeta())
         fork = await time_creates(pool, zygote, code, samples, destroy)
         zygote_raw = zygote.raw
         assert isinstance(zygote_raw, SockSandbox)  # the real pool's sandboxes
         zygote_rss = rss_bytes(zygote_raw.pid)
-        leaf = await pool.create(zygote, True, str(code), None, meta)
+        leaf = await pool.create(zygote, True, str(code), None, LEAF)
         for _ in range(samples):
             t0 = time.perf_counter()
             await leaf.pause()
@@ -132,6 +149,7 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
             unpause.append(_ms(t0))
         expect_ok(await leaf.invoke(request))
         anomalies = pool.anomalies.total()
+        netns = {mode: await time_namespaces(pool, mode, samples) for mode in Network}
     raw = raw_fork_samples(zygote_rss, samples)
     start = python_start_samples(samples)
     return {
@@ -146,6 +164,10 @@ async def measure(samples: int, worker_dir: Path) -> dict[str, float]:
         "unpause_p99_ms": p99(unpause),
         "destroy_p50_ms": p50(destroy),
         "destroy_p99_ms": p99(destroy),
+        "netns_none_p50_ms": p50(netns[Network.NONE]),
+        "netns_none_p99_ms": p99(netns[Network.NONE]),
+        "netns_egress_p50_ms": p50(netns[Network.EGRESS]),
+        "netns_egress_p99_ms": p99(netns[Network.EGRESS]),
         "raw_fork_p50_ms": p50(raw),
         "python_start_p50_ms": p50(start),
         "zygote_rss_mb": zygote_rss / (1 << 20),
@@ -162,6 +184,8 @@ def report(figures: dict[str, float]) -> str:
         ("pause", "pause"),
         ("unpause", "unpause"),
         ("destroy", "destroy"),
+        ("function network namespace, none (once)", "netns_none"),
+        ("function network namespace, egress (once)", "netns_egress"),
     ]
     lines = [f"{'':44} {'p50 ms':>9} {'p99 ms':>9}"]
     for label, key in rows:
