@@ -218,6 +218,8 @@ class Worker:
                     "state": sb.state.value,
                     "function": meta.label if meta is not None and sb.is_leaf else None,
                     "label": meta.label if meta is not None else None,
+                    # zygotes have none: a forked leaf enters its function's namespace
+                    "network": str(meta.network) if meta is not None and sb.is_leaf else None,
                     "mem_limit_mb": meta.limits.mem_mb if meta is not None else None,
                     "children": sb.live_children,
                     "death_cause": None if sb.death_cause is None else sb.death_cause.as_json(),

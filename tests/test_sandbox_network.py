@@ -252,6 +252,9 @@ async def test_egress_reaches_the_internet_and_nothing_of_the_host(
         blocked = {name: result for name, result in got.items() if result["ok"]}
         assert not blocked, f"egress reached what it must not: {blocked}"
         assert set(got) >= {"denied", "metadata", "worker_at_gateway", "host_loopback_service"}
+        async with served.admin_client() as admin:
+            listed = (await admin.get("/sandboxes")).json()
+        assert [s["network"] for s in listed if s["function"] == "probe"] == ["egress"]
 
 
 async def test_none_reaches_no_network(worker_dir, internet):
