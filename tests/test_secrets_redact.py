@@ -67,3 +67,25 @@ def test_runtime_error_answers_are_redacted_function_answers_are_not() -> None:
     assert cause is not None and cause.detail["message"] == "bad [secret api.key]"
     own = InvocationResult(200, (), b'"sk-0123456789"')
     assert redact_runtime_error(own, R) is own
+
+
+def test_holding_names_what_reaches_into_a_root(tmp_path: Path) -> None:
+    """The check the worker runs on a zygote's processes before it mounts a
+    forked child's secrets."""
+    import os
+
+    from olactors.sock._secretfs import holding
+
+    root = tmp_path / "sb-1" / "root"
+    (root / "run").mkdir(parents=True)
+    (tmp_path / "sb-12").mkdir()
+    assert holding([os.getpid()], str(root)) == []
+    fd = os.open(root / "run", os.O_PATH | os.O_DIRECTORY)
+    other = os.open(tmp_path / "sb-12", os.O_PATH | os.O_DIRECTORY)  # a prefix, not inside
+    try:
+        found = holding([os.getpid()], str(root))
+        assert found == [f"{os.getpid()}: /proc/{os.getpid()}/fd/{fd} -> {root}/run"]
+    finally:
+        os.close(fd)
+        os.close(other)
+    assert holding([2**22 + 12345], str(root)) == []  # no such process

@@ -250,6 +250,8 @@ async def test_granted_leaf_reads_its_secret_and_nothing_else_can(
             assert (got["uid"], got["mode"], got["dir_mode"]) == (got["me"], 0o400, 0o500)
             assert got["files"] == ["DB"] and not got["in_env"]
             assert got["write"] and got["chmod"] and got["create"]  # read-only, all of it
+            boxes = await sandboxes(admin)
+            assert [sb["children"] for sb in boxes if sb["kind"] == "zygote"] == [1]  # forked
 
             # A sibling sandbox of another function, forked from the same zygote
             # while the reader's leaf lives, with no network: nothing.
@@ -297,6 +299,7 @@ async def test_granted_leaf_reads_its_secret_and_nothing_else_can(
             assert r.status_code == 424 and r.json()["secret"] == "DB"
             code, _out, err = await cli(worker_dir, "secret", "grant", "DB", "reader")
             assert code == 0, err
+    assert "starting fresh" not in caplog.text  # every leaf was forked, secrets and all
     # Stopped: no mount is left, and no file of the worker dir holds a value in clear.
     needles = [value.encode(), rotated.encode()]
     assert files_holding(worker_dir, needles) == []

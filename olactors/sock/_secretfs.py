@@ -67,6 +67,29 @@ def _mount_tmpfs(target: str, files: tuple[SecretFile, ...], uid: int, gid: int)
     mount(noswap=False)
 
 
+def holding(pids: list[int], root: str) -> list[str]:
+    """What of processes ``pids`` reaches into ``root`` (a host path): their
+    open fds, working dirs and roots there, as ``"<pid>: <path>"``.  The
+    worker checks a zygote's processes with it before it mounts a forked
+    child's secrets, so "the zygote holds nothing that reaches them" is a
+    fact checked from the host, not only the zygote runtime's promise."""
+    found = []
+    for pid in pids:
+        links = [f"/proc/{pid}/cwd", f"/proc/{pid}/root"]
+        try:
+            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue  # gone: it holds nothing
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == root or target.startswith(root + "/"):
+                found.append(f"{pid}: {link} -> {target}")
+    return found
+
+
 def mount_secrets(root: str, files: tuple[SecretFile, ...], uid: int, gid: int) -> None:
     """Mount ``files`` at ``<root>/run/secrets`` (see the module doc); on any
     failure nothing stays mounted and NativeError (an OSError) is raised."""

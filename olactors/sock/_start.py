@@ -30,7 +30,7 @@ from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, Zygote
 from ._blocked import BlockedSyscalls, sandbox_env
 from ._procfs import proc_mount
 from ._safe import SafeSandbox
-from ._secretfs import SECRETS_MOUNTED, mount_secrets
+from ._secretfs import SECRETS_MOUNTED, holding, mount_secrets
 from ._sock import (
     BASE_ENV,
     EXIT_GRACE_S,
@@ -305,8 +305,16 @@ async def _deliver_secrets(sb: SockSandbox, sock: trio.socket.SocketType, pool, 
             sb.ns_pid = forked[-1]
             sb.fork_replied = True
         cfg = pool.config.sandbox
+        root = str(sb.root.path)
+        if sb.zygote is not None:
+            held = holding(sb.zygote.pids(), root)
+            if held:
+                raise SandboxError(
+                    f"{what}: its zygote still reaches its root ({'; '.join(held)}); "
+                    "not mounting its secrets"
+                )
         try:
-            mount_secrets(str(sb.root.path), sb.meta.secrets, cfg.leaf_uid, cfg.leaf_gid)
+            mount_secrets(root, sb.meta.secrets, cfg.leaf_uid, cfg.leaf_gid)
         except OSError as exc:
             raise SandboxError(f"{what}: mounting its secrets failed: {exc}") from exc
         await sock.send(SECRETS_MOUNTED)
