@@ -308,6 +308,12 @@ async def test_proc_of_a_leaf_forked_from_a_child_zygote(pool, tmp_path):
     child = await pool.create(root, False, None, None, SandboxMeta())
     sb = await pool.create(child, True, str(code), None, SandboxMeta())
     check_proc(*await proc_facts(sb))
+    # Each zygote has the /proc of its own namespace, whose PID 1 is itself.
+    for zygote in (root, child):
+        proc = zygote.raw.root.path / "proc"
+        assert os.path.ismount(proc)
+        own_ns = os.readlink(f"/proc/{zygote.raw.pid}/ns/pid")
+        assert os.readlink(proc / "1" / "ns" / "pid") == own_ns
     await sb.destroy(released("test done"))
     await child.destroy(released("test done"))
     await root.destroy(released("test done"))

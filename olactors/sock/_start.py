@@ -239,7 +239,7 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
                 if sb.process_gone():  # it died at once, and its zygote reaped it
                     if not sb.is_leaf:
                         raise SandboxError(f"{what}: it exited as soon as it started")
-                    sb.exited.set()
+                    sb.reap(block=True)  # not ours to reap: this closes its pidfd
                     raise await _init_death(sb, pool, zygote, what)
                 if sb.pid not in first_hierarchy_pids(sb.cgroup):
                     raise SandboxError(f"{what}: pid {sb.pid} reported outside its cgroup")

@@ -2,7 +2,10 @@
 
 Started as ``python -I -S /runtime/server.py '<json config>'`` with fd 3 being
 a SOCK_SEQPACKET socket on which the runtime reports its start.  Children
-forked by a zygote report on the fork request's connection instead.  A leaf
+forked by a zygote report on the fork request's connection instead, first
+``{"namespaces": true}`` (the worker then mounts the child's /proc and
+answers ``{"proc": true}``, which the child awaits before any function or
+package code runs).  A leaf
 reports two phases, so the worker can tell whose fault a slow start is:
 ``{"started": true}`` once its own socket listens (the sandbox started: the
 worker bounds this by ``sandbox.ready_timeout_s``), then, after importing the
