@@ -401,3 +401,35 @@ async def test_writable_space_leaves_with_the_sandbox(pool, tmp_path, kind):
     assert not os.path.exists(writable)
     with open("/proc/self/mountinfo") as f:
         assert str(writable) not in f.read()
+
+
+# ------------------------------------------------------------ through a worker
+async def test_a_worker_serves_on_after_its_functions_fill_their_space(worker_dir):
+    """``sandbox.tmp_mb`` and ``sandbox.tmp_inodes`` from the worker's config
+    bound a function's writable space; a function that fills it gets ENOSPC
+    in its own answer and the worker serves it and others on."""
+    from .test_http_api import serving, write_fn
+
+    overrides = ("sandbox.cgroup_pool_size=4", "sandbox.tmp_mb=4", "sandbox.tmp_inodes=100")
+    async with serving(worker_dir, *overrides) as served:
+        write_fn(served, "filler", HANDLER)
+        write_fn(served, "echo", "def f(event):\n    return event\n")
+        async with served.client() as client:
+            for event in (
+                {"do": "fill_bytes", "path": "/dev/shm/big"},
+                {"do": "clean", "dir": "/dev/shm"},
+                {"do": "fill_inodes", "dir": "/dev/shm"},
+                {"do": "clean", "dir": "/dev/shm"},
+            ):
+                response = await client.post("/run/filler", json=event)
+                assert response.status_code == 200, response.text
+                out = response.json()
+                if event["do"] == "fill_bytes":
+                    assert out["errno"] == errno.ENOSPC and out["written"] < (4 << 20), out
+                elif event["do"] == "fill_inodes":
+                    assert out["errno"] == errno.ENOSPC and 100 <= out["made"] <= 108, out
+            response = await client.post("/run/filler", json={"do": "python"})
+            assert response.status_code == 200 and response.json()["pool"]["ok"], response.text
+            response = await client.post("/run/echo", json={"still": "serving"})
+            assert response.json() == {"still": "serving"}
+            assert (await client.get("/status")).status_code == 200
