@@ -450,3 +450,11 @@ def test_bench_sandbox_reports_the_namespace_cost(tmp_path):
     figures = trio.run(measure, 2, tmp_path)
     assert figures["netns_none_p50_ms"] > 0 and figures["netns_egress_p50_ms"] > 0
     assert figures["fork_p50_ms"] > 0
+
+
+def test_the_installer_has_network_only_when_pip_needs_one():
+    from olactors.packages import IndexOptions
+
+    assert IndexOptions().needs_network  # the public index
+    assert not IndexOptions(offline=True, find_links=("/packages/.links/0",)).needs_network
+    assert IndexOptions(offline=True, find_links=("https://example.org/wheels/",)).needs_network

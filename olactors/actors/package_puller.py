@@ -4,7 +4,8 @@
 the pins of its ``ol.lock`` when it has one, else pip's resolution of its
 declaration (cached per declaration), each pinned distribution installed in
 ``packages/<name>/<version>/``.  Each install runs in its own installer
-sandbox (always with egress networking, whatever sandbox.network says) with
+sandbox (with egress networking whatever sandbox.network says, unless the
+index is offline and local: then none) with
 ``packages.install_mem_mb`` reserved from the memory pool and
 ``packages.install_timeout_s`` to finish.
 
@@ -277,7 +278,8 @@ class PackagePuller:
         assert self.pip_dir is not None
         return SandboxMeta(
             limits=self.acquirer.limits(SandboxKind.INSTALLER),
-            network=Network.EGRESS,  # a namespace of its own (no scope), NAT to the index
+            # A namespace of its own (no scope); NAT to the index only if pip needs one.
+            network=Network.EGRESS if self.sandbox_index.needs_network else Network.NONE,
             env=self.env,
             entry=INSTALLER_ENTRY,
             label=f"installer {pin.name}=={pin.version}",

@@ -57,6 +57,14 @@ class IndexOptions:
             offline=section.offline,
         )
 
+    @property
+    def needs_network(self) -> bool:
+        """Whether pip reaches anything over the network: an index, or a
+        ``find_links`` URL (local directories need none)."""
+        return not self.offline or any(
+            "://" in link and not link.startswith("file://") for link in self.find_links
+        )
+
     def pip_args(self) -> list[str]:
         """pip's index options; each value is attached with ``=`` so it can
         never be read as another option."""
