@@ -23,6 +23,7 @@ DEFAULTS_PATH = Path(__file__).resolve().parent / "config" / "worker.yaml"
 CHOICES: dict[str, tuple[str, ...]] = {
     "sandbox.cgroup_version": ("auto", "v1", "v2"),
     "memory.eviction_policy": ("openlambda", "lru", "gdsf"),
+    "functions.default_access": ("public", "private"),
 }
 # List keys whose items are not strings: the type of their items.
 LIST_ITEM_TYPES: dict[str, type] = {"sandbox.egress_allow_host": int}

@@ -15,6 +15,8 @@ Schema (every key optional; any other key is rejected, naming its path)::
       runtime_s: 5.0
       init_s: 120                 # the handler's import (see below)
     network: none                 # none | egress (default: the worker's sandbox.network)
+    access: private               # public | private (default: functions.default_access);
+                                  # private: callers need Authorization: Bearer <token>
     entry: "pkg.mod:handler"      # default: f.py's f
     packages:                     # requirements from the worker's package index
       - "requests>=2,<3"          # pip syntax: name, [extras], range, ; marker
@@ -52,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ._access import Access
 from ._config import MINIMUMS, NUMBER_MAX, Config, describe_yaml_error, load_yaml
 from ._errors import BadFunction, BadSecretName
 from ._network import Network, network_problem
@@ -73,6 +76,7 @@ _TOP_KEYS = (
     "entry",
     "packages",
     "secrets",
+    "access",
 )
 _TRIGGER_KINDS = ("http",)
 _TRIGGER_KEYS = ("method",)
@@ -92,6 +96,8 @@ class FunctionConfig:
     ``packages`` are the requirement strings of ``packages:`` as written.
     ``dependencies`` is what the whole function dir declares and locks (see
     :func:`olactors.registry.validate_function_dir`); ``None``: not read, no packages.
+    ``access`` ``None`` takes the worker's ``functions.default_access``
+    (see :func:`effective_access`).
     """
 
     methods: tuple[str, ...] = ()
@@ -107,6 +113,15 @@ class FunctionConfig:
     packages: tuple[str, ...] = ()
     dependencies: FunctionPackages | None = None
     secrets: tuple[str, ...] = ()
+    access: Access | None = None
+
+
+def effective_access(fc: FunctionConfig, config: Config) -> Access:
+    """Who may call the function: its ol.yaml ``access``, else the worker's
+    ``functions.default_access``."""
+    if fc.access is not None:
+        return fc.access
+    return Access(config.functions.default_access)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +167,14 @@ def parse_function_config(text: str | None, origin: str = "ol.yaml") -> Function
         fields["network"] = Network(value)
     if "entry" in data:
         fields["entry"] = _parse_entry(data["entry"], origin)
+    if "access" in data:
+        value = data["access"]
+        choices = [a.value for a in Access]
+        if value not in choices:
+            raise BadFunction(
+                f"{origin}: access must be one of {', '.join(choices)}, got {value!r}"
+            )
+        fields["access"] = Access(value)
     fields["packages"] = _parse_packages(data.get("packages"), origin)
     fields["secrets"] = _parse_secrets(data.get("secrets"), origin)
     return FunctionConfig(**fields)

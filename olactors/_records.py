@@ -157,6 +157,7 @@ class CallTrace:
     memory_limit_mb: int | None = None
     output: CallOutput = NO_OUTPUT
     cause: Cause | None = None
+    owner: str | None = None  # the function's owner when the call was admitted
 
     @property
     def reached_function(self) -> bool:
@@ -194,6 +195,7 @@ class CallTrace:
             memory_limit_mb=self.memory_limit_mb,
             stdout=self.output.stdout.text(),
             stderr=self.output.stderr.text(),
+            owner=self.owner,
         )
 
 

@@ -8,10 +8,15 @@ puller, the call recorder and the lambda manager.
 reached the function (an instance took it, see
 :class:`~olactors._records.CallTrace`) leaves a record in
 ``<worker>/records.db`` (see :mod:`olactors.records`), read back with
-:meth:`Worker.records` and :meth:`Worker.record`.  Leaving the block shuts
-down gracefully: new calls get 503, queued and in-flight calls finish by the
-shutdown deadline (see :class:`~olactors._shutdown.ShutdownDeadline`), then
-every actor stops (the recorder writes what is still queued) and every
+:meth:`Worker.records` and :meth:`Worker.record`.  Before anything is queued,
+``invoke`` admits the call (:class:`~olactors.access.AccessGate`): a private
+function needs the caller's bearer token (``caller=``; the worker's own
+triggers pass a :class:`~olactors._access.TrustedCaller`), and the record
+keeps the function's owner.  Tokens and owners live in the state directory
+(``state.dir``, see :mod:`olactors.state`), which several workers may share.
+Leaving the block shuts down gracefully: new calls get 503, queued and
+in-flight calls finish by the shutdown deadline (see
+:class:`~olactors._shutdown.ShutdownDeadline`), then every actor stops (the recorder writes what is still queued) and every
 sandbox is destroyed.
 """
 
@@ -29,6 +34,7 @@ from typing import Any
 
 import trio
 
+from ._access import ANONYMOUS, Access, Caller
 from ._config import Config
 from ._errors import FunctionNotFound, OlactorsError, SandboxNotFound, ShuttingDown
 from ._eviction import make_policy
@@ -38,6 +44,7 @@ from ._names import validate_function_name
 from ._records import CallRecord, CallTrace
 from ._shutdown import ShutdownDeadline
 from ._zygote_tree import load_zygote_tree
+from .access import AccessGate, AccessState
 from .actors._deps import Deps
 from .actors.code_puller import CodePullerRef, CodeSource, run_code_puller
 from .actors.evictor import Evictor, run_evictor
@@ -86,6 +93,7 @@ class Worker:
         records: RecordStore | None = None,
         request_ids: RecentIds | None = None,
         secrets: SecretStore | None = None,
+        access: AccessState | None = None,
     ) -> None:
         self.config = config
         #: Secrets and their grants (None: no state dir, e.g. simulations).
@@ -103,6 +111,9 @@ class Worker:
         self.recorder = recorder
         self.record_store = records or RecordStore(worker_dir / RECORDS_DB)
         self.request_ids = request_ids or RecentIds(config.debug.keep_per_function)
+        #: Tokens and owners (None: no state directory, as in simulations).
+        self.access = access
+        self.gate = AccessGate(config, access, puller)
         self.closing = False
         self.in_flight = 0
         path = registry_path(config.registry.location, worker_dir)
@@ -116,18 +127,25 @@ class Worker:
         :class:`~olactors.records.RecentIds`; decided in memory, no disk)."""
         return self.request_ids.claim(name, wanted)
 
-    async def invoke(self, name: str, inv: Invocation, request_id: str) -> InvocationResult:
+    async def invoke(
+        self, name: str, inv: Invocation, request_id: str, caller: Caller = ANONYMOUS
+    ) -> InvocationResult:
         """Run one call of function ``name``; raises the OlactorsError that answers it.
+
+        ``caller`` is who calls: an :class:`~olactors._access.HttpCaller` with
+        the ``Authorization`` header it sent (the default: none), or the
+        worker's own :class:`~olactors._access.TrustedCaller`, which needs no
+        token.  The call is admitted before it is queued (401 ``unauthorized``,
+        403 ``forbidden`` for a private function); a private function never
+        sees the ``Authorization`` header that admitted it.
 
         A call that reached the function is recorded under ``request_id``
         (submitted to the recorder without waiting; whatever the answer,
         including a caller that left, 499), with the answering error's cause
-        when the actors gave none."""
+        when the actors gave none, and the function's owner."""
         validate_function_name(name)
         if self.closing:
             raise ShuttingDown("the worker is shutting down")
-        headers = tuple((k, v) for k, v in inv.headers if not k.lower().startswith("x-olactors-"))
-        inv = Invocation(inv.method.upper(), inv.path or "/", inv.query, headers, inv.body)
         start = trio.current_time()
         started_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         trace = CallTrace()
@@ -136,6 +154,16 @@ class Worker:
         known = True  # an unknown name must not leave a metrics record behind
         self.in_flight += 1
         try:
+            admission = await self.gate.admit(name, caller)
+            trace.owner = admission.owner
+            private = admission.access is Access.PRIVATE
+            headers = tuple(
+                (k, v)
+                for k, v in inv.headers
+                if not k.lower().startswith("x-olactors-")
+                and not (private and k.lower() == "authorization")
+            )
+            inv = Invocation(inv.method.upper(), inv.path or "/", inv.query, headers, inv.body)
             result = await self.manager.invoke(name, inv, request_id, trace)
             status = result.status
             return result
@@ -322,10 +350,16 @@ async def open_worker(
     (simulations: in virtual time, the store's worker threads finish at
     moments no seed decides, and same-seed runs would differ).
     ``state=False`` opens no state directory (``state.dir``): no secret is
-    stored or delivered (simulations, for the same reason).
+    stored or delivered, and with no tokens or owners private functions
+    refuse every caller but the worker's own triggers (simulations, for
+    the same reason).
     """
     worker_dir = worker_dir.resolve()
     tree = load_zygote_tree(config.import_cache.tree)
+    access = None
+    if state:
+        state_dir = StateDir(state_path(config.state.dir, worker_dir))
+        access = AccessState(state_dir, config.registry.cache_s)
     async with AsyncExitStack() as stack:
         if pool is None:
             pool = await stack.enter_async_context(open_sock_pool(config, worker_dir))
@@ -399,6 +433,7 @@ async def open_worker(
                     records,
                     request_ids,
                     secrets,
+                    access,
                 )
                 try:
                     yield worker

@@ -5,6 +5,7 @@ the recorder actor in virtual time, request-id rules, the admin dispatch of
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from dataclasses import replace
@@ -391,3 +392,65 @@ async def test_a_worker_records_calls_that_reached_the_function(tmp_path: Path) 
         async with open_worker(config, tmp_path, pool=pool) as worker:
             assert (await worker.record("fn", "lb.1")).status == 200
             assert worker.claim_request_id("fn", "lb.1") != "lb.1"
+
+
+#: The records table as the first schema made it (before ``owner``).
+FIRST_SCHEMA = """
+CREATE TABLE records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    function TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    started REAL NOT NULL,
+    failed INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    stdout TEXT NOT NULL,
+    stderr TEXT NOT NULL,
+    UNIQUE (function, request_id)
+);
+CREATE INDEX records_by_function ON records (function, seq);
+CREATE INDEX records_by_age ON records (started);
+"""
+
+
+def test_an_older_database_gains_the_owner_column(tmp_path: Path) -> None:
+    """A records.db made before owners existed is migrated in place: its rows
+    stay readable (owner null) and new records keep their owner in the column."""
+    path = tmp_path / "records.db"
+    old = sqlite3.connect(path)
+    old.executescript(FIRST_SCHEMA)
+    data = rec(1).as_json()
+    stdout, stderr = data.pop("stdout"), data.pop("stderr")
+    del data["owner"]  # the old JSON had no owner either
+    old.execute(
+        "INSERT INTO records (function, request_id, started, failed, data, stdout, stderr) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ("fn", "r1", T0 + 1, 0, json.dumps(data), stdout, stderr),
+    )
+    old.commit()
+    old.close()
+
+    reader = RecordStore(path)
+    assert reader.get("fn", "r1") == rec(1)  # a reader migrates too
+    store = RecordStore(path)
+    store.open()
+    assert store.write([replace(rec(2), owner="alice")]) == 1
+    assert store.get("fn", "r2").owner == "alice"  # type: ignore[union-attr]
+    assert store.get("fn", "r1").owner is None  # type: ignore[union-attr]
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT request_id, owner FROM records ORDER BY seq").fetchall()
+    indexes = {row[1] for row in conn.execute("PRAGMA index_list(records)")}
+    conn.close()
+    assert rows == [("r1", None), ("r2", "alice")]
+    assert "records_by_owner" in indexes
+    store.close()
+    again = RecordStore(path)  # migrating a migrated database changes nothing
+    again.open()
+    assert again.count() == 2
+    again.close()
+
+
+def test_a_trace_keeps_the_owner() -> None:
+    trace = CallTrace(queue_ms=0.5, owner="alice")
+    record = trace.record("r1", "fn", 200, stamp(T0), 1.0)
+    assert record.owner == "alice" and record.as_json()["owner"] == "alice"
+    assert CallTrace(queue_ms=0.5).record("r2", "fn", 200, stamp(T0), 1.0).owner is None

@@ -35,6 +35,7 @@ from quart_trio.wrappers import TrioRequest
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from .._access import Unauthorized
 from .._causes import Cause
 from .._errors import (
     BadFunctionName,
@@ -126,12 +127,14 @@ def cause_headers(cause: Cause | None) -> list[tuple[str, str]]:
 
 def error_response(exc: OlactorsError, request_id: str) -> Response:
     """The JSON answer for ``exc``, with Retry-After (429, 503 function_failing),
-    Allow (405) or X-Olactors-Cause (an error with a cause)."""
+    Allow (405), WWW-Authenticate (401) or X-Olactors-Cause (an error with a cause)."""
     headers = cause_headers(exc.cause)
     if isinstance(exc, QueueFull | FunctionFailing):
         headers.append(("Retry-After", retry_after(exc.retry_after_s)))
     if isinstance(exc, MethodNotAllowed) and exc.allowed:
         headers.append(("Allow", ", ".join(exc.allowed)))
+    if isinstance(exc, Unauthorized):
+        headers.append(("WWW-Authenticate", "Bearer"))
     return json_response(
         error_body(exc.code, exc.message, request_id, **exc.details()), exc.status, headers
     )

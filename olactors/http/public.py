@@ -12,6 +12,12 @@ ones, body), except when the runtime marks it with ``x-olactors-error``
 (handler exception, import failure, bad JSON, bad result): that becomes the
 worker's JSON error format with the runtime's status, and the marker header
 is not sent to the client.
+
+A private function (ol.yaml ``access: private``) is admitted by the worker
+before the call is queued (:meth:`olactors.worker.Worker.invoke`): the
+``Authorization: Bearer <token>`` header is checked there (401
+``unauthorized`` with ``WWW-Authenticate: Bearer`` without one, 403
+``forbidden`` for a token that does not grant the call) and not forwarded.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from quart import Response
 from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 
+from .._access import HttpCaller
 from ..sock import Invocation, InvocationResult
 from ..sock._results import runtime_error_cause
 from ._common import (
@@ -122,7 +129,8 @@ def create_public_app(worker: Worker) -> QuartTrio:
             headers=forwarded_headers(request.scope["headers"]),
             body=body,
         )
-        result = await worker.invoke(name, invocation, info.request_id)
+        caller = HttpCaller(request.headers.get("Authorization"))
+        result = await worker.invoke(name, invocation, info.request_id, caller)
         return result_response(result, info.request_id)
 
     return RawRoutedApp(__name__, route, surface="public", max_body_bytes=limit)

@@ -8,8 +8,14 @@ writer (WAL: readers see the last committed batch).
 
 Schema: one row per record, keyed by ``(function, request_id)``; ``seq``
 (an autoincrement) orders them, newest last; ``started`` is the call's start
-in seconds since the epoch (for retention by age); ``data`` is the record's
-JSON without its output, which sits in ``stdout`` and ``stderr``.
+in seconds since the epoch (for retention by age); ``owner`` the function's
+owner when the call was admitted (NULL: none; indexed with ``started``, the
+unit usage is reported by); ``data`` is the record's JSON without its
+output, which sits in ``stdout`` and ``stderr``.
+
+A database made before a column existed is migrated when a connection opens
+it (:func:`migrate`: the column is added under SQLite's write lock, old rows
+hold NULL there).
 
 ``connect`` is the seam tests use to inject a failing disk.
 """
@@ -38,11 +44,39 @@ CREATE TABLE IF NOT EXISTS records (
     data TEXT NOT NULL,
     stdout TEXT NOT NULL,
     stderr TEXT NOT NULL,
+    owner TEXT,
     UNIQUE (function, request_id)
 );
 CREATE INDEX IF NOT EXISTS records_by_function ON records (function, seq);
 CREATE INDEX IF NOT EXISTS records_by_age ON records (started);
 """
+#: Columns added after the first schema, with their SQL type (a database made
+#: before them gets them from :func:`migrate`), and the indexes that use them.
+ADDED_COLUMNS = (("owner", "TEXT"),)
+LATER_INDEXES = "CREATE INDEX IF NOT EXISTS records_by_owner ON records (owner, started);"
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, adding the columns a database made by an older
+    version lacks.  The check is repeated under the write lock (``BEGIN
+    IMMEDIATE``), so two connections migrating at once add each column once."""
+    conn.executescript(SCHEMA)
+    if not {name for name, _ in ADDED_COLUMNS} <= _columns(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            present = _columns(conn)
+            for name, sql_type in ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE records ADD COLUMN {name} {sql_type}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    conn.executescript(LATER_INDEXES)
 
 
 class RecordNotFound(OlactorsError):
@@ -91,7 +125,7 @@ class RecordStore:
         if self._writer is None:
             conn = self._connect(self.path)
             try:
-                conn.executescript(SCHEMA)
+                migrate(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -137,6 +171,7 @@ class RecordStore:
                     json.dumps(data),
                     stdout,
                     stderr,
+                    record.owner,
                 )
             )
         try:
@@ -146,8 +181,8 @@ class RecordStore:
                 before = conn.total_changes
                 conn.executemany(
                     "INSERT OR IGNORE INTO records "
-                    "(function, request_id, started, failed, data, stdout, stderr) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "(function, request_id, started, failed, data, stdout, stderr, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 return conn.total_changes - before
@@ -182,7 +217,11 @@ class RecordStore:
     # ------------------------------------------------------------ reading
     def _read(self) -> sqlite3.Connection:
         conn = self._connect(self.path)
-        conn.executescript(SCHEMA)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def recent(

@@ -191,7 +191,7 @@ class _Run:
                         pool=pool,
                         code_source=registry,
                         recording=False,  # no records store: its threads would break replay
-                        state=False,  # no state dir (secrets) either, for the same reason
+                        state=False,  # nor a state dir (secrets, tokens, owners): same reason
                     ) as worker:
                         worker.evictor.audit = partial(self.audit_eviction, worker, pool)
                         observers.start_soon(self.sample, worker, pool)

@@ -1,0 +1,172 @@
+"""Private functions and invoke tokens without root: the decision for every
+kind of token, token format and hashing, durations, ol.yaml ``access`` and
+``functions.default_access``, the tokens/owners state documents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from olactors._access import (
+    ANONYMOUS,
+    Access,
+    Forbidden,
+    HttpCaller,
+    TokenEntry,
+    TokenNotFound,
+    TrustedCaller,
+    Unauthorized,
+    bearer_token,
+    check_access,
+    issue_token,
+    parse_duration,
+)
+from olactors._config import build_config
+from olactors._errors import BadFunction, ConfigError
+from olactors._function_config import effective_access, parse_function_config
+from olactors.access import AccessState
+from olactors.state import StateDir
+
+NOW = 1_800_000_000.0
+
+
+def bearer(text: str) -> HttpCaller:
+    return HttpCaller(f"Bearer {text}")
+
+
+def tokens_of(*issued) -> dict[str, TokenEntry]:  # type: ignore[no-untyped-def]
+    return {i.entry.id: i.entry for i in issued}
+
+
+def test_decisions_for_every_kind_of_token() -> None:
+    mine = issue_token(function="f", owner=None, now=NOW, expires_in_s=None)
+    other = issue_token(function="g", owner=None, now=NOW, expires_in_s=None)
+    short = issue_token(function="f", owner=None, now=NOW, expires_in_s=60)
+    alice = issue_token(function=None, owner="alice", now=NOW, expires_in_s=None)
+    tokens = tokens_of(mine, other, short, alice)
+    revoked = issue_token(function="f", owner=None, now=NOW, expires_in_s=None)
+    tokens[revoked.entry.id] = TokenEntry(**{**_fields(revoked.entry), "revoked_at": NOW + 1})
+
+    def check(caller, owner=None, now=NOW + 10) -> None:  # type: ignore[no-untyped-def]
+        check_access(Access.PRIVATE, caller, "f", owner, tokens, now)
+
+    check(bearer(mine.text))
+    check(bearer(short.text))
+    check(bearer(alice.text), owner="alice")
+    check(TrustedCaller("cron"))  # the worker's own triggers need no token
+    check_access(Access.PUBLIC, ANONYMOUS, "f", None, {}, NOW)
+    for caller in (ANONYMOUS, HttpCaller("Basic dTpw"), HttpCaller("Bearer "), HttpCaller("")):
+        with pytest.raises(Unauthorized):
+            check(caller)
+    wrong = mine.text[:-4] + ("AAAA" if not mine.text.endswith("AAAA") else "BBBB")
+    for caller, owner, now, why in (
+        (bearer(wrong), None, NOW, "not valid"),
+        (bearer("olt_0000000000000000_" + "A" * 43), None, NOW, "not valid"),
+        (bearer("not-a-token"), None, NOW, "not valid"),
+        (bearer(other.text), None, NOW, "does not grant function 'f'"),
+        (bearer(short.text), None, NOW + 60, "expired"),
+        (bearer(revoked.text), None, NOW, "revoked"),
+        (bearer(alice.text), None, NOW, "owner's token"),
+        (bearer(alice.text), "bob", NOW, "owner's token"),
+    ):
+        with pytest.raises(Forbidden, match=why) as info:
+            check(caller, owner, now)
+        assert info.value.status == 403 and info.value.code == "forbidden"
+        assert mine.text not in info.value.message and caller.authorization not in str(info.value)
+
+
+def _fields(entry: TokenEntry) -> dict:  # type: ignore[type-arg]
+    return {f: getattr(entry, f) for f in entry.__slots__}  # type: ignore[attr-defined]
+
+
+def test_tokens_are_random_and_stored_as_a_hash() -> None:
+    a = issue_token(function="f", owner=None, now=NOW, expires_in_s=None)
+    b = issue_token(function="f", owner=None, now=NOW, expires_in_s=None)
+    assert a.text != b.text and a.entry.id != b.entry.id
+    assert a.text.startswith(f"olt_{a.entry.id}_") and len(a.text) == 4 + 16 + 1 + 43
+    stored = json.dumps(a.entry.stored())
+    assert a.text not in stored and a.text.split("_", 2)[2] not in stored
+    assert TokenEntry.from_stored(a.entry.id, a.entry.stored()) == a.entry
+    assert a.text not in repr(a) and "olt_" not in repr(HttpCaller(f"Bearer {a.text}"))
+    with pytest.raises(ValueError):
+        issue_token(function="f", owner="alice", now=NOW, expires_in_s=None)
+
+
+def test_bearer_header_parsing() -> None:
+    assert bearer_token("Bearer abc") == "abc"
+    assert bearer_token("bearer   abc ") == "abc"
+    assert bearer_token("BEARER abc") == "abc"
+    assert bearer_token(None) is None
+    assert bearer_token("Basic abc") is None
+    assert bearer_token("Bearer") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30d", 30 * 86400),
+        ("12h", 43200),
+        ("15m", 900),
+        ("90s", 90),
+        ("2w", 14 * 86400),
+        ("3600", 3600),
+        ("1.5h", 5400),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0d", "-1d", "1y", "d", "1 d x", "101000000000"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(text)
+
+
+def test_ol_yaml_access_and_the_worker_default() -> None:
+    public = build_config()
+    private = build_config(None, ["functions.default_access=private"])
+    assert public.functions.default_access == "public"
+    plain = parse_function_config("")
+    assert plain.access is None
+    assert effective_access(plain, public) is Access.PUBLIC
+    assert effective_access(plain, private) is Access.PRIVATE
+    assert parse_function_config("access: private").access is Access.PRIVATE
+    assert effective_access(parse_function_config("access: public"), private) is Access.PUBLIC
+    with pytest.raises(BadFunction, match="access must be one of public, private"):
+        parse_function_config("access: secret")
+    with pytest.raises(ConfigError, match="default_access must be one of"):
+        build_config(None, ["functions.default_access=nobody"])
+
+
+async def test_state_documents_hold_hashes_and_owners(tmp_path: Path) -> None:
+    sd = StateDir(tmp_path)
+    state = AccessState(sd, 2.0, clock=lambda: NOW)
+    issued = await state.create_token(function="f", owner=None, expires_in_s=86400)
+    owner_token = await state.create_token(function=None, owner="alice", expires_in_s=None)
+    on_disk = (tmp_path / "tokens.json").read_text()
+    assert issued.text not in on_disk and owner_token.text not in on_disk
+    listed = await state.list_tokens()
+    assert {t.id for t in listed} == {issued.entry.id, owner_token.entry.id}
+    mine = next(t for t in listed if t.id == issued.entry.id)
+    assert mine.public(NOW)["expires_at"] == "2027-01-16T08:00:00.000Z"
+    assert "hash" not in mine.public(NOW)
+    revoked = await state.revoke_token(issued.entry.id)
+    assert revoked.revoked_at == NOW and revoked.state(NOW) == "revoked"
+    assert (await state.revoke_token(issued.entry.id)).revoked_at == NOW  # again: unchanged
+    with pytest.raises(TokenNotFound):
+        await state.revoke_token("0123456789abcdef")
+    await state.set_owner("f", "alice")
+    await state.set_owner("g", "bob")
+    assert await state.list_owners() == {"f": "alice", "g": "bob"}
+    assert await state.unset_owner("g") == "bob"
+    assert await state.unset_owner("g") is None
+    # Another worker sharing the directory sees the same.
+    other = AccessState(StateDir(tmp_path), 2.0, clock=lambda: NOW)
+    assert await other.owners.current() == {"f": "alice"}
+    assert (await other.tokens.current())[issued.entry.id].revoked_at == NOW
+    # Hand-edited garbage is skipped, not guessed at.
+    sd.update("owners", lambda d: {"owners": {"f": "alice", "../x": "eve", "g": 7}})
+    assert await AccessState(sd, 2.0).list_owners() == {"f": "alice"}
