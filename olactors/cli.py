@@ -1,5 +1,5 @@
-"""`olactors` command line: serve, status, install, run, logs, why, secret, lock, init, cleanup,
-bench, simulate, cluster.
+"""`olactors` command line: serve, status, install, run, logs, why, secret, token, owner,
+lock, init, cleanup, bench, simulate, cluster.
 
 Errors a user can cause (bad config, bad path, no worker running) print one
 clear line to stderr and exit with status 2; they never show a traceback.
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("install", help="upload a function dir to a running worker's registry")
     p.add_argument("dir", type=Path, help="function directory (holding f.py)")
     p.add_argument("--name", help="function name (default: the directory's name)")
+    p.add_argument("--owner", help="set the function's owner (kept by the worker, not the code)")
     _add_path(p, overrides=False)
 
     p = sub.add_parser("run", help="invoke a function on a running worker and print its answer")
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_path(p, overrides=False)
 
     add_secret_parser(sub, _add_path)
+    _add_access_commands(sub)
 
     p = sub.add_parser(
         "lock", help="resolve a function dir's packages and write its ol.lock (exact versions)"
@@ -146,6 +148,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write CSV, JSON, summary (and PNG) here")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     return parser
+
+
+def _add_access_commands(sub: Any) -> None:
+    """``token create|list|revoke`` and ``owner set|unset|list`` (see :mod:`.cli_access`)."""
+    p = sub.add_parser("token", help="invoke tokens for private functions (admin)")
+    token = p.add_subparsers(dest="action", required=True)
+    t = token.add_parser(
+        "create",
+        help="issue a token for FUNCTION or for an owner's functions (printed once, "
+        "stored only as a hash)",
+    )
+    t.add_argument("function", nargs="?", help="the private function the token invokes")
+    t.add_argument("--owner", help="instead: every private function this owner owns")
+    t.add_argument("--expires", metavar="DURATION", help="e.g. 30d, 12h, 15m (default: never)")
+    t = token.add_parser("list", help="every token: id, function or owner, dates, state")
+    t = token.add_parser("revoke", help="revoke a token by its id")
+    t.add_argument("id", help="the token's id (from token list or token create)")
+    for t in token.choices.values():
+        t.add_argument("--json", action="store_true", help="print one JSON object")
+        _add_path(t, overrides=False)
+
+    p = sub.add_parser("owner", help="function owners (kept by the worker, shared state)")
+    owner = p.add_subparsers(dest="action", required=True)
+    o = owner.add_parser("set", help="set FUNCTION's owner to NAME")
+    o.add_argument("function")
+    o.add_argument("name", help="owner name: letters, digits, '_', '.', '-'")
+    o = owner.add_parser("unset", help="clear FUNCTION's owner")
+    o.add_argument("function")
+    o = owner.add_parser("list", help="every function's owner")
+    for o in owner.choices.values():
+        o.add_argument("--json", action="store_true", help="print one JSON object")
+        _add_path(o, overrides=False)
 
 
 # ------------------------------------------------------------------ commands
@@ -266,9 +300,18 @@ def _cmd_install(args: argparse.Namespace) -> int:
     validate_function_name(name)
     data = pack_function_dir(source, load_worker_config(args.path).registry.max_code_mb << 20)
     with _admin_client(args.path) as client:
+        if args.owner is not None:
+            # First, so the function is never served without its owner.
+            response = _admin_request(
+                client, args.path, "PUT", f"/owners/{name}", json={"owner": args.owner}
+            )
+            if not response.is_success:
+                _print_error(response)
+                return 1
         response = _admin_request(client, args.path, "POST", f"/registry/{name}", content=data)
     if response.is_success:
-        print(f"installed {name} ({len(data)} bytes packed)")
+        owned = f", owner {args.owner}" if args.owner is not None else ""
+        print(f"installed {name} ({len(data)} bytes packed{owned})")
         return 0
     _print_error(response)
     return 1
@@ -576,6 +619,18 @@ def _print_error(response: httpx.Response) -> None:
     print(text or f"HTTP {response.status_code}", file=sys.stderr)
 
 
+def _cmd_token(args: argparse.Namespace) -> int:
+    from .cli_access import token_command
+
+    return token_command(args)
+
+
+def _cmd_owner(args: argparse.Namespace) -> int:
+    from .cli_access import owner_command
+
+    return owner_command(args)
+
+
 COMMANDS = {
     "init": _cmd_init,
     "serve": _cmd_serve,
@@ -585,6 +640,8 @@ COMMANDS = {
     "logs": _cmd_logs,
     "why": _cmd_why,
     "secret": cmd_secret,
+    "token": _cmd_token,
+    "owner": _cmd_owner,
     "lock": _cmd_lock,
     "cleanup": _cmd_cleanup,
     "bench": _cmd_bench,

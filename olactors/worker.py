@@ -16,8 +16,8 @@ keeps the function's owner.  Tokens and owners live in the state directory
 (``state.dir``, see :mod:`olactors.state`), which several workers may share.
 Leaving the block shuts down gracefully: new calls get 503, queued and
 in-flight calls finish by the shutdown deadline (see
-:class:`~olactors._shutdown.ShutdownDeadline`), then every actor stops (the recorder writes what is still queued) and every
-sandbox is destroyed.
+:class:`~olactors._shutdown.ShutdownDeadline`), then every actor stops (the
+recorder writes what is still queued) and every sandbox is destroyed.
 """
 
 from __future__ import annotations

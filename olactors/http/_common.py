@@ -84,6 +84,14 @@ class NotFound(OlactorsError):
     status = 404
 
 
+class BadParameter(OlactorsError):
+    """A query parameter or request body is malformed (e.g. ``?limit=`` that is
+    not a number, a JSON body without a required field)."""
+
+    code = "bad_parameter"
+    status = 400
+
+
 class RequestTimedOut(OlactorsError):
     """The client did not send its body in time."""
 

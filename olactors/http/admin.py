@@ -25,6 +25,8 @@ format), listed in :data:`ENDPOINTS`, which the dispatcher routes by and
   its output and ``.../error`` the plain-language explanation
   (:func:`~olactors._records.explain`), as ``text/plain``.  An unknown
   function is ``404 function_not_found``, an unknown id ``404 record_not_found``
+* ``/tokens``, ``/tokens/<id>``, ``/owners``, ``/owners/<name>``: invoke
+  tokens and function owners (see :mod:`._admin_access`)
 
 Secrets (values never appear in an answer; see :mod:`olactors.secrets`):
 
@@ -60,7 +62,9 @@ from .._records import CallRecord, explain
 from .._secrets import MAX_SECRET_BYTES, validate_secret_name
 from ..records import MAX_LIST, RecordNotFound, valid_request_id
 from ..state import StateUnavailable
+from ._admin_access import ACCESS_ROUTES, access_handlers
 from ._common import (
+    BadParameter,
     NotFound,
     RawRoutedApp,
     RequestInfo,
@@ -135,6 +139,7 @@ ENDPOINTS = (
     Endpoint("/debug/{name}/{request_id}/error", ("GET",)),
     Endpoint("/debug/{name}/{request_id}", ("GET",)),
     Endpoint("/debug/{name}", ("GET",)),
+    *(Endpoint(template, methods) for template, methods in ACCESS_ROUTES),
 )
 #: Records one ``GET /debug/<name>`` returns unless ``?limit=`` says otherwise.
 DEFAULT_LIMIT = 50
@@ -149,13 +154,6 @@ class RegistryReadOnly(OlactorsError):
 
     code = "registry_read_only"
     status = 409
-
-
-class BadParameter(OlactorsError):
-    """A query parameter is malformed (e.g. ``?limit=`` that is not a number)."""
-
-    code = "bad_parameter"
-    status = 400
 
 
 def _limit(request: TrioRequest) -> int:
@@ -324,6 +322,7 @@ def create_admin_app(worker: Worker) -> QuartTrio:
         "/debug/{name}/{request_id}/stdout": debug_stdout,
         "/debug/{name}/{request_id}/stderr": debug_stderr,
         "/debug/{name}/{request_id}/error": debug_error,
+        **access_handlers(worker),
     }
     assert set(handlers) == {endpoint.template for endpoint in ENDPOINTS}
 
