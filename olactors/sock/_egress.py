@@ -4,7 +4,8 @@
 (nftables) holds the worker's table of rules (see :mod:`olactors._network`
 for the policy).  Nothing here touches a packet: the kernel does all of it.
 
-Each egress namespace gets a veth pair: ``eth0`` inside (an address
+Each egress namespace gets a veth pair, IPv4 only (no IPv6 link-local
+address on either end; the rules drop IPv6 anyway): ``eth0`` inside (an address
 ``/32`` from ``sandbox.egress_subnet``, a default route to the gateway),
 ``<prefix><n>`` on the host (the gateway address ``/32``, a route to the
 sandbox's address, the alias ``olactors-<worker id>`` recovery looks for).
@@ -190,6 +191,7 @@ class Egress:
             host_side = (
                 f"link add {name} type veth peer name eth0 netns /proc/self/fd/{netns_fd}\n"
                 f"link set dev {name} alias {iface_alias(self.worker_id)}\n"
+                f"link set dev {name} addrgenmode none\n"  # no IPv6 link-local address
                 f"addr add {gateway}/32 dev {name}\n"
                 f"link set dev {name} up\n"
                 f"route add {address}/32 dev {name} src {gateway}\n"
@@ -210,6 +212,7 @@ class Egress:
                 netns_fd,
                 "link set lo up\n"
                 f"addr add {address}/32 dev eth0\n"
+                "link set dev eth0 addrgenmode none\n"  # IPv4 only
                 "link set eth0 up\n"
                 f"route add {gateway}/32 dev eth0 scope link\n"
                 f"route add default via {gateway} dev eth0 src {address}\n",

@@ -32,7 +32,7 @@ log = logging.getLogger("olactors.sock.network")
 
 
 @dataclass(eq=False)
-class NetnsLease:
+class NetworkNamespace:
     """One sandbox's use of a namespace (``fd`` keeps it alive while held)."""
 
     key: tuple[str, Network]
@@ -51,20 +51,20 @@ class NetworkNamespaces:
     def __init__(self, egress: Egress) -> None:
         self.egress = egress
         self.zygote_fd = native.new_network_namespace()
-        self._spaces: dict[tuple[str, Network], NetnsLease] = {}
+        self._spaces: dict[tuple[str, Network], NetworkNamespace] = {}
         self._private = itertools.count(1)
         #: Namespaces made, and the seconds making them took (for the figures).
         self.made = 0
         self.making_s = 0.0
 
-    async def acquire(self, scope: str, network: Network) -> NetnsLease:
+    async def acquire(self, scope: str, network: Network) -> NetworkNamespace:
         """The namespace of ``scope`` (made now if it has none); release it with
         :meth:`release`.  An empty scope gets a namespace of its own."""
         key = (scope or f"\0private-{next(self._private)}", network)
         while True:
             space = self._spaces.get(key)
             if space is None:
-                space = NetnsLease(key, network, kept=bool(scope))
+                space = NetworkNamespace(key, network, kept=bool(scope))
                 self._spaces[key] = space
                 try:
                     await self._make(space)
@@ -81,7 +81,7 @@ class NetworkNamespaces:
         space.users += 1
         return space
 
-    async def release(self, space: NetnsLease) -> None:
+    async def release(self, space: NetworkNamespace) -> None:
         """One sandbox no longer uses ``space``; destroyed when nothing keeps it."""
         space.users -= 1
         if space.users <= 0 and not space.kept:
@@ -109,7 +109,7 @@ class NetworkNamespaces:
         await self.egress.aclose()
 
     # ------------------------------------------------------------- internals
-    async def _make(self, space: NetnsLease) -> None:
+    async def _make(self, space: NetworkNamespace) -> None:
         started = trio.current_time()
         fd = await trio.to_thread.run_sync(native.new_network_namespace)
         try:
@@ -131,7 +131,7 @@ class NetworkNamespaces:
             space.made_s * 1e3,
         )
 
-    async def _destroy(self, space: NetnsLease) -> None:
+    async def _destroy(self, space: NetworkNamespace) -> None:
         if self._spaces.get(space.key) is space:
             del self._spaces[space.key]
         fd, space.fd = space.fd, -1

@@ -42,7 +42,7 @@ from ._stdio import SandboxStdio
 from .cgroups import Cgroup, CgroupPool
 
 if TYPE_CHECKING:
-    from ._netns import NetnsLease
+    from ._netns import NetworkNamespace
     from ._pool import SockPool
 
 log = logging.getLogger("olactors.sandbox")
@@ -158,7 +158,7 @@ class SockSandbox:
     #: A leaf's map of the syscalls its filter blocked (see _blocked.py).
     blocked: BlockedSyscalls | None = None
     #: A leaf's network namespace, its function's (see _netns.py).
-    netns: NetnsLease | None = None
+    netns: NetworkNamespace | None = None
 
     # ------------------------------------------------------------ mechanics
     async def connect(self) -> trio.SocketStream:
