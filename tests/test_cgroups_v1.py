@@ -194,6 +194,47 @@ async def test_cpu_freeze_thaw(backend: V1Backend, processes: list) -> None:
     assert proc.wait(timeout=5) == -9
 
 
+def fds_into(directories: list[str]) -> list[str]:
+    """Paths of this process's open fds that lie in one of ``directories``."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if any(target.startswith(d + "/") for d in directories):
+            found.append(target)
+    return sorted(found)
+
+
+async def test_counters_are_read_through_kept_fds(backend: V1Backend, processes: list) -> None:
+    """A call's record reads its cgroup's counters on every call: the counter
+    files stay open (pread at 0 renders them afresh), until the cgroup is
+    paused or removed."""
+    cgroup = backend.create("kept")
+    cgroup.reset_baseline()
+    assert cgroup.usage().cpu_ns == 0
+    kept = fds_into(cgroup.paths())
+    assert {os.path.basename(path) for path in kept} == {
+        "memory.usage_in_bytes",
+        "memory.max_usage_in_bytes",
+        "memory.oom_control",
+        "pids.events",
+        "cpuacct.usage",
+    }
+    spawn_in(cgroup, BUSY, processes)
+    await wait_for(lambda: cgroup.usage().cpu_ns > 20_000_000)  # fresh through the kept fds
+    assert cgroup.usage().memory_peak_bytes > 0
+    assert fds_into(cgroup.paths()) == kept  # none opened again
+    await cgroup.freeze(timeout=2.0)
+    assert fds_into(cgroup.paths()) == []  # a paused cgroup keeps none
+    await cgroup.thaw(timeout=2.0)
+    assert cgroup.usage().cpu_ns > 20_000_000
+    assert fds_into(cgroup.paths()) == kept
+    await cgroup.remove(timeout=2.0)
+    assert fds_into(cgroup.paths()) == []
+
+
 @pytest.mark.parametrize("frozen", [False, True])
 async def test_kill_all_empties(backend: V1Backend, processes: list, frozen: bool) -> None:
     cgroup = backend.create("many")

@@ -20,7 +20,7 @@ from ..._errors import CgroupError
 from ...native import cgroup_move
 from ._anomalies import CgroupAnomalies
 from ._api import Cgroup, CgroupUsage, subtree_dir_name
-from ._files import cgroup_error, open_write_fds, read_pids
+from ._files import CounterFiles, cgroup_error, open_write_fds, read_pids
 
 #: First delay when polling the kernel for a state change, and the cap.
 POLL_FIRST_DELAY = 0.0002
@@ -67,6 +67,8 @@ class BaseCgroup(Cgroup):
         self._anomalies = anomalies
         self._baseline = RawCounters()
         self._removed = False
+        #: Its counter files, kept open (read on every call; closed once removed).
+        self._counter_files = CounterFiles()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self._dirs[0]!r}>"
@@ -160,6 +162,9 @@ class BaseCgroup(Cgroup):
 
     async def freeze(self, timeout: float) -> None:
         await self._timed("freeze", timeout, self._wait_frozen)
+        # A paused sandbox's counters are read again only once it runs: its
+        # kept fds are not worth holding meanwhile (a worker keeps many paused).
+        self._counter_files.close()
 
     async def thaw(self, timeout: float) -> None:
         await self._timed("thaw", timeout, self._wait_thawed)
@@ -171,6 +176,7 @@ class BaseCgroup(Cgroup):
 
     def _on_removed(self) -> None:
         """Release resources held for this cgroup (e.g. open fds)."""
+        self._counter_files.close()
 
     async def remove(self, timeout: float = 1.0) -> None:
         if self._removed:

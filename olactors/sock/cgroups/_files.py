@@ -22,6 +22,8 @@ def cgroup_error(action: str, path: str, exc: OSError) -> CgroupError:
 
 
 _CHUNK = 65536
+#: A counter file is far shorter (v2's cpu.stat, the longest read, is < 1 KiB).
+_COUNTER_CHUNK = 4096
 
 
 def read_text(path: str, default: object = _MISSING) -> str:
@@ -58,7 +60,14 @@ def read_text(path: str, default: object = _MISSING) -> str:
 
 def read_int(path: str, default: int | None = None) -> int:
     """Read a file holding one integer (``max`` reads as -1)."""
-    text = read_text(path, default="" if default is not None else _MISSING).strip()
+    return parse_int(
+        path, read_text(path, default="" if default is not None else _MISSING), default
+    )
+
+
+def parse_int(path: str, text: str, default: int | None = None) -> int:
+    """The integer ``text`` (read from ``path``) holds; ``max`` is -1, empty is ``default``."""
+    text = text.strip()
     if not text and default is not None:
         return default
     if text == "max":
@@ -79,15 +88,74 @@ def parse_keyed(text: str) -> dict[str, str]:
     return result
 
 
-def read_keyed_int(path: str, key: str, default: int = 0) -> int:
-    """Return integer field ``key`` of a keyed file; ``default`` if file or key is missing."""
-    value = parse_keyed(read_text(path, default="")).get(key)
+def parse_keyed_int(path: str, text: str, key: str, default: int = 0) -> int:
+    """Integer field ``key`` of keyed ``text`` (read from ``path``); ``default`` if missing."""
+    value = parse_keyed(text).get(key)
     if value is None:
         return default
     try:
         return int(value)
     except ValueError as exc:
         raise CgroupError(f"unexpected value for {key} in {path}: {value!r}") from exc
+
+
+class CounterFiles:
+    """The counter files of one cgroup, each kept open once read and read
+    again with ``pread`` at offset 0.
+
+    A cgroupfs file renders its content afresh for every read from offset 0,
+    so a kept fd always reads the current value, and a call's record (which
+    reads its cgroup's counters on every call) pays one system call per file
+    instead of open, read and close (about a tenth of the time on cgroup v1).
+    A file that does not exist (yet) is not kept: the next read tries again.
+    A kept fd that fails (its cgroup was removed) is dropped, and the file is
+    read by path as :func:`read_text` does, with the same errors and defaults.
+    :meth:`close` once the cgroup is gone.
+    """
+
+    __slots__ = ("_fds",)
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def read_text(self, path: str, default: object = _MISSING) -> str:
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return read_text(path, default)  # missing: default or CgroupError
+            self._fds[path] = fd
+        try:
+            data = os.pread(fd, _COUNTER_CHUNK, 0)
+        except OSError:
+            self._drop(path)
+            return read_text(path, default)
+        if len(data) == _COUNTER_CHUNK:  # longer than any counter file: read it whole
+            return read_text(path, default)
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise CgroupError(f"unexpected content in {path}: not ASCII") from exc
+
+    def read_int(self, path: str, default: int | None = None) -> int:
+        """:func:`read_int` through the kept fd."""
+        text = self.read_text(path, default="" if default is not None else _MISSING)
+        return parse_int(path, text, default)
+
+    def read_keyed_int(self, path: str, key: str, default: int = 0) -> int:
+        """Integer field ``key`` of a keyed file; ``default`` if file or key is missing."""
+        return parse_keyed_int(path, self.read_text(path, default=""), key, default)
+
+    def _drop(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close every kept fd (idempotent; later reads open them again)."""
+        while self._fds:
+            os.close(self._fds.popitem()[1])
 
 
 def write_text(path: str, value: str) -> None:

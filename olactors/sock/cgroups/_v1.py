@@ -24,7 +24,7 @@ from ._common import (
     remove_subtree_with,
 )
 from ._detect import V1_REQUIRED, CgroupLayout
-from ._files import make_dir, read_int, read_keyed_int, read_text, write_text
+from ._files import make_dir, read_int, read_text, write_text
 
 logger = logging.getLogger("olactors.cgroups")
 
@@ -47,6 +47,11 @@ class V1Cgroup(BaseCgroup):
     def __init__(self, name: str, dirs: dict[str, str], anomalies: CgroupAnomalies) -> None:
         super().__init__(name, list(dirs.values()), anomalies)
         self._by_controller = dict(dirs)
+        self._memory_usage = self._file("memory", "memory.usage_in_bytes")
+        self._memory_peak = self._file("memory", "memory.max_usage_in_bytes")
+        self._oom_control = self._file("memory", "memory.oom_control")
+        self._pids_events = self._file("pids", "pids.events")
+        self._cpu_usage = self._file("cpuacct", "cpuacct.usage")
 
     def _file(self, controller: str, filename: str) -> str:
         return os.path.join(self._by_controller[controller], filename)
@@ -84,17 +89,17 @@ class V1Cgroup(BaseCgroup):
     # -- accounting -------------------------------------------------------
 
     def _read_counters(self) -> RawCounters:
-        memory = self._by_controller["memory"]
+        files = self._counter_files
         return RawCounters(
-            memory_bytes=read_int(os.path.join(memory, "memory.usage_in_bytes"), 0),
-            memory_peak_bytes=read_int(os.path.join(memory, "memory.max_usage_in_bytes"), 0),
-            oom_kills=read_keyed_int(os.path.join(memory, "memory.oom_control"), "oom_kill"),
-            pids_limit_hits=read_keyed_int(self._file("pids", "pids.events"), "max"),
-            cpu_ns=read_int(self._file("cpuacct", "cpuacct.usage"), 0),
+            memory_bytes=files.read_int(self._memory_usage, 0),
+            memory_peak_bytes=files.read_int(self._memory_peak, 0),
+            oom_kills=files.read_keyed_int(self._oom_control, "oom_kill"),
+            pids_limit_hits=files.read_keyed_int(self._pids_events, "max"),
+            cpu_ns=files.read_int(self._cpu_usage, 0),
         )
 
     def _reset_peak(self) -> None:
-        write_text(self._file("memory", "memory.max_usage_in_bytes"), "0")
+        write_text(self._memory_peak, "0")
 
     # -- state ------------------------------------------------------------
 

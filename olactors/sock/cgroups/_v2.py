@@ -50,8 +50,6 @@ from ._files import (
     cgroup_error,
     make_dir,
     parse_keyed,
-    read_int,
-    read_keyed_int,
     read_text,
     write_text,
 )
@@ -122,6 +120,11 @@ class V2Cgroup(BaseCgroup):
         super().__init__(name, [path], anomalies)
         self.path = path
         self._peak_fd: int | None = None
+        self._memory_current = self._file("memory.current")
+        self._memory_peak = self._file("memory.peak")
+        self._memory_events = self._file("memory.events")
+        self._pids_events = self._file("pids.events")
+        self._cpu_stat = self._file("cpu.stat")
 
     def _file(self, filename: str) -> str:
         return os.path.join(self.path, filename)
@@ -142,12 +145,13 @@ class V2Cgroup(BaseCgroup):
     # -- accounting -------------------------------------------------------
 
     def _read_counters(self) -> RawCounters:
+        files = self._counter_files
         return RawCounters(
-            memory_bytes=read_int(self._file("memory.current"), 0),
+            memory_bytes=files.read_int(self._memory_current, 0),
             memory_peak_bytes=self._read_peak(),
-            oom_kills=read_keyed_int(self._file("memory.events"), "oom_kill"),
-            pids_limit_hits=read_keyed_int(self._file("pids.events"), "max"),
-            cpu_ns=read_keyed_int(self._file("cpu.stat"), "usage_usec") * 1000,
+            oom_kills=files.read_keyed_int(self._memory_events, "oom_kill"),
+            pids_limit_hits=files.read_keyed_int(self._pids_events, "max"),
+            cpu_ns=files.read_keyed_int(self._cpu_stat, "usage_usec") * 1000,
         )
 
     def _read_peak(self) -> int:
@@ -157,7 +161,7 @@ class V2Cgroup(BaseCgroup):
                 return int(os.pread(self._peak_fd, 64, 0).split()[0])
             except (OSError, ValueError, IndexError):
                 self._close_peak_fd()
-        return read_int(self._file("memory.peak"), 0)
+        return self._counter_files.read_int(self._memory_peak, 0)
 
     def _reset_peak(self) -> None:
         """Open memory.peak and reset it for that fd (kernel >= 6.12); fall back silently.
@@ -197,11 +201,13 @@ class V2Cgroup(BaseCgroup):
             self._peak_fd = None
 
     def _on_removed(self) -> None:
+        super()._on_removed()
         self._close_peak_fd()
 
     def close(self) -> None:
-        """Release the fd kept for memory.peak (also done by :meth:`remove`)."""
-        self._close_peak_fd()
+        """Release the fds kept for memory.peak and the counters (also done by
+        :meth:`remove`)."""
+        self._on_removed()
 
     # -- state ------------------------------------------------------------
 
