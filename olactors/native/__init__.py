@@ -38,6 +38,7 @@ SPAWN_STEPS = (
     "parent exited before the child could follow it",
     "mount /proc",
     "drop capabilities",
+    "new session",
 )
 
 
@@ -112,7 +113,7 @@ def proc_pidns_option() -> bool:
 class SpawnSpec:
     """Everything a fresh sandbox process needs.  The child is created in new
     PID/UTS/IPC namespaces (``clone_flags``), then, in this order before
-    ``execve``: joins its cgroups, joins ``netns_fd``, sets the hostname,
+    ``execve``: joins its cgroups, leads a new session, joins ``netns_fd``, sets the hostname,
     mounts ``proc`` (a procfs of its own PID namespace, as PID 1 of it),
     chroots to ``root_fd``, sets up fds, drops every capability not in
     ``cap_keep`` from the bounding set, drops to ``uid``/``gid``, empties

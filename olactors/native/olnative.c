@@ -113,6 +113,7 @@ enum {
     OL_STEP_PARENT_GONE,
     OL_STEP_PROC,
     OL_STEP_CAPS,
+    OL_STEP_SESSION,
 };
 
 #define OL_CAP_MAX 64
@@ -365,6 +366,12 @@ static int spawn_child(void *arg)
     for (i = 0; i < a->n_cgroup_fds; i++)
         if (write(a->cgroup_fds[i], "0", 1) != 1)
             return fail(a, OL_STEP_CGROUP);
+    /* A session (and process group) of its own: kill(0) and
+     * setpriority(PRIO_PGRP, 0) reach the caller's process group whatever
+     * the PID namespace, and every leaf has the same uid, so a sandbox left
+     * in the worker's group could signal every other sandbox's leaves. */
+    if (syscall(SYS_setsid) < 0)
+        return fail(a, OL_STEP_SESSION);
     /* 2. network namespace (PID/UTS/IPC came from clone flags) */
     if (a->netns_fd >= 0 && setns(a->netns_fd, CLONE_NEWNET) != 0)
         return fail(a, OL_STEP_SETNS);

@@ -475,6 +475,10 @@ def _become_child(conn: socket.socket, fds: list) -> None:
     try:
         # First: the worker mounts this sandbox's /proc while it goes on.
         conn.send(NAMESPACES_READY)
+        # A session and process group of its own, not its zygote's: kill(0)
+        # reaches a process group across PID namespaces, and its siblings
+        # (other functions' leaves) have the same uid.
+        os.setsid()
         conn.settimeout(REQUEST_TIMEOUT_S)
         request = json.loads(conn.recv(MAX_FORK_MESSAGE))
         conn.settimeout(None)
@@ -486,6 +490,10 @@ def _become_child(conn: socket.socket, fds: list) -> None:
         os.close(netns_fd)
         _proc.chroot_to_fd(root_fd)
         os.close(root_fd)
+        # stdin is the zygote's /dev/null, of the zygote's root: its own instead
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
         _proc.sethostname(request["hostname"])
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
