@@ -70,8 +70,10 @@ class Capability(enum.IntEnum):
 ZYGOTE_CAPABILITIES: Mapping[Capability, str] = {
     Capability.SYS_ADMIN: (
         "clone(CLONE_NEWPID|CLONE_NEWUTS|CLONE_NEWIPC) for each child and spare, "
-        "and sethostname in the child's new UTS namespace (the zygote's seccomp "
-        "filter still refuses mount, setns, pivot_root and user namespaces)"
+        "sethostname in the child's new UTS namespace, and setns of the child "
+        "into its function's network namespace (the zygote's seccomp filter "
+        "allows setns for CLONE_NEWNET only and still refuses mount, pivot_root "
+        "and user namespaces)"
     ),
     Capability.SYS_CHROOT: "chroot of each child into its own root (through the root dir fd)",
     Capability.SETUID: "setresuid of a leaf child to the leaf uid",

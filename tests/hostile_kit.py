@@ -106,12 +106,24 @@ except OSError:
     local = None  # loopback down in this network namespace: nothing to reach
 
 
+def _reach(family, address):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(address)
+        return 0
+    except OSError as exc:
+        return exc.errno
+    finally:
+        s.close()
+
+
 def f(event):
-    return {
-        "host": socket.gethostname(),
-        "helper": helper.poll(),
-        "secret": "victim-f00d",
-    }
+    answer = {"host": socket.gethostname(), "helper": helper.poll(), "secret": "victim-f00d"}
+    if event == "self-check":  # its own sockets are there, and reachable from inside
+        answer["abstract"] = _reach(socket.AF_UNIX, "\\0olactors-hostile-victim")
+        answer["local"] = _reach(socket.AF_INET, ("127.0.0.1", 7777)) if local else "down"
+    return answer
 """
 
 ECHO = "def f(event):\n    return event\n"
@@ -265,7 +277,8 @@ def start_worker(path: Path, *overrides: str) -> Worker:
 
 
 def stop_worker(worker: Worker) -> None:
-    """SIGTERM and wait; a worker that was killed leaves its dir to cleanup."""
+    """SIGTERM and wait; a worker that was killed leaves its dir to cleanup.
+    Either way no cgroup of it is left."""
     if worker.proc.poll() is None:
         worker.proc.send_signal(signal.SIGTERM)
         try:
@@ -275,6 +288,9 @@ def stop_worker(worker: Worker) -> None:
             worker.proc.wait()
     else:
         run_cli("cleanup", "--path", str(worker.path))
+    from olactors.sock import worker_id
+
+    assert not cgroup_dirs_named(f"olactors-{worker_id(worker.path.resolve())}")
 
 
 def served_worker(tmp_path_factory: Any, name: str, *overrides: str) -> Iterator[Worker]:
@@ -285,9 +301,6 @@ def served_worker(tmp_path_factory: Any, name: str, *overrides: str) -> Iterator
         yield worker
     finally:
         stop_worker(worker)
-        from olactors.sock import worker_id
-
-        assert not cgroup_dirs_named(f"olactors-{worker_id(path.resolve())}")
 
 
 def hostile(body: str) -> str:
