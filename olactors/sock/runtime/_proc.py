@@ -21,6 +21,7 @@ SANDBOX_NAMESPACES = CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
 _SIGCHLD = 17
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}[platform.machine()]
 _SYS_CAPSET = {"x86_64": 126, "aarch64": 91}[platform.machine()]
+_PR_CAPBSET_READ = 23
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -42,6 +43,27 @@ _libc.prctl.argtypes = [
     ctypes.c_ulong,
 ]
 _api = ctypes.pythonapi
+# capset(2)'s arguments, made once (creating ctypes array types costs ~100 us)
+_CAP_HEADER = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+_CAP_NONE = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}, all zero
+
+
+def _bounding_set() -> list:
+    """The capabilities in this process's bounding set."""
+    held = []
+    for cap in range(_CAP_MAX):
+        rc = _libc.prctl(_PR_CAPBSET_READ, cap, 0, 0, 0)
+        if rc < 0:
+            break  # beyond the kernel's last capability
+        if rc == 1:
+            held.append(cap)
+    return held
+
+
+#: Read once, when a zygote imports this module: its children hold at most
+#: these, so a leaf child drops only them (a handful of calls, not one per
+#: capability the kernel knows).
+_BOUNDING = _bounding_set()
 
 
 def _check(rc: int, what: str) -> int:
@@ -88,20 +110,13 @@ def drop_privileges(uid: int, gid: int) -> None:
     any set: the bounding set is emptied first (that needs CAP_SETPCAP, which
     the uid change takes away), the uid change empties permitted and
     effective, then inheritable and ambient are cleared."""
-    for cap in range(_CAP_MAX):
-        if _libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            if ctypes.get_errno() == errno.EINVAL:
-                break  # beyond the kernel's last capability
-            _check(-1, f"prctl(PR_CAPBSET_DROP, {cap})")
+    for cap in _BOUNDING:
+        _check(_libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {cap})")
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}, all zero
-    _check(
-        _libc.syscall(_SYS_CAPSET, ctypes.addressof(header), ctypes.addressof(data), 0, 0, 0),
-        "capset",
-    )
+    header, data = ctypes.addressof(_CAP_HEADER), ctypes.addressof(_CAP_NONE)
+    _check(_libc.syscall(_SYS_CAPSET, header, data, 0, 0, 0), "capset")
     if _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         if ctypes.get_errno() != errno.EINVAL:  # a kernel without ambient capabilities
             _check(-1, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
