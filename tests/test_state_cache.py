@@ -41,7 +41,10 @@ async def test_sees_another_writers_change_within_the_period(
     here = CountingDir(tmp_path)
     other = StateDir(tmp_path)  # another worker sharing the directory
     cache = CachedDoc(here, "owners", 2.0, owners)
+    assert cache.fresh(trio.current_time()) is None  # never read
     assert await cache.current() == {}
+    assert cache.fresh(trio.current_time() + 1.9) == {}
+    assert cache.fresh(trio.current_time() + 2.0) is None  # due for a check
     other.update("owners", lambda d: {"owners": {"f": "alice"}})
     clock.jump(1.9)
     assert await cache.current() == {}  # within the period: no I/O at all

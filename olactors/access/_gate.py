@@ -20,6 +20,7 @@ worker stops (at most one per function in the registry).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import trio
@@ -60,23 +61,40 @@ class AccessGate:
         it: :class:`~olactors._access.Unauthorized` (401),
         :class:`~olactors._access.Forbidden` (403), or the puller's
         (``function_not_found``, ``bad_function``, ``registry_unavailable``)."""
-        access = await self.access_of(name)
+        now = trio.current_time()
+        known = self._access.get(name)
+        if known is not None and now < known[1]:
+            access = known[0]
+        else:
+            access = await self.access_of(name)
         state = self.state
+        if state is None:
+            owners: Mapping[str, str] = {}
+        else:
+            fresh = state.owners.fresh(now)
+            if fresh is not None:
+                owners = fresh
+            elif access is Access.PUBLIC:
+                try:  # only for the record: a public call never waits on a broken state dir
+                    owners = await state.owners.current()
+                except StateUnavailable:
+                    owners = {}
+            else:
+                owners = await state.owners.current()
+        owner = owners.get(name)
         if access is Access.PUBLIC:
-            try:  # only for the record: a public call never waits on a broken state dir
-                owner = None if state is None else (await state.owners.current()).get(name)
-            except StateUnavailable:
-                owner = None
             return Admission(access, owner)
         if state is None:
-            owner, tokens, now = None, {}, 0.0
+            check_access(access, caller, name, owner, {}, 0.0)
         else:
-            owner = (await state.owners.current()).get(name)
-            tokens, now = await state.tokens.current(), state.clock()
-        check_access(access, caller, name, owner, tokens, now)
+            tokens = state.tokens.fresh(now)
+            if tokens is None:
+                tokens = await state.tokens.current()
+            check_access(access, caller, name, owner, tokens, state.clock())
         return Admission(access, owner)
 
     async def access_of(self, name: str) -> Access:
+        """The function's access, from the code puller when the gate's copy expired."""
         known = self._access.get(name)
         if known is not None and trio.current_time() < known[1]:
             return known[0]

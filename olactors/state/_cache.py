@@ -80,6 +80,14 @@ class CachedDoc(Generic[T]):
         """The cached value, however old (None: never read)."""
         return self._value
 
+    def fresh(self, now: float) -> T | None:
+        """The cached value if its last check is younger than the period at trio
+        time ``now``, else None (then await :meth:`current`).  The hot path of a
+        caller that already read the clock: no I/O, no await."""
+        if self._stamp is not None and now < self._checked_at + self.period_s:
+            return self._value
+        return None
+
     async def current(self) -> T:
         """The value, checked against the file if the last check is ``period_s`` old.
         Raises :class:`StateUnavailable` when the document was never readable."""
