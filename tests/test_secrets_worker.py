@@ -223,6 +223,28 @@ async def assert_nothing_leaks(served: Served, value: str, caplog) -> None:
     assert value not in caplog.text
 
 
+async def cli_refusals(worker_dir: Path) -> None:
+    """Bad names and values get clear errors; a value can come from a file."""
+    big = worker_dir.parent / "big"
+    big.write_bytes(b"x" * (64 * 1024 + 1))
+    code, _out, err = await cli(worker_dir, "secret", "set", "BIG", "--from-file", str(big))
+    assert code == 1 and json.loads(err)["error"] == "secret_too_large"
+    code, _out, err = await cli(worker_dir, "secret", "set", "../etc", stdin=b"value")
+    assert code == 2 and "bad secret name" in err
+    code, _out, err = await cli(worker_dir, "secret", "grant", "NOPE", "reader")
+    assert code == 1 and json.loads(err)["error"] == "secret_not_found"
+    code, _out, err = await cli(worker_dir, "secret", "delete", "NOPE", "--json")
+    assert code == 1 and json.loads(err)["error"] == "secret_not_found"
+    small = worker_dir.parent / "small"
+    small.write_bytes(b"from a file")
+    code, out, err = await cli(
+        worker_dir, "secret", "set", "F", "--from-file", str(small), "--json"
+    )
+    assert code == 0 and json.loads(out)["created"] is True, err
+    code, out, err = await cli(worker_dir, "secret", "delete", "F")
+    assert code == 0 and "deleted secret F" in out, err
+
+
 async def test_granted_leaf_reads_its_secret_and_nothing_else_can(
     worker_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -244,6 +266,7 @@ async def test_granted_leaf_reads_its_secret_and_nothing_else_can(
             code, out, err = await cli(worker_dir, "secret", "list", "--json")
             assert code == 0 and value not in out
             assert [(s["name"], s["version"]) for s in json.loads(out)["secrets"]] == [("DB", 1)]
+            await cli_refusals(worker_dir)
 
             got = (await call(client, "reader")).json()
             assert got["value"] == got["at_import"] == value
