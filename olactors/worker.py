@@ -320,6 +320,7 @@ class Worker:
             "latency": self.metrics.latency.summary(),
             "import_cache": self.import_cache.describe() if self.import_cache else [],
             "records": self.record_stats(),
+            "access": self.gate.describe(),
         }
         if self.secrets is not None:
             stats["secrets"] = self.secrets.describe()  # counts only, never a name or value

@@ -5,9 +5,11 @@ kind of token, token format and hashing, durations, ol.yaml ``access`` and
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
+import trio
 
 from olactors._access import (
     ANONYMOUS,
@@ -27,7 +29,12 @@ from olactors._config import build_config
 from olactors._errors import BadFunction, ConfigError
 from olactors._function_config import effective_access, parse_function_config
 from olactors.access import AccessState
+from olactors.sock import Invocation, InvocationResult
+from olactors.sock.simulated import SimulatedBehaviour, open_simulated_pool
 from olactors.state import StateDir
+from olactors.worker import open_worker
+
+from .conftest import write_function
 
 NOW = 1_800_000_000.0
 
@@ -170,3 +177,45 @@ async def test_state_documents_hold_hashes_and_owners(tmp_path: Path) -> None:
     # Hand-edited garbage is skipped, not guessed at.
     sd.update("owners", lambda d: {"owners": {"f": "alice", "../x": "eve", "g": 7}})
     assert await AccessState(sd, 2.0).list_owners() == {"f": "alice"}
+
+
+async def echo(sandbox, inv: Invocation) -> InvocationResult:  # type: ignore[no-untyped-def]
+    return InvocationResult(200, (), json.dumps(dict(inv.headers)).encode())
+
+
+async def test_the_worker_admits_before_queueing_and_trusts_its_own_triggers(
+    tmp_path: Path,
+) -> None:
+    """Through Worker.invoke (the invocation API) on the simulated pool: an
+    anonymous call of a private function never reaches an instance, a trusted
+    trigger needs no token, and the record keeps the owner."""
+    write_function(tmp_path / "registry", "priv", "def f(event):\n    return event\n")
+    (tmp_path / "registry" / "priv" / "ol.yaml").write_text("access: private\n")
+    config = build_config(None, ["memory.pool_mb=4096"])
+    behaviour = SimulatedBehaviour(rng=random.Random(1))
+    behaviour.handler = echo
+    async with open_simulated_pool(behaviour) as pool:
+        async with open_worker(config, tmp_path, pool=pool) as worker:
+            assert worker.access is not None
+            await worker.access.set_owner("priv", "alice")
+            with pytest.raises(Unauthorized):
+                await worker.invoke("priv", Invocation(), "r1")
+            assert await worker.manager.functions() == []  # nothing was queued
+            assert not pool.sandboxes()
+            issued = await worker.access.create_token(
+                function="priv", owner=None, expires_in_s=None
+            )
+            with pytest.raises(Forbidden):
+                await worker.invoke("priv", Invocation(), "r2", HttpCaller("Bearer olt_x"))
+            inv = Invocation(headers=(("authorization", f"Bearer {issued.text}"),))
+            result = await worker.invoke("priv", inv, "r3", HttpCaller(f"Bearer {issued.text}"))
+            assert result.status == 200 and "authorization" not in json.loads(result.body)
+            result = await worker.invoke("priv", Invocation(), "r4", TrustedCaller("cron"))
+            assert result.status == 200
+            with trio.fail_after(10):
+                while worker.recorder is not None and worker.recorder.counts.written < 2:
+                    await trio.sleep(0.01)
+            assert (await worker.record("priv", "r4")).owner == "alice"
+            assert [r["request_id"] for r in await worker.records("priv", 10)] == ["r4", "r3"]
+            access = (await worker.stats())["access"]
+            assert access["unauthorized"] == 1 and access["forbidden"] == 1

@@ -127,7 +127,10 @@ async def test_tokens_of_every_kind(worker_dir: Path, caplog: pytest.LogCaptureF
         assert "authorization: None" in records["priv"][0]["stderr"]
 
         # No token anywhere: records, /stats, token list, the state files, the logs.
-        stats = json.dumps(await admin_json(served, "GET", "/stats"))
+        stats_json = await admin_json(served, "GET", "/stats")
+        assert stats_json["access"]["unauthorized"] == 3
+        assert stats_json["access"]["forbidden"] == 7
+        stats = json.dumps(stats_json)
         listed = json.dumps(await admin_json(served, "GET", "/tokens"))
         state_files = " ".join(p.read_text() for p in (worker_dir / "state").glob("*.json"))
         logged = "\n".join(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .._access import Access, Caller, check_access
+from .._access import Access, Caller, Forbidden, Unauthorized, check_access
 from .._config import Config
 from .._function_config import effective_access
 from ..actors.code_puller import CodePullerRef
@@ -55,6 +55,9 @@ class AccessGate:
         self.puller = puller
         self._access: dict[str, tuple[Access, float]] = {}  # name -> (access, valid until)
         self._prune_at = _PRUNE_MIN
+        #: Calls refused for want of a token (401) and for a bad one (403).
+        self.unauthorized = 0
+        self.forbidden = 0
 
     async def admit(self, name: str, caller: Caller) -> Admission:
         """Admit the call of ``name`` by ``caller``, or raise the error that answers
@@ -85,13 +88,29 @@ class AccessGate:
         if access is Access.PUBLIC:
             return Admission(access, owner)
         if state is None:
-            check_access(access, caller, name, owner, {}, 0.0)
+            tokens, wall = {}, 0.0
         else:
-            tokens = state.tokens.fresh(now)
-            if tokens is None:
-                tokens = await state.tokens.current()
-            check_access(access, caller, name, owner, tokens, state.clock())
+            fresh_tokens = state.tokens.fresh(now)
+            tokens = fresh_tokens if fresh_tokens is not None else await state.tokens.current()
+            wall = state.clock()
+        try:
+            check_access(access, caller, name, owner, tokens, wall)
+        except Unauthorized:
+            self.unauthorized += 1
+            raise
+        except Forbidden:
+            self.forbidden += 1
+            raise
         return Admission(access, owner)
+
+    def describe(self) -> dict[str, int]:
+        """Counts for ``/stats`` (never a token, a name or an owner)."""
+        out = {"unauthorized": self.unauthorized, "forbidden": self.forbidden}
+        if self.state is not None:
+            docs = (self.state.tokens, self.state.owners)
+            out["state_reads"] = sum(doc.reads for doc in docs)
+            out["state_read_errors"] = sum(doc.read_errors for doc in docs)
+        return out
 
     async def access_of(self, name: str) -> Access:
         """The function's access, from the code puller when the gate's copy expired."""
