@@ -104,7 +104,7 @@ def access_handlers(worker: Worker) -> dict[str, Handler]:
             raise BadParameter(
                 f"expires_in_s must be a number of seconds above 0 and at most {MAX_EXPIRES_S}"
             )
-        info.target = function or f"owner {owner}"
+        info.target = function or f"owner:{owner}"
         issued = await access.create_token(function=function, owner=owner, expires_in_s=expires)
         shown = {"token": issued.text, **issued.entry.public(access.clock())}
         return json_response(shown, 201)
