@@ -48,6 +48,7 @@ MINIMUMS: dict[str, float] = {
     "limits.max_response_header_bytes": 64,
     "server.port": 0,
     "server.shutdown_timeout_s": 0,
+    "server.drain_s": 0,
     "queue.max_depth": 1,
     "queue.retry_after_s": 0,
     "functions.idle_timeout_s": 0.01,

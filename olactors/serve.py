@@ -20,8 +20,11 @@ pool's own kill timeouts, not by the deadline).  Last, ``admin.sock`` and
 
 Shutdown starts on SIGINT/SIGTERM (``handle_signals=True``, main thread only,
 as the CLI runs it) or when the ``shutdown`` event is set; a second request
-while shutting down is only logged.  Cancelling ``serve`` instead skips the
-grace period.
+while shutting down is only logged.  With ``server.drain_s`` > 0 the first
+signal drains first (:meth:`~olactors.worker.Worker.drain`: calls are still
+served, ``/healthz`` answers 503 so a load balancer stops sending) for that
+long, then shuts down; a second signal during the drain shuts down at once.
+Cancelling ``serve`` instead skips the grace period.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class _Shutdown:
         self.deadline = math.inf
         self.worker: Worker | None = None
         self.scopes: list[trio.CancelScope] = []
+        self.draining = False
 
     def request(self, why: str) -> None:
         if self.requested.is_set():
@@ -142,7 +146,7 @@ async def _serve_until_stopped(
             signals = stack.enter_context(trio.open_signal_receiver(*SHUTDOWN_SIGNALS))
         async with trio.open_nursery() as watchers:
             if signals is not None:
-                watchers.start_soon(_watch_signals, signals, control)
+                watchers.start_soon(_watch_signals, signals, control, config.server.drain_s)
             if shutdown is not None:
                 watchers.start_soon(_watch_event, shutdown, control)
             try:
@@ -219,9 +223,25 @@ async def serve_app(
     await hypercorn_serve(app, hconfig, shutdown_trigger=trigger, task_status=task_status)
 
 
-async def _watch_signals(signals: Any, control: _Shutdown) -> None:
-    async for signum in signals:
-        control.request(signal.Signals(signum).name)
+async def _watch_signals(signals: Any, control: _Shutdown, drain_s: float) -> None:
+    async with trio.open_nursery() as nursery:
+        async for signum in signals:
+            why = signal.Signals(signum).name
+            worker = control.worker
+            if drain_s > 0 and worker is not None and not control.draining:
+                control.draining = True
+                nursery.start_soon(_drain_then_shut_down, worker, control, drain_s, why)
+            else:
+                control.request(why)
+
+
+async def _drain_then_shut_down(
+    worker: Worker, control: _Shutdown, drain_s: float, why: str
+) -> None:
+    log.info("%s: draining for %.1f s before shutting down", why, drain_s)
+    worker.drain()
+    await trio.sleep(drain_s)
+    control.request(f"{why}, after draining")
 
 
 async def _watch_event(event: trio.Event, control: _Shutdown) -> None:

@@ -27,7 +27,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,8 @@ class Worker:
         self.access = access
         self.gate = AccessGate(config, access, puller)
         self.closing = False
+        #: Serving calls, but telling balancers to send no more (``/healthz`` 503).
+        self.draining = False
         self.in_flight = 0
         path = registry_path(config.registry.location, worker_dir)
         self.registry = (
@@ -177,6 +179,10 @@ class Worker:
             raise
         finally:
             self.in_flight -= 1
+            if not trace.reached_function:
+                # Refused before the function: no record holds the id, so a
+                # balancer's retry of this call may use it again.
+                self.request_ids.release(name, request_id)
             ms = (trio.current_time() - start) * 1000
             self.metrics.record_call(name if known else None, status, ms)
             if trace.reached_function and self.recorder is not None:
@@ -220,11 +226,49 @@ class Worker:
             deadline = trio.current_time() + self.config.server.shutdown_timeout_s
         self.shutdown.set(deadline)
 
+    def drain(self, on: bool = True) -> None:
+        """Start (or, ``on=False``, end) draining: calls are still served, but
+        ``/healthz`` and ``/status`` answer 503 so a load balancer sends no new
+        ones (before a shutdown, or to take the worker out of rotation)."""
+        self.draining = on
+        log.info("draining" if on else "no longer draining")
+
+    def state(self) -> str:
+        """``ok``, ``draining`` or ``shutting_down``."""
+        if self.closing:
+            return "shutting_down"
+        return "draining" if self.draining else "ok"
+
     def status(self) -> dict[str, Any]:
         return {
-            "status": "shutting_down" if self.closing else "ok",
+            "status": self.state(),
             "functions": len(self.metrics.functions),
             "sandboxes": len(self.pool.sandboxes()),
+        }
+
+    def registry_health(self) -> dict[str, Any]:
+        """The code store's health as ``/stats`` shows it: ``last_ok_at`` (when
+        the registry last answered a check, ISO 8601 UTC; null before the
+        first), ``stale_s`` (0 while the latest check succeeded; else seconds
+        since it last answered, or since the first failure if it never did:
+        how old the code served may be), ``failures`` (checks that could not
+        reach it) and ``last_error`` (null while it answers)."""
+        health = self.puller.registry_health()
+        now = trio.current_time()
+        wall = datetime.now(UTC)
+        last_ok_at = None
+        if health.last_ok is not None:
+            at = wall - timedelta(seconds=now - health.last_ok)
+            last_ok_at = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        stale_s = 0.0
+        if health.failing_since is not None:
+            since = health.last_ok if health.last_ok is not None else health.failing_since
+            stale_s = round(now - since, 3)
+        return {
+            "last_ok_at": last_ok_at,
+            "stale_s": stale_s,
+            "failures": health.failures,
+            "last_error": health.last_error,
         }
 
     def record_stats(self) -> dict[str, Any]:
@@ -321,6 +365,7 @@ class Worker:
             "import_cache": self.import_cache.describe() if self.import_cache else [],
             "records": self.record_stats(),
             "access": self.gate.describe(),
+            "registry": self.registry_health(),
         }
         if self.secrets is not None:
             stats["secrets"] = self.secrets.describe()  # counts only, never a name or value

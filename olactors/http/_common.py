@@ -36,6 +36,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .._access import Unauthorized
+from .._balancer import REFUSED_HEADER, Overloaded
 from .._causes import Cause
 from .._errors import (
     BadFunctionName,
@@ -134,11 +135,14 @@ def cause_headers(cause: Cause | None) -> list[tuple[str, str]]:
 
 
 def error_response(exc: OlactorsError, request_id: str) -> Response:
-    """The JSON answer for ``exc``, with Retry-After (429, 503 function_failing),
-    Allow (405), WWW-Authenticate (401) or X-Olactors-Cause (an error with a cause)."""
+    """The JSON answer for ``exc``, with Retry-After (429, 503 function_failing,
+    503 overloaded), Allow (405), WWW-Authenticate (401), X-Olactors-Cause (an
+    error with a cause) or X-Olactors-Refused (overloaded)."""
     headers = cause_headers(exc.cause)
-    if isinstance(exc, QueueFull | FunctionFailing):
+    if isinstance(exc, QueueFull | FunctionFailing | Overloaded):
         headers.append(("Retry-After", retry_after(exc.retry_after_s)))
+    if isinstance(exc, Overloaded):
+        headers.append((REFUSED_HEADER, exc.reason.value))
     if isinstance(exc, MethodNotAllowed) and exc.allowed:
         headers.append(("Allow", ", ".join(exc.allowed)))
     if isinstance(exc, Unauthorized):

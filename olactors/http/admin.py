@@ -5,6 +5,9 @@ format), listed in :data:`ENDPOINTS`, which the dispatcher routes by and
 ``tests/test_openapi.py`` compares with ``openapi/admin.json``:
 
 * ``GET /status``, ``GET /stats``, ``GET /functions``, ``GET /sandboxes``
+* ``POST /drain`` / ``DELETE /drain``: start / stop draining (calls are still
+  served; the public ``/healthz`` and ``/status`` answer 503 so a load
+  balancer sends no new ones); answers ``{"status": ...}``
 * ``GET /sandboxes/<id>/log``: what a live sandbox wrote outside any call
   (import time, threads between calls), its latest bytes, as ``text/plain``;
   ``404 sandbox_not_found`` for an id no live sandbox has
@@ -120,6 +123,7 @@ class Endpoint:
 
 ENDPOINTS = (
     Endpoint("/status", ("GET",)),
+    Endpoint("/drain", ("POST", "DELETE")),
     Endpoint("/stats", ("GET",)),
     Endpoint("/functions", ("GET",)),
     Endpoint("/sandboxes", ("GET",)),
@@ -208,6 +212,10 @@ def create_admin_app(worker: Worker) -> QuartTrio:
     async def status(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         current = worker.status()
         return json_response(current, status_code_for(current))
+
+    async def drain(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
+        worker.drain(request.method == "POST")
+        return json_response({"status": worker.state()})
 
     async def registry_list(request: TrioRequest, info: RequestInfo, _: Args) -> Response:
         registry = local_registry()
@@ -305,6 +313,7 @@ def create_admin_app(worker: Worker) -> QuartTrio:
 
     handlers: dict[str, Handler] = {
         "/status": status,
+        "/drain": drain,
         "/stats": stats,
         "/functions": functions,
         "/sandboxes": sandboxes,

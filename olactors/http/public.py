@@ -1,7 +1,11 @@
-"""The public HTTP app (TCP): ``ANY /run/<name>[/<path>][?query]`` and ``GET /status``.
+"""The public HTTP app (TCP): ``ANY /run/<name>[/<path>][?query]``, ``GET /status``
+and ``GET /healthz``.
 
 Nothing else is served here: every other path answers ``404 not_found``
 (the admin API lives on the worker's UNIX socket only).
+
+``/healthz`` is the load balancer's check: ``200 {"status": "ok"}`` while the
+worker serves, ``503`` with ``draining`` or ``shutting_down`` otherwise.
 
 ``/run/<name>``: the name is the raw path segment after ``/run/`` up to the
 next ``/``, checked without percent-decoding (see :func:`parse_name`); the
@@ -18,6 +22,11 @@ before the call is queued (:meth:`olactors.worker.Worker.invoke`): the
 ``Authorization: Bearer <token>`` header is checked there (401
 ``unauthorized`` with ``WWW-Authenticate: Bearer`` without one, 403
 ``forbidden`` for a token that does not grant the call) and not forwarded.
+
+A call marked by a load balancer (``X-Olactors-Balancer``) is answered by the
+retry contract of :mod:`olactors._balancer`: a refusal before anything ran is
+``503 overloaded`` (retried on another worker), and any other 503 travels as
+500 with ``X-Olactors-Status: 503`` (never retried; the balancer restores it).
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from quart_trio import QuartTrio
 from quart_trio.wrappers import TrioRequest
 
 from .._access import HttpCaller
+from .._balancer import BALANCER_HEADER, Overloaded, as_overloaded, held
+from .._errors import OlactorsError
 from ..sock import Invocation, InvocationResult
 from ..sock._results import runtime_error_cause
 from ._common import (
@@ -40,6 +51,7 @@ from ._common import (
     RequestInfo,
     cause_headers,
     error_body,
+    error_response,
     forwarded_headers,
     header_value,
     json_response,
@@ -116,6 +128,10 @@ def create_public_app(worker: Worker) -> QuartTrio:
             require_method(request.method, ("GET", "HEAD"))
             status = worker.status()
             return json_response(status, status_code_for(status))
+        if raw_path == b"/healthz":
+            require_method(request.method, ("GET", "HEAD"))
+            state = {"status": worker.state()}
+            return json_response(state, status_code_for(state))
         if not raw_path.startswith(RUN_PREFIX):
             raise NotFound(f"no endpoint at {raw_path.decode('latin-1')}")
         name, path = split_run_path(raw_path)
@@ -130,7 +146,22 @@ def create_public_app(worker: Worker) -> QuartTrio:
             body=body,
         )
         caller = HttpCaller(request.headers.get("Authorization"))
-        result = await worker.invoke(name, invocation, info.request_id, caller)
-        return result_response(result, info.request_id)
+        if BALANCER_HEADER not in request.headers:
+            result = await worker.invoke(name, invocation, info.request_id, caller)
+            return result_response(result, info.request_id)
+        try:
+            result = await worker.invoke(name, invocation, info.request_id, caller)
+        except OlactorsError as exc:
+            answer = as_overloaded(exc)
+            response = error_response(answer, info.request_id)
+            if isinstance(answer, Overloaded):
+                return response  # the one 503 the balancer retries
+        else:
+            response = result_response(result, info.request_id)
+        sent_status, extra = held(response.status_code)
+        response.status_code = sent_status
+        for header, value in extra:
+            response.headers[header] = value
+        return response
 
     return RawRoutedApp(__name__, route, surface="public", max_body_bytes=limit)

@@ -9,9 +9,12 @@ and is not already taken for that function; else the worker makes its own
 request path: :class:`RecentIds` remembers, per function, the ids of its
 newest ``keep_per_function`` calls (seeded from the store at start), which
 covers every id the store can still hold, because retention keeps at most
-that many records per function and always the newest.  Ids of calls that
-left no record (a 429, a dropped record) are remembered too: refusing such
-an id once more only means the worker picks a fresh one.  Memory is bounded
+that many records per function and always the newest.  The id of a call
+the worker refused before it reached the function (a 429, a 503
+``overloaded``) is given back (:meth:`RecentIds.release`), so a load
+balancer retrying the call, even on the same worker, keeps its id; ids of
+calls whose record was dropped stay taken: refusing such an id once more
+only means the worker picks a fresh one.  Memory is bounded
 by ``keep_per_function`` ids per function, whatever the number of calls.
 """
 
@@ -65,6 +68,15 @@ class RecentIds:
             request_id = new_request_id()
         self._add(function, request_id)
         return request_id
+
+    def release(self, function: str, request_id: str) -> None:
+        """Give back ``request_id`` of a call of ``function`` that left no record
+        (refused before it reached the function); a no-op for an unknown id."""
+        ids = self._ids.get(function)
+        if ids is not None:
+            ids.pop(request_id, None)
+            if not ids:
+                del self._ids[function]
 
     def __len__(self) -> int:
         return sum(len(ids) for ids in self._ids.values())
