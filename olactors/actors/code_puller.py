@@ -22,6 +22,10 @@ Errors: :class:`FunctionNotFound` (no such function), :class:`BadFunction`
 (500: the new code is broken; earlier snapshots stay), and
 :class:`RegistryUnavailable` (502), except that when the registry cannot be
 read and a version is cached, that version is served and a warning logged.
+While the registry cannot be read, a function that stops (``forget``) keeps
+its last good version, so it is still served when the function is called
+again during the outage.  :meth:`CodePullerRef.registry_health` says when
+the registry last answered (``/stats`` ``registry``).
 
 Snapshots are deleted only by ``release`` (an old version no instance uses;
 the current version is never deleted) and ``forget`` (the function stopped),
@@ -83,6 +87,18 @@ class FunctionCode:
     version: str
     code_dir: Path
     config: FunctionConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryHealth:
+    """When the registry last answered a check, in trio time (None: never yet),
+    and whether the latest check found it unreachable (then ``failing_since``
+    and ``last_error`` say since when and why)."""
+
+    last_ok: float | None
+    failing_since: float | None
+    failures: int
+    last_error: str | None
 
 
 # ------------------------------------------------------------------ messages
@@ -151,6 +167,11 @@ class CodePullerRef:
     def cached_names(self) -> int:
         """How many names have a current version cached."""
         return self._puller.cached_names()
+
+    def registry_health(self) -> RegistryHealth:
+        """When the registry last answered, and whether it fails now (a read of
+        the actor's state: no message)."""
+        return self._puller.health()
 
     async def _call(self, message: CodePullerMessage) -> Any:
         try:
@@ -266,6 +287,25 @@ class _CodePuller:
         self._nursery = nursery
         self._entries: dict[str, _Entry] = {}
         self._prune_at = _PRUNE_MIN
+        self._last_ok: float | None = None
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._last_error: str | None = None
+
+    def health(self) -> RegistryHealth:
+        return RegistryHealth(self._last_ok, self._failing_since, self._failures, self._last_error)
+
+    def _registry_answered(self, ok: bool, error: str | None = None) -> None:
+        now = trio.current_time()
+        if ok:
+            self._last_ok = now
+            self._failing_since = None
+            self._last_error = None
+            return
+        self._failures += 1
+        self._last_error = error
+        if self._failing_since is None:
+            self._failing_since = now
 
     def cached_names(self) -> int:
         return sum(1 for entry in self._entries.values() if entry.current is not None)
@@ -287,6 +327,10 @@ class _CodePuller:
             entry.joinable.waiters.append(message.reply)
         elif isinstance(message, ReleaseVersion):
             self._enqueue(message.name, entry, _Release(message.version, message.reply))
+        elif self._failing_since is not None and entry.current is not None:
+            # The registry is unreachable: keep the last good version, to serve
+            # it should the function be called again before the registry is back.
+            message.reply.send(None)
         else:
             entry.epoch += 1
             entry.outcome = None
@@ -344,6 +388,10 @@ class _CodePuller:
             await trio.lowlevel.checkpoint_if_cancelled()
         except OlactorsError as exc:
             failure = exc
+        if result is not None or isinstance(failure, FunctionNotFound):
+            self._registry_answered(True)
+        elif isinstance(failure, RegistryUnavailable):
+            self._registry_answered(False, failure.message)
         stale = job.epoch != entry.epoch  # a forget was queued while checking
         outcome: FunctionCode | OlactorsError
         if result is not None:
