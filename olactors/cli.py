@@ -1,5 +1,5 @@
-"""`olactors` command line: serve, status, install, run, logs, why, secret, token, owner,
-lock, init, cleanup, bench, simulate, cluster.
+"""`olactors` command line: serve, status, install, uninstall, drain, run, logs, why, secret,
+token, owner, lock, init, cleanup, bench, simulate, cluster.
 
 Errors a user can cause (bad config, bad path, no worker running) print one
 clear line to stderr and exit with status 2; they never show a traceback.
@@ -52,6 +52,20 @@ def _add_path(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
         )
 
 
+def _add_registry(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--registry",
+        metavar="URL",
+        help="the shared code store (e.g. http://store:8080); without it, the local worker's",
+    )
+    p.add_argument(
+        "--registry-auth",
+        type=Path,
+        metavar="FILE",
+        help="HTTP basic auth for the store: a file whose first line is user:password",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     summary = " ".join(__doc__.split("\n\n")[0].split())
     parser = argparse.ArgumentParser(prog="olactors", description=summary)
@@ -71,10 +85,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_path(p, overrides=False)
     p.add_argument("--json", action="store_true", help="print the raw JSON")
 
-    p = sub.add_parser("install", help="upload a function dir to a running worker's registry")
+    p = sub.add_parser(
+        "install",
+        help="upload a function dir to a running worker's registry, or publish it to "
+        "a shared code store (--registry URL)",
+    )
     p.add_argument("dir", type=Path, help="function directory (holding f.py)")
     p.add_argument("--name", help="function name (default: the directory's name)")
     p.add_argument("--owner", help="set the function's owner (kept by the worker, not the code)")
+    _add_registry(p)
+    _add_path(p, overrides=False)
+
+    p = sub.add_parser(
+        "uninstall",
+        help="remove a function from a running worker's registry, or from a shared "
+        "code store (--registry URL)",
+    )
+    p.add_argument("name", help="function name")
+    _add_registry(p)
+    _add_path(p, overrides=False)
+
+    p = sub.add_parser(
+        "drain",
+        help="take a running worker out of a load balancer's rotation: it still serves "
+        "calls, but /healthz answers 503 (--off: back in)",
+    )
+    p.add_argument("--off", action="store_true", help="stop draining")
     _add_path(p, overrides=False)
 
     p = sub.add_parser("run", help="invoke a function on a running worker and print its answer")
@@ -299,22 +335,60 @@ def _cmd_install(args: argparse.Namespace) -> int:
     name = args.name or source.resolve().name
     validate_function_name(name)
     data = pack_function_dir(source, load_worker_config(args.path).registry.max_code_mb << 20)
-    with _admin_client(args.path) as client:
-        if args.owner is not None:
-            # First, so the function is never served without its owner.
+    if args.registry is None and args.registry_auth is not None:
+        raise OlactorsError("--registry-auth goes with --registry URL")
+    if args.owner is not None:
+        # First, so the function is never served without its owner (owners live
+        # in the worker's state dir, which the workers of a cluster share).
+        with _admin_client(args.path) as client:
             response = _admin_request(
                 client, args.path, "PUT", f"/owners/{name}", json={"owner": args.owner}
             )
-            if not response.is_success:
-                _print_error(response)
-                return 1
+        if not response.is_success:
+            _print_error(response)
+            return 1
+    owned = f", owner {args.owner}" if args.owner is not None else ""
+    if args.registry is not None:
+        from .cluster.publish import open_store, publish
+
+        entry = publish(open_store(args.registry, args.registry_auth), name, data)
+        print(f"published {name} to {args.registry} ({entry['bytes']} bytes packed{owned})")
+        return 0
+    with _admin_client(args.path) as client:
         response = _admin_request(client, args.path, "POST", f"/registry/{name}", content=data)
     if response.is_success:
-        owned = f", owner {args.owner}" if args.owner is not None else ""
         print(f"installed {name} ({len(data)} bytes packed{owned})")
         return 0
     _print_error(response)
     return 1
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from ._names import validate_function_name
+
+    validate_function_name(args.name)
+    if args.registry is not None:
+        from .cluster.publish import open_store, unpublish
+
+        unpublish(open_store(args.registry, args.registry_auth), args.name)
+        print(f"removed {args.name} from {args.registry}")
+        return 0
+    if args.registry_auth is not None:
+        raise OlactorsError("--registry-auth goes with --registry URL")
+    with _admin_client(args.path) as client:
+        response = _admin_request(client, args.path, "DELETE", f"/registry/{args.name}")
+    if response.is_success:
+        print(f"removed {args.name}")
+        return 0
+    _print_error(response)
+    return 1
+
+
+def _cmd_drain(args: argparse.Namespace) -> int:
+    with _admin_client(args.path) as client:
+        state = _admin_call(client, args.path, "DELETE" if args.off else "POST", "/drain")
+    print(f"worker {args.path.resolve()}: {state['status']}")
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -636,6 +710,8 @@ COMMANDS = {
     "serve": _cmd_serve,
     "status": _cmd_status,
     "install": _cmd_install,
+    "uninstall": _cmd_uninstall,
+    "drain": _cmd_drain,
     "run": _cmd_run,
     "logs": _cmd_logs,
     "why": _cmd_why,

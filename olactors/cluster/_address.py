@@ -16,11 +16,6 @@ ID_SPACE = 1 << 20
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
-class BadAddress(OlactorsError):
-    code = "bad_address"
-    status = 400
-
-
 @dataclass(frozen=True, slots=True)
 class Address:
     host: str
@@ -35,18 +30,18 @@ def parse_address(text: str, what: str = "address") -> Address:
     that is an IP address or a DNS name (nothing a config file could misread)."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or not port_text.isdigit():
-        raise BadAddress(f"{what} {text!r} is not HOST:PORT")
+        raise OlactorsError(f"{what} {text!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise BadAddress(f"{what} {text!r}: {host!r} is not an IPv6 address") from None
+            raise OlactorsError(f"{what} {text!r}: {host!r} is not an IPv6 address") from None
     elif not _HOSTNAME.match(host):
-        raise BadAddress(f"{what} {text!r}: {host!r} is not a host name or IPv4 address")
+        raise OlactorsError(f"{what} {text!r}: {host!r} is not a host name or IPv4 address")
     port = int(port_text)
     if not 1 <= port <= 65535:
-        raise BadAddress(f"{what} {text!r}: port {port} is not in 1..65535")
+        raise OlactorsError(f"{what} {text!r}: port {port} is not in 1..65535")
     return Address(host, port)
 
 

@@ -1,0 +1,156 @@
+"""Publishing functions to the shared code store (``olactors install/uninstall
+--registry URL``).
+
+The store is a plain HTTP server (nginx with WebDAV PUT/DELETE, see
+:mod:`olactors.cluster.nginx`) holding ``<name>.tar.gz``, which workers poll
+with conditional GETs (``registry.location: URL``), and ``index.json``, the
+listing of the published functions::
+
+    {"functions": {"echo": {"archive": "echo.tar.gz", "sha256": "...",
+                            "bytes": 1234, "published_at": "2026-...Z"}}}
+
+Installing PUTs the archive, then the updated index, so the index never
+names an archive that is not there; uninstalling removes the name from the
+index, then DELETEs the archive.  The index is read, changed and written
+back: two publishers at the same moment may lose one's index entry (the
+archive itself is never lost); publish from one place at a time.
+
+Credentials for HTTP basic auth are read from ``--registry-auth FILE``: one
+line ``user:password`` (keep it mode 0600).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from .._errors import FunctionNotFound, OlactorsError
+from .._names import validate_function_name
+
+INDEX = "index.json"
+TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """A code store at ``base`` (an http(s) URL), with optional basic auth."""
+
+    base: str
+    auth: tuple[str, str] | None = None
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+
+def open_store(url: str, auth_file: Path | None) -> Store:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise OlactorsError(f"--registry {url!r} is not an http(s) URL")
+    if parts.query or parts.fragment:
+        raise OlactorsError(f"--registry {url!r}: no query or fragment, only a base URL")
+    return Store(url.rstrip("/"), None if auth_file is None else read_auth(auth_file))
+
+
+def read_auth(path: Path) -> tuple[str, str]:
+    """``user:password`` from the first line of ``path``."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise OlactorsError(f"--registry-auth {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise OlactorsError(f"--registry-auth {path}: not UTF-8 text") from None
+    user, sep, password = (lines[0].strip() if lines else "").partition(":")
+    if not sep or not user or not password:
+        raise OlactorsError(f"--registry-auth {path}: the first line must be user:password")
+    return user, password
+
+
+def _request(
+    client: httpx.Client, store: Store, method: str, name: str, content: bytes | None = None
+) -> httpx.Response:
+    url = store.url(name)
+    try:
+        return client.request(method, url, content=content, auth=store.auth)
+    except httpx.HTTPError as exc:
+        raise OlactorsError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _refused(response: httpx.Response) -> OlactorsError:
+    request = response.request
+    hint = ""
+    if response.status_code in (401, 403):
+        hint = " (is this host allowed to publish, are the --registry-auth credentials right?)"
+    return OlactorsError(
+        f"the code store refused {request.method} {request.url}: HTTP {response.status_code}{hint}"
+    )
+
+
+def read_index(client: httpx.Client, store: Store) -> dict[str, dict[str, Any]]:
+    """The store's listing (empty when it has no index yet)."""
+    response = _request(client, store, "GET", INDEX)
+    if response.status_code == 404:
+        return {}
+    if response.status_code != 200:
+        raise _refused(response)
+    try:
+        index = response.json()
+        functions = index["functions"]
+        if not isinstance(functions, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise OlactorsError(
+            f"{store.url(INDEX)} is not an olactors index ({{'functions': {{...}}}}); "
+            "fix or remove it"
+        ) from None
+    return functions
+
+
+def _write_index(client: httpx.Client, store: Store, functions: dict[str, Any]) -> None:
+    body = json.dumps({"functions": dict(sorted(functions.items()))}, indent=2).encode()
+    response = _request(client, store, "PUT", INDEX, body + b"\n")
+    if response.status_code not in (200, 201, 204):
+        raise _refused(response)
+
+
+def publish(store: Store, name: str, archive: bytes) -> dict[str, Any]:
+    """PUT ``<name>.tar.gz``, then list it in the index; the index entry."""
+    validate_function_name(name)
+    with httpx.Client(timeout=TIMEOUT_S) as client:
+        functions = read_index(client, store)  # refuse a broken index before writing
+        response = _request(client, store, "PUT", f"{name}.tar.gz", archive)
+        if response.status_code not in (200, 201, 204):
+            raise _refused(response)
+        entry = {
+            "archive": f"{name}.tar.gz",
+            "sha256": hashlib.sha256(archive).hexdigest(),
+            "bytes": len(archive),
+            "published_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
+        functions = read_index(client, store)
+        functions[name] = entry
+        _write_index(client, store, functions)
+    return entry
+
+
+def unpublish(store: Store, name: str) -> None:
+    """Drop ``name`` from the index, then DELETE its archive;
+    :class:`FunctionNotFound` when the store has neither."""
+    validate_function_name(name)
+    with httpx.Client(timeout=TIMEOUT_S) as client:
+        functions = read_index(client, store)
+        listed = functions.pop(name, None) is not None
+        if listed:
+            _write_index(client, store, functions)
+        response = _request(client, store, "DELETE", f"{name}.tar.gz")
+        if response.status_code == 404:
+            if not listed:
+                raise FunctionNotFound(f"function {name!r} is not in the code store {store.base}")
+        elif response.status_code not in (200, 204):
+            raise _refused(response)
