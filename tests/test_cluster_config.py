@@ -239,3 +239,45 @@ def test_nginx_config_refuses_bad_input(tmp_path: Path, args: list[str], message
     done = cli(*base, *args, check=False)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not out.exists()
+
+
+def test_publishing_with_basic_auth(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"publisher:{ssha('s3cret')}\n")
+    good, wrong, broken = tmp_path / "good", tmp_path / "wrong", tmp_path / "broken"
+    good.write_text("publisher:s3cret\n")
+    wrong.write_text("publisher:nope\n")
+    broken.write_text("no colon here\n")
+    code = tmp_path / "src" / "hello"
+    code.mkdir(parents=True)
+    (code / "f.py").write_text("def f(event):\n    return 'hi'\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = nginx_config(tmp_path, port, root, "--auth-file", str(htpasswd))
+    with nginx(config, port, tmp_path / "nginx.log"):
+        for auth in ([], ["--registry-auth", str(wrong)]):
+            refused = cli("install", str(code), "--registry", url, *auth, check=False)
+            assert refused.returncode == 2, refused.stderr
+            assert "refused PUT" in refused.stderr and "HTTP 401" in refused.stderr
+        assert not (root / "hello.tar.gz").exists() and not (root / "index.json").exists()
+        bad = cli(
+            "install", str(code), "--registry", url, "--registry-auth", str(broken), check=False
+        )
+        assert bad.returncode == 2 and "user:password" in bad.stderr
+        done = cli("install", str(code), "--registry", url, "--registry-auth", str(good))
+        assert "published hello" in done.stdout
+        index = httpx.get(f"{url}/index.json").json()
+        assert set(index["functions"]) == {"hello"}
+        assert index["functions"]["hello"]["archive"] == "hello.tar.gz"
+        denied = cli("uninstall", "hello", "--registry", url, check=False)
+        assert denied.returncode == 2 and "HTTP 401" in denied.stderr
+        cli("uninstall", "hello", "--registry", url, "--registry-auth", str(good))
+        assert httpx.get(f"{url}/index.json").json() == {"functions": {}}
+        assert httpx.get(f"{url}/hello.tar.gz").status_code == 404
+    for args in (["--registry", "ftp://x/"], ["--registry", "http://x/?a=1"]):
+        done = cli("install", str(code), *args, check=False)
+        assert done.returncode == 2 and "--registry" in done.stderr, done.stderr
+    done = cli("install", str(code), "--registry-auth", str(good), check=False)
+    assert done.returncode == 2 and "goes with --registry" in done.stderr
