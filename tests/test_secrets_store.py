@@ -201,6 +201,21 @@ async def test_two_workers_sharing_a_state_dir_see_changes_within_the_period(
     assert [(f.version, f.value) for f in (await two.for_function("fn")).files] == [(2, b"rotated")]
 
 
+async def test_the_warm_path_answers_from_memory_within_the_period(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    s = store(tmp_path, cache_s=2.0)
+    await s.set("DB", VALUE)
+    await s.grant("DB", "fn")
+    assert s.cached("fn", trio.current_time()) is None  # not worked out yet
+    granted = await s.for_function("fn")
+    assert s.cached("fn", trio.current_time()) is granted
+    assert s.cached("other", trio.current_time()) is None
+    mock_clock.jump(2.1)
+    assert s.cached("fn", trio.current_time()) is None  # a look is due
+    assert await s.for_function("fn") is granted  # unchanged: the same object
+
+
 async def test_concurrent_first_sets_make_one_key(tmp_path: Path) -> None:
     stores = [store(tmp_path) for _ in range(4)]
     async with trio.open_nursery() as nursery:

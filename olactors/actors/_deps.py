@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 class SecretsSource(Protocol):
     """Where a function's granted secrets come from (the secret store)."""
 
+    def cached(self, function: str, now: float) -> GrantedSecrets | None:
+        """``function``'s secrets without I/O or await if they are known and
+        younger than ``registry.cache_s`` at trio time ``now``; else None."""
+        ...
+
     async def for_function(self, function: str) -> GrantedSecrets:
         """The secrets granted to ``function`` now (within ``registry.cache_s``)."""
         ...

@@ -248,7 +248,12 @@ class FunctionActor:
             raise MethodNotAllowed(
                 f"function {self.name!r} accepts {', '.join(methods)}, not {method}", methods
             )
-        await self._check_secrets(code)
+        source = self.deps.secrets
+        granted = NO_SECRETS if source is None else source.cached(self.name, trio.current_time())
+        if granted is None:  # a look at the state dir is due
+            assert source is not None
+            granted = await source.for_function(self.name)
+        self._check_secrets(code, granted)
         self._check_waited(req)
         slot = await self._idle_instance(req)
         slot.busy = True
@@ -256,12 +261,10 @@ class FunctionActor:
         req.trace.queue_ms = (trio.current_time() - req.submitted) * 1000
         slot.requests.send_nowait(req)
 
-    async def _check_secrets(self, code: FunctionCode) -> None:
-        """The function's granted secrets, as of at most ``registry.cache_s``
-        ago: SecretNotGranted (424) for a declared one that is not granted;
-        a changed set retires the instances holding the old one."""
-        source = self.deps.secrets
-        granted = NO_SECRETS if source is None else await source.for_function(self.name)
+    def _check_secrets(self, code: FunctionCode, granted: GrantedSecrets) -> None:
+        """``granted``: the function's secrets, as of at most ``registry.cache_s``
+        ago.  SecretNotGranted (424) for a declared one that is not granted; a
+        changed set retires the instances holding the old one."""
         if code.config.secrets:
             names = granted.names
             for name in code.config.secrets:
@@ -271,7 +274,7 @@ class FunctionActor:
                         f"but it is not granted to it (olactors secret grant {name} {self.name})",
                         name,
                     )
-        if granted.fingerprint != self.secrets.fingerprint:
+        if granted is not self.secrets and granted.fingerprint != self.secrets.fingerprint:
             self._switch_secrets(granted)
 
     def _switch_secrets(self, granted: GrantedSecrets) -> None:

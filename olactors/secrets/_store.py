@@ -178,6 +178,16 @@ class SecretStore:
         return self.doc.accept(stored)
 
     # ------------------------------------------------------------ calls
+    def cached(self, function: str, now: float) -> GrantedSecrets | None:
+        """The warm path: ``function``'s secrets if the document was looked at
+        less than ``registry.cache_s`` before trio time ``now`` and they were
+        worked out since (no I/O, no await); else None (then await
+        :meth:`for_function`)."""
+        doc = self.doc.fresh(now)
+        if doc is None or doc is not self._for_doc:
+            return None
+        return self._granted.get(function)
+
     async def for_function(self, function: str) -> GrantedSecrets:
         """The secrets granted to ``function``, decrypted, as of at most
         ``registry.cache_s`` ago.  :class:`SecretKeyUnusable` when a granted
