@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("json", nargs="?", help="JSON event to send (default: no body)")
     p.add_argument("--method", default="POST", help="HTTP method (default: POST)")
+    p.add_argument(
+        "--token",
+        help="invoke token of a private function (default: $OLACTORS_TOKEN, which keeps it "
+        "out of the process list)",
+    )
     _add_path(p, overrides=False)
 
     p = sub.add_parser("logs", help="show a function's recent calls on a running worker")
@@ -408,6 +414,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise OlactorsError(f"the event is not valid JSON: {exc}") from None
         body = args.json.encode()
         headers["content-type"] = "application/json"
+    token = args.token if args.token is not None else os.environ.get("OLACTORS_TOKEN")
+    if token:
+        headers["authorization"] = f"Bearer {token}"
     endpoints = read_endpoints(args.path)
     if endpoints is None or "public" not in endpoints:
         raise WorkerNotRunning(args.path)

@@ -286,6 +286,16 @@ def test_two_workers_share_tokens_and_owners(tmp_path: Path, processes: list) ->
     assert r.returncode == 0 and r.stdout.strip().startswith("olt_"), r.stderr
     plain = r.stdout.strip()
     assert get(a, "priv", plain).status_code == 200
+    r = run_cli("run", "priv", "--path", str(a))
+    assert r.returncode == 1 and json.loads(r.stderr)["error"] == "unauthorized", r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "olactors.cli", "run", "priv", "--path", str(a)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "OLACTORS_TOKEN": plain},
+    )
+    assert r.returncode == 0 and json.loads(r.stdout) == "ok", r.stderr
     r = run_cli("token", "revoke", "0123456789abcdef", "--path", str(a))
     assert r.returncode == 1 and json.loads(r.stderr)["error"] == "token_not_found"
     r = run_cli("token", "create", "--path", str(a))
