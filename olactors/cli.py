@@ -604,11 +604,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         for name, make in SCENARIOS.items():
             print(f"{name:16} {make().description.strip().splitlines()[0]}")
         print(f"{'policy-study':16} every eviction policy at several pool sizes")
+        print(f"{'cluster-study':16} N workers behind consistent hashing and round robin")
         return 0
     if args.scenario == "policy-study":
         return _simulate_policy_study(args)
+    if args.scenario == "cluster-study":
+        return _simulate_cluster_study(args)
     if args.scenario not in SCENARIOS:
-        known = ", ".join([*SCENARIOS, "policy-study"])
+        known = ", ".join([*SCENARIOS, "policy-study", "cluster-study"])
         raise OlactorsError(f"unknown scenario {args.scenario!r} (known: {known})")
     print(f"simulating {args.scenario} with seed {args.seed} ...", flush=True)
     result = run_scenario(SCENARIOS[args.scenario](args.scale), args.seed, settings=args.set)
@@ -638,6 +641,30 @@ def _simulate_policy_study(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"policy-study-{args.seed}.md"
+        path.write_text(table + "\n")
+        print(f"wrote {path}")
+    return 0 if all(r.result.ok for r in rows) else 1
+
+
+def _simulate_cluster_study(args: argparse.Namespace) -> int:
+    from simulations.cluster_study import format_study, run_study
+
+    def progress(row) -> None:
+        s = row.result.summary
+        print(
+            f"  N {row.workers:>3}  {row.routing.value:<20}  cold share {s['cold_start_share']:.4f}"
+            f"  p99 {s['p99_ms']} ms  disk/worker {s['package_disk_mb_mean']} MB"
+            f"  ({s['real_s']:.1f} s real, digest {row.result.digest})",
+            flush=True,
+        )
+
+    print(f"cluster study with seed {args.seed}, scale {args.scale} ...", flush=True)
+    rows = run_study(args.seed, scale=args.scale, progress=progress)
+    table = format_study(rows)
+    print(table)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"cluster-study-{args.seed}.md"
         path.write_text(table + "\n")
         print(f"wrote {path}")
     return 0 if all(r.result.ok for r in rows) else 1

@@ -5,6 +5,7 @@ See :func:`run_scenario`; the scenarios themselves live in the top-level
 """
 
 from ._checks import Checker, Violation
+from ._cluster import ClusterResult, ClusterScenario, PackageModel, Routing, run_cluster
 from ._determinism import deterministic_scheduler
 from ._harness import BASE_SETTINGS, Scenario, SimResult, run_scenario
 from ._registry import SimulatedRegistry
@@ -30,7 +31,11 @@ __all__ = [
     "Action",
     "Call",
     "Checker",
+    "ClusterResult",
+    "ClusterScenario",
     "Kill",
+    "PackageModel",
+    "Routing",
     "Scenario",
     "SimResult",
     "SimulatedRegistry",
@@ -44,6 +49,7 @@ __all__ = [
     "kills",
     "merge",
     "poisson_times",
+    "run_cluster",
     "run_scenario",
     "stream_rng",
     "updates",
