@@ -4,7 +4,8 @@ Each row is one run of :func:`olactors.simulation.run_cluster`: ``N``
 simulated workers (the real actors), the same Zipf workload shape per
 worker (``FUNCTIONS_PER_WORKER`` functions and ``CALLS_PER_WORKER`` calls
 each, ``RATE_PER_WORKER`` req/s), routed by HAProxy's consistent hashing
-with ``hash-balance-factor`` 125 and by round robin.  At N = 100 that is
+with ``hash-balance-factor`` 150 (the generated config's), without
+the bound, and by round robin.  At N = 100 that is
 the issue's figure: 10,000 functions, 100,000 calls.  Keeping each
 worker's share fixed isolates what the routing does: with consistent
 hashing a worker sees about its own share of the functions whatever N is;

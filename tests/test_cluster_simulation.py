@@ -48,6 +48,16 @@ def test_consistent_hashing_keeps_functions_and_packages_on_few_workers() -> Non
     assert pure["calls_per_worker_max_over_mean"] > ch["calls_per_worker_max_over_mean"]
 
 
+def test_the_simulated_factor_is_the_generated_configs() -> None:
+    from dataclasses import fields
+
+    from olactors.cluster.haproxy import HaproxySettings
+    from olactors.simulation._cluster import DEFAULT_BALANCE_FACTOR
+
+    default = {f.name: f.default for f in fields(HaproxySettings)}["balance_factor"]
+    assert DEFAULT_BALANCE_FACTOR == default
+
+
 def test_study_table_has_every_size_and_the_gap() -> None:
     rows = run_study(1, sizes=(2, 4), scale=0.05)
     assert [r.workers for r in rows] == [2, 2, 2, 4, 4, 4]

@@ -57,9 +57,9 @@ from ._record import percentile
 from ._registry import SimulatedRegistry
 from ._workload import Zipf, function_name, lognormal_mean, poisson_times, stream_rng
 
-#: HAProxy's hash-balance-factor the cluster config uses (a worker takes at
-#: most 125 % of the average requests in flight, rounded up).
-DEFAULT_BALANCE_FACTOR = 125
+#: The hash-balance-factor ``olactors cluster haproxy-config`` writes (a worker
+#: takes at most 150 % of the average requests in flight, rounded up).
+DEFAULT_BALANCE_FACTOR = 150
 
 
 class Routing(Enum):
@@ -205,7 +205,8 @@ class _Cluster:
                             SIMULATED_WORKER_DIR,
                             pool=pool,
                             code_source=registry,
-                            recording=False,
+                            recording=False,  # no records store: its threads break replay
+                            state=False,  # nor a state dir, for the same reason
                         )
                     )
                     self.hosts[puid] = _Host(puid, worker)
