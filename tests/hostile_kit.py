@@ -308,9 +308,14 @@ def hostile(body: str) -> str:
     return PRELUDE + textwrap.dedent(body)
 
 
-#: A function that, at import, replaces the runtime's socket with its own
-#: server, which answers every request with a gigabyte body.
-RAW_SERVER_GIGABYTE = """
+def raw_server(answer: str) -> str:
+    """A function that, at import, replaces the runtime's socket with its own
+    server, which answers every request by running ``answer`` (statements on
+    ``conn``, indented by four spaces)."""
+    return RAW_SERVER.replace("{answer}", answer)
+
+
+RAW_SERVER = """
 import os, socket, threading
 
 def f(event):
@@ -321,18 +326,36 @@ listener.bind("/host/raw.sock")
 listener.listen(1)
 os.rename("/host/raw.sock", "/host/ol.sock")
 
+def answer(conn):
+{answer}
+
 def serve():
     while True:
         conn, _ = listener.accept()
         conn.recv(65536)
         try:
-            conn.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: %d\\r\\n\\r\\n" % (1 << 30))
-            chunk = b"x" * (1 << 20)
-            for _ in range(1024):
-                conn.sendall(chunk)
+            answer(conn)
         except OSError:
             pass
         conn.close()
 
 threading.Thread(target=serve, daemon=True).start()
 """
+
+#: A body of a gigabyte, streamed.
+RAW_SERVER_GIGABYTE = raw_server(
+    """
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: %d\\r\\n\\r\\n" % (1 << 30))
+    chunk = b"x" * (1 << 20)
+    for _ in range(1024):
+        conn.sendall(chunk)
+"""
+)
+
+#: A 101: switching the worker's own connection to its client.
+RAW_SERVER_SWITCH = raw_server(
+    """
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nupgrade: h2c\\r\\n"
+                 b"connection: upgrade\\r\\n\\r\\n")
+"""
+)

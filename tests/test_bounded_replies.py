@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from .hostile_kit import raw_server
 from .test_http_api import assert_json_error, serving, write_fn
 
 pytestmark = pytest.mark.root
@@ -36,35 +37,6 @@ BIG_HEADER = """
 def app(environ, start_response):
     start_response("200 OK", [("x-big", "v" * int(environ["QUERY_STRING"]))])
     return [b"ok"]
-"""
-
-# At import (the runtime already listens) the function replaces the runtime's
-# socket with its own server, which the worker's first connection reaches.
-RAW_SERVER = """
-import os, socket, threading
-
-def f(event):
-    return "ok"
-
-listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-listener.bind("/host/raw.sock")
-listener.listen(1)
-os.rename("/host/raw.sock", "/host/ol.sock")
-
-def answer(conn):
-{answer}
-
-def serve():
-    while True:
-        conn, _ = listener.accept()
-        conn.recv(65536)
-        try:
-            answer(conn)
-        except OSError:
-            pass
-        conn.close()
-
-threading.Thread(target=serve, daemon=True).start()
 """
 
 GIGABYTE = """
@@ -152,11 +124,40 @@ async def test_a_lying_server_in_the_sandbox_cannot_grow_the_worker(
 ) -> None:
     async with serving(worker_dir) as served, served.client() as client:
         write_fn(served, "echo", "def f(event):\n    return event\n")
-        write_fn(served, "liar", RAW_SERVER.replace("{answer}", answer))
+        write_fn(served, "liar", raw_server(answer))
         await still_serves(client)
         before = rss_bytes()
         for _ in range(3):
             assert reason in await refused(client, "/run/liar")
         grown = rss_bytes() - before
         assert grown < 16 * MiB, f"the worker grew by {grown / MiB:.1f} MiB"
+        await still_serves(client)
+
+
+STATUS_APP = """
+def app(environ, start_response):
+    start_response(environ["QUERY_STRING"] + " Whatever", [])
+    return [b"body"]
+"""
+
+RAW_STATUS = """
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\\r\\nupgrade: h2c\\r\\n\\r\\n")
+"""
+
+
+async def test_only_final_statuses_come_back(worker_dir: Path) -> None:
+    """A 1xx would switch or confuse the worker's own connection to its client
+    (hypercorn failed and dropped it); nothing is defined beyond 599.  An
+    app's is a 500 bad_result (its sandbox lives on), a lying server's a 502."""
+    async with serving(worker_dir) as served, served.client() as client:
+        write_fn(served, "echo", "def f(event):\n    return event\n")
+        write_fn(served, "status", STATUS_APP)
+        write_fn(served, "liar", raw_server(RAW_STATUS))
+        for status in ("100", "101", "199", "600", "999"):
+            response = await client.post(f"/run/status?{status}")
+            body = assert_json_error(response, 500, "bad_result")
+            assert "200-599" in body["message"], body
+        for status in ("200", "204", "404", "599"):
+            assert (await client.post(f"/run/status?{status}")).status_code == int(status)
+        assert "not a response's (200-599)" in await refused(client, "/run/liar")
         await still_serves(client)

@@ -23,6 +23,7 @@ import pytest
 
 from .hostile_kit import (
     RAW_SERVER_GIGABYTE,
+    RAW_SERVER_SWITCH,
     Worker,
     alive,
     host_processes_with,
@@ -655,6 +656,20 @@ def test_a_gigabyte_reply(worker):
     body = response.json()
     assert body["error"] == "bad_response" and body["cause"]["code"] == "bad_response"
     assert "limits.max_response_bytes" in body["cause"]["detail"]["reason"]
+    worker.victim_unharmed()
+
+
+def test_a_switching_status_reply(worker):
+    """A 101 relayed to the client would switch the worker's own connection."""
+    worker.write("switch", RAW_SERVER_SWITCH)
+    with worker.client() as client:
+        response = client.post("/run/switch")
+        assert response.status_code == 502, response.text
+        body = response.json()
+        assert body["error"] == "bad_response" and body["cause"]["code"] == "bad_response"
+        assert "status 101" in body["cause"]["detail"]["reason"]
+        # the same client connection serves on
+        assert client.post("/run/echo", json=[1]).json() == [1]
     worker.victim_unharmed()
 
 

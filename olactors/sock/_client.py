@@ -20,6 +20,7 @@ import trio
 from ._api import Invocation, InvocationResult
 
 READ_SIZE = 65536
+MIN_STATUS, MAX_STATUS = 200, 599
 PATH_SAFE = "/:@!$&'()*+,;=-._~"
 QUERY_SAFE = PATH_SAFE + "?%"
 
@@ -118,6 +119,10 @@ class LeafClient:
             status = int(lines[0].split(" ", 2)[1])
         except (IndexError, ValueError):
             raise BadResponse(f"bad status line {lines[0][:200]!r}") from None
+        if not MIN_STATUS <= status <= MAX_STATUS:
+            # 1xx are interim (a 101 would switch the worker's own connection
+            # to its client); nothing is defined beyond 599.
+            raise BadResponse(f"status {status} is not a response's (200-599)")
         headers = []
         length: int | None = None
         for line in lines[1:]:

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     import asyncio  # imported on first use: most functions are not ASGI apps
 
 SCRIPT_NAME_HEADER = "x-olactors-script-name"
+#: The statuses of a final response: 1xx are interim (101 would switch the
+#: worker's own connection to the client), and nothing is defined beyond 599.
+MIN_STATUS, MAX_STATUS = 200, 599
 #: Headers an app may not set: the runtime's error marker and the framing ones.
 _DROPPED_RESPONSE_HEADERS = frozenset(
     ("x-olactors-error", "content-length", "transfer-encoding", "connection", "keep-alive")
@@ -137,8 +140,8 @@ def _wsgi_status(status: object) -> tuple:
     if not isinstance(status, str):
         raise BadResult(f"the WSGI status must be a str, not {type(status).__name__}")
     code, _, phrase = status.partition(" ")
-    if len(code) != 3 or not code.isdigit() or code[0] == "0":
-        raise BadResult(f"invalid WSGI status {status!r}")
+    if len(code) != 3 or not code.isdigit() or not MIN_STATUS <= int(code) <= MAX_STATUS:
+        raise BadResult(f"invalid WSGI status {status!r} (a response's status is 200-599)")
     phrase = phrase.strip()
     if not phrase.isprintable():
         raise BadResult(f"invalid WSGI status {status!r}")
@@ -291,8 +294,8 @@ class AsgiRunner:
                     raise BadResult("http.response.start sent twice")
                 response["headers"] = self._headers(message.get("headers", ()))
                 status = message.get("status")
-                if type(status) is not int or not 100 <= status <= 999:
-                    raise BadResult(f"invalid ASGI status {status!r}")
+                if type(status) is not int or not MIN_STATUS <= status <= MAX_STATUS:
+                    raise BadResult(f"invalid ASGI status {status!r} (200-599)")
                 response["status"] = status
             elif kind == "http.response.body":
                 if response["status"] is None:
