@@ -31,7 +31,7 @@ from olactors._function_config import effective_access, parse_function_config
 from olactors.access import AccessState
 from olactors.sock import Invocation, InvocationResult
 from olactors.sock.simulated import SimulatedBehaviour, open_simulated_pool
-from olactors.state import StateDir
+from olactors.state import StateDir, StateUnavailable
 from olactors.worker import open_worker
 
 from .conftest import write_function
@@ -177,6 +177,15 @@ async def test_state_documents_hold_hashes_and_owners(tmp_path: Path) -> None:
     # Hand-edited garbage is skipped, not guessed at.
     sd.update("owners", lambda d: {"owners": {"f": "alice", "../x": "eve", "g": 7}})
     assert await AccessState(sd, 2.0).list_owners() == {"f": "alice"}
+    # A document that is not JSON any more: 503 state_unavailable, never a 500.
+    (tmp_path / "tokens.json").write_text("{half")
+    for attempt in (
+        state.list_tokens(),
+        state.revoke_token(issued.entry.id),
+        state.create_token(function="f", owner=None, expires_in_s=None),
+    ):
+        with pytest.raises(StateUnavailable, match="not valid JSON"):
+            await attempt
 
 
 async def echo(sandbox, inv: Invocation) -> InvocationResult:  # type: ignore[no-untyped-def]

@@ -24,9 +24,9 @@ from typing import Any
 import trio
 
 from .._access import IssuedToken, TokenEntry, TokenNotFound, issue_token, valid_owner
-from .._errors import BadFunctionName
+from .._errors import BadFunctionName, ConfigError
 from .._names import validate_function_name
-from ..state import CachedDoc, StateDir, StateDoc
+from ..state import CachedDoc, StateDir, StateDoc, StateUnavailable
 
 log = logging.getLogger("olactors.access")
 
@@ -89,10 +89,16 @@ class AccessState:
     async def _update(
         self, name: str, change: Callable[[dict[str, Any]], dict[str, Any]]
     ) -> StateDoc:
-        return await trio.to_thread.run_sync(partial(self.state.update, name, change))
+        try:
+            return await trio.to_thread.run_sync(partial(self.state.update, name, change))
+        except (ConfigError, OSError) as exc:  # a broken document, an unreachable directory
+            raise StateUnavailable(f"state {name}: {exc}") from None
 
     async def _fresh(self, cache: CachedDoc[Any]) -> Any:
-        doc = await trio.to_thread.run_sync(self.state.read, cache.name)
+        try:
+            doc = await trio.to_thread.run_sync(self.state.read, cache.name)
+        except (ConfigError, OSError) as exc:
+            raise StateUnavailable(f"state {cache.name}: {exc}") from None
         return cache.accept(doc)
 
     # ------------------------------------------------------------ tokens
