@@ -93,6 +93,13 @@ import sys
 # shields from its namespace's outsiders anyway): it must survive too.
 helper = subprocess.Popen([sys.executable, "-I", "-S", "-c", "import time; time.sleep(3600)"])
 
+# IPC of its own: a System V shared memory segment and a POSIX one.
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+shm_id = _libc.shmget(0x0DD1, 4096, 0o1000 | 0o666)  # IPC_CREAT
+with open("/dev/shm/victim-segment", "wb") as seg:
+    seg.write(b"victim")
+
 # Reachable only from inside its own sandbox: an abstract UNIX socket and a
 # 127.0.0.1 listener (what another function must not reach).
 abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -119,7 +126,12 @@ def _reach(family, address):
 
 
 def f(event):
-    answer = {"host": socket.gethostname(), "helper": helper.poll(), "secret": "victim-f00d"}
+    answer = {
+        "host": socket.gethostname(),
+        "helper": helper.poll(),
+        "shm": shm_id >= 0 and os.path.exists("/dev/shm/victim-segment"),
+        "secret": "victim-f00d",
+    }
     if event == "self-check":  # its own sockets are there, and reachable from inside
         answer["abstract"] = _reach(socket.AF_UNIX, "\\0olactors-hostile-victim")
         answer["local"] = _reach(socket.AF_INET, ("127.0.0.1", 7777)) if local else "down"
@@ -218,6 +230,8 @@ class Worker:
         assert response.status_code == 200, response.text
         assert response.json()["host"] == self.victim["host"], "the victim's sandbox was replaced"
         assert response.json()["helper"] is None, "the victim's helper process died"
+        assert response.json()["shm"] is True, "the victim's IPC is gone"
+        assert nice_of(self.victim["helper_pid"]) == 0, "the victim's helper was reniced"
         assert alive(self.victim["host_pid"])
         response = self.call("echo", {"still": "serving"})
         assert response.status_code == 200 and response.json() == {"still": "serving"}
@@ -229,6 +243,11 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def nice_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19: nice
 
 
 def host_processes_with(marker: str) -> list[int]:
@@ -272,7 +291,9 @@ def start_worker(path: Path, *overrides: str) -> Worker:
     assert response.status_code == 200, response.text
     host = response.json()["host"]
     [sandbox] = [sb for sb in worker.sandboxes() if sb["id"] == host]
-    worker.victim = {"host": host, "host_pid": min(sandbox["pids"])}
+    main_pid, helper_pid = sandbox["pids"]  # the runtime (first), its helper
+    worker.victim = {"host": host, "host_pid": main_pid, "helper_pid": helper_pid}
+    assert response.json()["shm"] is True
     return worker
 
 

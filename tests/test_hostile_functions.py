@@ -413,6 +413,103 @@ def test_kill_the_worker(worker):
     worker.victim_unharmed()
 
 
+def test_renice_others(worker):
+    """setpriority reaches a process group or a uid's processes: only those
+    of its own namespace and session (the victim's helper stays at nice 0)."""
+    status, got, _ = attempt(
+        worker,
+        "renice",
+        """
+        def f(t):
+            PRIO_PGRP, PRIO_USER = 1, 2
+            return {
+                "user": errno_of(os.setpriority, PRIO_USER, os.getuid(), 19),
+                "group": errno_of(os.setpriority, PRIO_PGRP, 0, 19),
+                "victim": errno_of(os.setpriority, os.PRIO_PROCESS, t["victim_pid"], 19),
+                "up": errno_of(os.setpriority, os.PRIO_PROCESS, 0, -5),
+            }
+        """,
+        ol_yaml="reuse_sandbox: false\n",
+    )
+    assert status == 200, got
+    assert got == {"user": 0, "group": 0, "victim": ESRCH, "up": errno.EACCES}, got
+    worker.victim_unharmed()  # includes the helper's nice value
+
+
+def test_escape_the_oom_killer(worker):
+    """A process the OOM killer spares would make the host kill others."""
+    status, got, _ = attempt(
+        worker,
+        "oom-score",
+        """
+        def f(t):
+            def write(path, value):
+                with open(path, "w") as out:
+                    out.write(value)
+            return {
+                "adj": errno_of(write, "/proc/self/oom_score_adj", "-1000"),
+                "legacy": errno_of(write, "/proc/self/oom_adj", "-17"),
+                "now": open("/proc/self/oom_score_adj").read().strip(),
+            }
+        """,
+    )
+    assert status == 200, got
+    assert got == {"adj": errno.EACCES, "legacy": errno.EACCES, "now": "0"}, got
+    worker.victim_unharmed()
+
+
+def test_another_sandboxs_ipc(worker):
+    """System V IPC lives in the sandbox's IPC namespace, /dev/shm in its own tmpfs."""
+    status, got, _ = attempt(
+        worker,
+        "ipc",
+        """
+        def f(t):
+            ctypes.set_errno(0)
+            shm = libc.shmget(0x0DD1, 0, 0)
+            return {
+                "sysv": ctypes.get_errno() if shm < 0 else shm,
+                "posix": errno_of(os.stat, "/dev/shm/victim-segment"),
+                "ours": sorted(os.listdir("/dev/shm")),
+            }
+        """,
+    )
+    assert status == 200, got
+    assert got == {"sysv": ENOENT, "posix": ENOENT, "ours": []}, got
+    worker.victim_unharmed()
+
+
+def test_the_kernels_proc_files(worker):
+    """/proc is the sandbox's own, with the paths Docker masks or makes read-only."""
+    status, got, _ = attempt(
+        worker,
+        "proc-files",
+        """
+        def f(t):
+            def write(path, value):
+                with open(path, "w") as out:
+                    out.write(value)
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read(64)
+            return {
+                "sysrq": errno_of(write, "/proc/sysrq-trigger", "b"),
+                "core_pattern": errno_of(write, "/proc/sys/kernel/core_pattern", "|/tmp/x"),
+                "keys": read("/proc/keys").decode(),
+                "timer_list": read("/proc/timer_list").decode(),
+            }
+        """,
+    )
+    assert status == 200, got
+    # read-only, where this kernel has it at all
+    assert got["sysrq"] == (errno.EROFS if os.path.exists("/proc/sysrq-trigger") else ENOENT)
+    assert got["core_pattern"] == errno.EROFS, got
+    assert got["keys"] == got["timer_list"] == "", got  # masked: empty
+    with open("/proc/sys/kernel/core_pattern") as f:
+        assert not f.read().startswith("|/tmp/x")
+    worker.victim_unharmed()
+
+
 # ----------------------------------------------------- kernel attack surface
 BUF = "ctypes.addressof(ctypes.create_string_buffer(128))"
 #: attempt -> (the syscall the filter must name, the expression the function returns)
