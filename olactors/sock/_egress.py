@@ -90,11 +90,16 @@ async def loopback_up(netns_fd: int) -> None:
 
 def ensure_ip_forward() -> None:
     """NAT needs ``net.ipv4.ip_forward=1``: set it (logged) if it is not."""
-    with open(IP_FORWARD) as f:
-        if f.read().strip() == "1":
-            return
-    with open(IP_FORWARD, "w") as f:
-        f.write("1\n")
+    try:
+        with open(IP_FORWARD) as f:
+            if f.read().strip() == "1":
+                return
+        with open(IP_FORWARD, "w") as f:
+            f.write("1\n")
+    except OSError as exc:
+        raise NetworkSetupFailed(
+            f"network: egress needs net.ipv4.ip_forward=1 and it cannot be set: {exc}"
+        ) from None
     log.warning(
         "set net.ipv4.ip_forward=1 (egress sandboxes reach the outside through NAT); "
         "it stays set when the worker stops"
@@ -103,7 +108,10 @@ def ensure_ip_forward() -> None:
 
 def _take_address_lock() -> int:
     """Wait for the host-wide lock on choosing sandbox addresses; its fd (close to release)."""
-    fd = os.open(ADDRESS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fd = os.open(ADDRESS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise NetworkSetupFailed(f"cannot open {ADDRESS_LOCK}: {exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except BaseException:
@@ -113,10 +121,10 @@ def _take_address_lock() -> int:
 
 
 def _ip_json(*args: str) -> list[dict]:
-    out = subprocess.run(
-        [_tool("ip"), "-json", *args], capture_output=True, check=True, text=True
-    ).stdout
-    result = json.loads(out or "[]")
+    done = subprocess.run([_tool("ip"), "-json", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NetworkSetupFailed(f"ip -json {' '.join(args)} failed: {done.stderr.strip()}")
+    result = json.loads(done.stdout or "[]")
     return result if isinstance(result, list) else []
 
 
@@ -256,14 +264,16 @@ def check_subnet_free(policy: EgressPolicy) -> None:
 
 
 def worker_table_exists(worker_id: str) -> bool:
-    out = subprocess.run(
-        [_tool("nft"), "-json", "list", "tables", "inet"],
-        capture_output=True,
-        check=True,
-        text=True,
-    ).stdout
+    """Does the worker's table exist?  (False, logged, when nft cannot list tables.)"""
+    done = subprocess.run(
+        [_tool("nft"), "-json", "list", "tables", "inet"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        log.warning("nft cannot list tables: %s", done.stderr.strip())
+        return False
     wanted = table_name(worker_id)
-    return any(item.get("table", {}).get("name") == wanted for item in json.loads(out)["nftables"])
+    listed = json.loads(done.stdout or "{}").get("nftables", [])
+    return any(item.get("table", {}).get("name") == wanted for item in listed)
 
 
 async def recover(worker_id: str) -> list[str]:
