@@ -219,6 +219,12 @@ def bind(src: str, dst: str, *, readonly: bool, recursive: bool = False) -> None
     )
 
 
+def bind_as_source(src: str, dst: str) -> None:
+    """Bind ``src`` onto ``dst`` with the flags of the mount ``src`` is on (a
+    directory of a ``nosuid,nodev`` tmpfs gives a ``nosuid,nodev`` bind)."""
+    _check(lib.ol_bind_as_source(src.encode(), dst.encode()), f"bind {src} -> {dst}")
+
+
 def mount_tmpfs(
     dst: str,
     *,

@@ -41,6 +41,7 @@ ffibuilder.cdef(
     int ol_spawn(struct ol_spawn_args *a);
     int ol_cgroup_move(int procs_fd, int pid);
     int ol_bind(const char *src, const char *dst, int recursive, int readonly);
+    int ol_bind_as_source(const char *src, const char *dst);
     int ol_mount_tmpfs(const char *dst, const char *options, int allow_dev);
     int ol_remount_readonly(const char *path);
     int ol_umount(const char *path, int detach);

@@ -559,6 +559,12 @@ int ol_bind(const char *src, const char *dst, int recursive, int readonly)
     return 0;
 }
 
+/* A bind that keeps the flags of the mount src is on (one system call). */
+int ol_bind_as_source(const char *src, const char *dst)
+{
+    return mount(src, dst, NULL, MS_BIND, NULL);
+}
+
 int ol_mount_tmpfs(const char *dst, const char *options, int allow_dev)
 {
     unsigned long flags = MS_NOSUID | (allow_dev ? 0 : MS_NODEV);

@@ -236,10 +236,13 @@ class SandboxRoot:
             self.mounted = True
             if code_dir:
                 native.bind(code_dir, root + "/handler", readonly=True)
-            host = str(self.own_scratch) if scratch is None else scratch
-            native.bind(host, root + "/host", readonly=False)
-            native.bind(str(self.writable / TMP_DIR), root + "/tmp", readonly=False)
-            native.bind(str(self.writable / SHM_DIR), root + "/dev/shm", readonly=False)
+            # From the nosuid,nodev writable space, binds need no remount.
+            if scratch is None:
+                native.bind_as_source(str(self.own_scratch), root + "/host")
+            else:
+                native.bind(scratch, root + "/host", readonly=False)
+            native.bind_as_source(str(self.writable / TMP_DIR), root + "/tmp")
+            native.bind_as_source(str(self.writable / SHM_DIR), root + "/dev/shm")
             if packages:
                 mount_packages(root, packages)
         except BaseException:
