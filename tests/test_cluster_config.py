@@ -147,6 +147,8 @@ def test_add_and_remove_a_worker_at_run_time(tmp_path: Path) -> None:
         (["--worker", "127.0.0.1:1", "--worker", "127.0.0.1:1"], "listed twice"),
         (["--worker", "127.0.0.1:1", "--balance-factor", "90"], "above 100"),
         (["--worker", "127.0.0.1:1", "--tls-cert", "/nonexistent.pem"], "is not a file"),
+        ([], "at least one --worker"),
+        (["--worker-dns", "workers.example:5000", "--slots", "0"], "--slots"),
     ],
 )
 def test_haproxy_config_refuses_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
@@ -229,6 +231,7 @@ def test_nginx_basic_auth_for_writes(tmp_path: Path) -> None:
         (["--root", "/nonexistent-store"], "is not a directory"),
         (["--allow", "10.0.0.0/33"], "not an address or CIDR"),
         (["--auth-file", "/nonexistent"], "is not a file"),
+        (["--no-path-check"], "needs --user"),
     ],
 )
 def test_nginx_config_refuses_bad_input(tmp_path: Path, args: list[str], message: str) -> None:

@@ -31,7 +31,13 @@ from .haproxy import (
     remove_server_commands,
     render_haproxy_config,
 )
-from .nginx import DEFAULT_MAX_UPLOAD_MB, LOOPBACK, NginxSettings, render_nginx_config
+from .nginx import (
+    DEFAULT_MAX_UPLOAD_MB,
+    LOOPBACK,
+    NginxSettings,
+    check_paths,
+    render_nginx_config,
+)
 
 RUNTIME_TIMEOUT_S = 10.0
 
@@ -46,10 +52,17 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
         "--worker",
         dest="workers",
         action="append",
-        required=True,
+        default=[],
         metavar="HOST:PORT",
         help="a worker's public address (repeat for each)",
     )
+    c.add_argument(
+        "--worker-dns",
+        metavar="NAME:PORT",
+        help="find workers through DNS: every A record of NAME (a Kubernetes headless "
+        "Service), in --slots server-template slots",
+    )
+    c.add_argument("--slots", type=int, default=16, help="--worker-dns slots (default 16)")
     c.add_argument("--out", type=Path, help="write here (default: standard output)")
     c.add_argument("--tls-cert", type=Path, metavar="FILE", help="terminate TLS (PEM cert+key)")
     c.add_argument(
@@ -91,6 +104,12 @@ def add_cluster_parser(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"largest archive accepted (default {DEFAULT_MAX_UPLOAD_MB})",
     )
+    c.add_argument("--user", help="user nginx's workers run as (default: the owner of --root)")
+    c.add_argument(
+        "--no-path-check",
+        action="store_true",
+        help="do not check that --root and --auth-file exist here (a config for elsewhere)",
+    )
     c.add_argument("--out", type=Path, help="write here (default: standard output)")
 
     for verb, text in (("add-worker", "add"), ("remove-worker", "remove")):
@@ -104,6 +123,10 @@ def run_cluster(args: argparse.Namespace) -> int:
         settings = HaproxySettings(
             bind=parse_address(args.bind, "--bind"),
             workers=[parse_address(w, "--worker") for w in args.workers],
+            worker_dns=None
+            if args.worker_dns is None
+            else parse_address(args.worker_dns, "--worker-dns"),
+            slots=args.slots,
             balance=Balance(args.balance),
             tls_cert=_existing_file(args.tls_cert, "--tls-cert"),
             runtime_socket=args.runtime_socket,
@@ -116,11 +139,18 @@ def run_cluster(args: argparse.Namespace) -> int:
     if args.cluster == "nginx-config":
         nginx = NginxSettings(
             listen=parse_address(args.listen, "--listen"),
-            root=args.root,
+            root=args.root if args.no_path_check else args.root.resolve(),
             allow=args.allow or list(LOOPBACK),
-            auth_file=args.auth_file,
+            auth_file=args.auth_file
+            if args.no_path_check or args.auth_file is None
+            else args.auth_file.resolve(),
             max_upload_mb=args.max_upload_mb,
+            user=args.user,
         )
+        if not args.no_path_check:
+            check_paths(nginx)
+        elif args.user is None:
+            raise OlactorsError("--no-path-check needs --user (the root is not here to ask)")
         _emit(render_nginx_config(nginx), args.out)
         return 0
     address = parse_address(args.worker, "worker")

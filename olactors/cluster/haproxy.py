@@ -70,6 +70,10 @@ class Balance(Enum):
 class HaproxySettings:
     bind: Address
     workers: list[Address]
+    #: Workers found through DNS (every A record of this name, e.g. a Kubernetes
+    #: headless Service), in ``slots`` server-template slots.
+    worker_dns: Address | None = None
+    slots: int = 16
     balance: Balance = Balance.HASH
     tls_cert: Path | None = None
     runtime_socket: Path = DEFAULT_RUNTIME_SOCKET
@@ -101,8 +105,10 @@ def _error_line(status: int) -> str:
 
 def check_settings(settings: HaproxySettings) -> None:
     """Refuse settings HAProxy would reject or that break the contract."""
-    if not settings.workers:
-        raise OlactorsError("at least one --worker HOST:PORT is needed")
+    if not settings.workers and settings.worker_dns is None:
+        raise OlactorsError("at least one --worker HOST:PORT (or --worker-dns NAME:PORT) is needed")
+    if settings.worker_dns is not None and not 1 <= settings.slots <= 1024:
+        raise OlactorsError("--slots must be in 1..1024")
     if len(set(settings.workers)) != len(settings.workers):
         raise OlactorsError("a worker is listed twice")
     if not 101 <= settings.balance_factor <= 10000:
@@ -144,8 +150,16 @@ def render_haproxy_config(settings: HaproxySettings) -> str:
     inter = _ms(settings.check_interval_s)
     # Workers named by DNS: resolved at start if possible (else the server waits
     # down) and again while running, from the host's resolv.conf.
-    named = any(not _is_ip(address.host) for address in settings.workers)
-    resolvers = ["resolvers system", "    parse-resolv-conf", "    hold valid 10s", ""]
+    named = settings.worker_dns is not None or any(
+        not _is_ip(address.host) for address in settings.workers
+    )
+    resolvers = [
+        "resolvers system",
+        "    parse-resolv-conf",
+        "    hold valid 5s",
+        "    hold obsolete 5s",
+        "",
+    ]
     dns = " init-addr last,libc,none resolvers system" if named else ""
     lines = [
         "# haproxy.cfg for olactors workers, written by `olactors cluster haproxy-config`.",
@@ -208,9 +222,21 @@ def render_haproxy_config(settings: HaproxySettings) -> str:
         f"    http-response del-header {STATUS_HEADER}",
         f"    http-response del-header {REFUSED_HEADER}",
         *(f"    server {server_line(address, ids[address])}" for address in settings.workers),
+        *_template_lines(settings),
         "",
     ]
     return "\n".join(lines)
+
+
+def _template_lines(settings: HaproxySettings) -> list[str]:
+    dns = settings.worker_dns
+    if dns is None:
+        return []
+    return [
+        f"    # Workers from DNS: each A record of {dns.host} fills a slot (w1-w{settings.slots})",
+        "    # a slot keeps its address while the name still lists it, so the ring stays put.",
+        f"    server-template w 1-{settings.slots} {dns} check resolve-prefer ipv4 init-addr none",
+    ]
 
 
 def add_server_commands(address: Address, server_id: int) -> list[str]:

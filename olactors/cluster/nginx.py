@@ -70,12 +70,21 @@ def _owner(root: Path) -> str:
         return str(uid)
 
 
-def render_nginx_config(settings: NginxSettings) -> str:
-    root = settings.root.resolve()
-    if not root.is_dir():
+def check_paths(settings: NginxSettings) -> None:
+    """The root and the auth file exist (when the config is made where nginx runs)."""
+    if not settings.root.is_dir():
         raise OlactorsError(f"--root {settings.root} is not a directory")
     if settings.auth_file is not None and not settings.auth_file.is_file():
         raise OlactorsError(f"--auth-file {settings.auth_file} is not a file")
+
+
+def render_nginx_config(settings: NginxSettings) -> str:
+    """The nginx.conf for ``settings``; paths are used as given (absolute ones:
+    nginx reads them where it runs), the user is ``settings.user`` or the
+    owner of the root directory."""
+    root = settings.root
+    if not root.is_absolute():
+        raise OlactorsError(f"--root {root} must be an absolute path")
     if settings.max_upload_mb < 1:
         raise OlactorsError("the upload limit must be at least 1 MB")
     allowed = [check_cidr(cidr) for cidr in settings.allow]
@@ -85,7 +94,7 @@ def render_nginx_config(settings: NginxSettings) -> str:
     if settings.auth_file is not None:
         writers += [
             '            auth_basic "olactors code store";',
-            f"            auth_basic_user_file {_quote(settings.auth_file.resolve())};",
+            f"            auth_basic_user_file {_quote(settings.auth_file)};",
         ]
     listen = str(settings.listen)
     lines = [
