@@ -65,10 +65,23 @@ http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_fo
 
 # Fetches each URL of the event; reports the body or the error, quickly.
 PROBE = r"""
+import socket
 import urllib.request
 
 
 def fetch(url):
+    if url.startswith("udp://"):  # one datagram, and the answer
+        host, port = url[len("udp://"):].rsplit(":", 1)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(3)
+        try:
+            s.connect((host, int(port)))
+            s.send(b"ping")
+            return {"ok": True, "body": s.recv(100).decode()}
+        except OSError as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            s.close()
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return {"ok": True, "body": r.read().decode()}
@@ -175,13 +188,32 @@ class HostServers:
     loopback_port: int  # on 127.0.0.1 only
 
 
+def udp_echo(sock: socket.socket, stop: threading.Event) -> None:
+    """Answer each datagram with ``udp <port>`` until ``stop`` is set."""
+    port = sock.getsockname()[1]
+    sock.settimeout(0.1)
+    while not stop.is_set():
+        try:
+            _, peer = sock.recvfrom(100)
+        except TimeoutError:
+            continue
+        sock.sendto(f"udp {port}".encode(), peer)
+
+
 @pytest.fixture
 def host_servers() -> Iterator[HostServers]:
+    """HTTP servers on the host, and UDP echo servers on the same port numbers
+    as the two on every address (a DNS resolver's kind of traffic)."""
     servers = [
         http.server.ThreadingHTTPServer((host, 0), _Named)
         for host in ("0.0.0.0", "0.0.0.0", "127.0.0.1")
     ]
+    udp = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for sock, server in zip(udp, servers, strict=False):
+        sock.bind(("0.0.0.0", server.server_address[1]))
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    stop = threading.Event()
+    threads += [threading.Thread(target=udp_echo, args=(s, stop), daemon=True) for s in udp]
     for thread in threads:
         thread.start()
     try:
@@ -190,8 +222,11 @@ def host_servers() -> Iterator[HostServers]:
         for s in servers:
             s.shutdown()
             s.server_close()
+        stop.set()
         for thread in threads:
             thread.join()
+        for sock in udp:
+            sock.close()
 
 
 def host_address() -> str | None:
@@ -239,6 +274,8 @@ async def test_egress_reaches_the_internet_and_nothing_of_the_host(
             "host_service_at_gateway": f"http://{GATEWAY}:{host_servers.any_port}/",
             "host_loopback_service": f"http://127.0.0.1:{host_servers.loopback_port}/",
             "allowed_host_port": f"http://{GATEWAY}:{allowed}/",
+            "allowed_host_udp_port": f"udp://{GATEWAY}:{allowed}",
+            "host_udp_service_at_gateway": f"udp://{GATEWAY}:{host_servers.any_port}",
         }
         if lan is not None:
             targets["worker_at_lan_address"] = f"http://{lan}:{worker_port}/status"
@@ -249,6 +286,7 @@ async def test_egress_reaches_the_internet_and_nothing_of_the_host(
         got = r.json()
         assert got.pop("internet") == {"ok": True, "body": f"internet {PUBLIC}"}
         assert got.pop("allowed_host_port") == {"ok": True, "body": f"host {allowed}"}
+        assert got.pop("allowed_host_udp_port") == {"ok": True, "body": f"udp {allowed}"}
         blocked = {name: result for name, result in got.items() if result["ok"]}
         assert not blocked, f"egress reached what it must not: {blocked}"
         assert set(got) >= {"denied", "metadata", "worker_at_gateway", "host_loopback_service"}
