@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
+import subprocess
 import sys
 
 import pytest
@@ -433,3 +435,25 @@ async def test_a_worker_serves_on_after_its_functions_fill_their_space(worker_di
             response = await client.post("/run/echo", json={"still": "serving"})
             assert response.json() == {"still": "serving"}
             assert (await client.get("/status")).status_code == 200
+
+
+async def test_proc_is_not_mounted_for_a_process_that_is_gone(pool, tmp_path):
+    """The worker names the namespace by the reporter's pid: a process that
+    exited (its pid free for reuse) gets no /proc, whoever holds the pid now."""
+    from olactors._errors import SandboxError
+    from olactors.sock._procfs import ProcMounter
+
+    (tmp_path / "proc").mkdir()
+    child = subprocess.Popen(["sleep", "30"])
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        child.kill()
+        select.select([pidfd], [], [], 10)  # exited, not yet reaped: its pid still names it
+        with pytest.raises(SandboxError, match="exited"):
+            ProcMounter().mount_for(str(tmp_path), child.pid, pidfd)
+        child.wait()  # reaped: the pid names nothing (or another process)
+        with pytest.raises(SandboxError):
+            ProcMounter().mount_for(str(tmp_path), child.pid, pidfd)
+    finally:
+        os.close(pidfd)
+    assert not os.path.ismount(tmp_path / "proc")
