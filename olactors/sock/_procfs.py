@@ -12,7 +12,7 @@ So the worker mounts it, in its own (private) mount namespace, at
   thing, on its fork connection, that its namespaces exist; the worker
   mounts its ``/proc`` while the child joins its cgroups and enters its root,
   and the child waits for the worker's word before any function or package
-  code runs (:func:`mount_forked_proc`).  The worker names the namespace with
+  code runs (:meth:`ProcMounter.mount_for`).  The worker names the namespace with
   procfs's ``pidns`` option (Linux 6.18); on older kernels a short-lived
   helper process is created in the namespace only to call ``fsopen`` there.
 
