@@ -380,3 +380,27 @@ RAW_SERVER_SWITCH = raw_server(
                  b"connection: upgrade\\r\\n\\r\\n")
 """
 )
+
+#: The head, then a body of a MiB one byte every 50 ms: past any runtime limit.
+RAW_SERVER_TRICKLE = raw_server(
+    """
+    import time
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: 1048576\\r\\n\\r\\n")
+    for _ in range(1 << 20):
+        conn.sendall(b"x")
+        time.sleep(0.05)
+"""
+)
+
+#: At import, its runtime's socket becomes a symlink to the worker's admin
+#: socket (the worker's first connection to the leaf comes after the import).
+SYMLINKED_SOCKET = """
+import json, os
+
+def f(event):
+    return "served by the function"
+
+target = json.load(open("/handler/target.json"))["admin"]
+os.unlink("/host/ol.sock")
+os.symlink(target, "/host/ol.sock")
+"""

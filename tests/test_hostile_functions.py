@@ -14,6 +14,7 @@ test_hostile_network.py.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -24,6 +25,8 @@ import pytest
 from .hostile_kit import (
     RAW_SERVER_GIGABYTE,
     RAW_SERVER_SWITCH,
+    RAW_SERVER_TRICKLE,
+    SYMLINKED_SOCKET,
     Worker,
     alive,
     host_processes_with,
@@ -767,6 +770,33 @@ def test_a_switching_status_reply(worker):
         assert "status 101" in body["cause"]["detail"]["reason"]
         # the same client connection serves on
         assert client.post("/run/echo", json=[1]).json() == [1]
+    worker.victim_unharmed()
+
+
+def test_a_trickled_reply(worker):
+    """A reply that never completes holds nothing past the runtime limit."""
+    worker.write("trickle", RAW_SERVER_TRICKLE, "limits:\n  runtime_s: 1\n")
+    response = worker.call("trickle")
+    assert response.status_code == 504, response.text
+    assert response.json()["cause"] == {"code": "timeout", "detail": {"limit_s": 1.0}}
+    assert not worker.pids_of("leaf", "trickle")
+    worker.victim_unharmed()
+
+
+def test_redirect_the_worker_to_its_admin_socket(worker):
+    """Its socket swapped for a symlink to the admin socket: the worker opens
+    the name without following links and talks only to a socket that is in
+    the sandbox's own scratch dir (the DELETE never reaches the admin API)."""
+    code = worker.write("symlink", SYMLINKED_SOCKET)
+    (code / "target.json").write_text(json.dumps({"admin": str(worker.admin_path)}))
+    response = worker.call("symlink", {"method": "DELETE"})
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["error"] == "bad_response" and body["cause"] == {
+        "code": "bad_response",
+        "detail": {"reason": "ol.sock in the sandbox's scratch dir is not a socket"},
+    }
+    assert worker.admin_path.exists()
     worker.victim_unharmed()
 
 

@@ -229,12 +229,13 @@ class SockSandbox:
 
     async def diagnose(self, error: BaseException | None) -> Cause:
         """Why did it die (or fail with ``error``)?  A malformed answer first
-        (``bad_response``: it lives), a forked leaf whose zygote died
+        (``bad_response``: it lives; or its socket swapped for something
+        else), a forked leaf whose zygote died
         (``zygote_died``), the kernel's own verdicts (the cgroup's OOM kills,
         then its pids-limit hits), the exit status (a forked leaf's is
         forwarded by its zygote), then the error the caller saw; ``unknown``
         only when none of these tells."""
-        if isinstance(error, BadResponse):
+        if isinstance(error, (BadResponse, SocketRedirected)):
             return Cause.of(CauseCode.BAD_RESPONSE, reason=str(error))
         if self.watching:
             with trio.move_on_after(DIAGNOSE_EXIT_WAIT_S):
