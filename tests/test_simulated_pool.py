@@ -206,8 +206,11 @@ async def test_create_refuses_like_the_sock_pool(autojump_clock):
             await pool.create(foreign, True, None, None, LEAF)
         with pytest.raises(SandboxError, match="cannot fork from leaf"):
             await pool.create(leaf, True, None, None, LEAF)
-        with pytest.raises(SandboxError, match="cannot fork a network=host"):
+        with pytest.raises(SandboxError, match="unknown network mode 'host'"):
             await pool.create(zygote, True, None, None, SandboxMeta(network="host"))
+        # Zygotes have no network: a leaf of either mode forks from any of them.
+        egress = await pool.create(zygote, True, None, None, SandboxMeta(network="egress"))
+        await egress.destroy(released("x"))
         with pytest.raises(SandboxError, match="unknown network mode 'bogus'"):
             await fresh(pool, meta=SandboxMeta(network="bogus"))
         await zygote.pause()
@@ -221,8 +224,8 @@ async def test_create_refuses_like_the_sock_pool(autojump_clock):
         await child.destroy(released("x"))
         with pytest.raises(SandboxError, match="not a sandbox of this pool"):
             await pool.create(zygote, True, None, None, LEAF)  # released
-        host_zygote = await fresh(pool, is_leaf=False, meta=SandboxMeta(network="host"))
-        assert await pool.create(host_zygote, True, None, None, SandboxMeta(network="host"))
+        egress_zygote = await fresh(pool, is_leaf=False, meta=SandboxMeta(network="egress"))
+        assert await pool.create(egress_zygote, True, None, None, SandboxMeta(network="egress"))
         pool.closing = True
         with pytest.raises(SandboxError, match="shutting down"):
             await fresh(pool)
