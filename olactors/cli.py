@@ -313,6 +313,12 @@ def format_status(
             f"memory: {memory['used_mb']} of {memory.get('total_mb')} MB reserved, "
             f"evictions: {evictions}"
         )
+    registry = stats.get("registry") or {}
+    if registry.get("stale_s"):
+        lines.append(
+            f"code store: unreachable, serving code up to {registry['stale_s']:.0f} s old "
+            f"(last answered {registry.get('last_ok_at') or 'never'}: {registry.get('last_error')})"
+        )
     latency = stats.get("latency") or {}
     if latency.get("p50_ms") is not None and latency.get("p99_ms") is not None:
         lines.append(f"latency: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms")

@@ -363,6 +363,7 @@ def test_a_worker_serves_the_last_good_version_while_the_store_is_down(cluster: 
     registry = worker.stats()["registry"]
     assert registry["stale_s"] > 0 and registry["failures"] >= 1
     assert "unreachable" in registry["last_error"]
+    assert "code store: unreachable" in cli("status", "--path", str(worker.path)).stdout
     # The function idles out during the outage: its last good version is kept.
     time.sleep(IDLE_S + 1.5)
     assert "f2" not in {f["name"] for f in worker.admin("GET", "/functions").json()}
@@ -386,13 +387,17 @@ def test_a_worker_serves_the_last_good_version_while_the_store_is_down(cluster: 
         restarted.wait(10)
 
 
-def test_sigterm_drains_before_shutting_down(tmp_path: Path) -> None:
-    """With server.drain_s the first SIGTERM makes /healthz 503 while calls are
-    still served, then the worker shuts down; `olactors uninstall` without
-    --registry removes a function from the local worker."""
+def test_one_worker_memory_refusal_uninstall_and_sigterm_drain(tmp_path: Path) -> None:
+    """A call no memory can be reserved for is 503 memory_exhausted, or 503
+    overloaded when a balancer marked it; `olactors uninstall` without
+    --registry removes a function from the local worker; with server.drain_s
+    the first SIGTERM makes /healthz 503 while calls are still served, then
+    the worker shuts down."""
     path = tmp_path / "worker"
     write_function(path / "registry", "hello", "def f(event):\n    return 'hi'\n")
     write_function(path / "registry", "bye", "def f(event):\n    return 'bye'\n")
+    big = write_function(path / "registry", "big", "def f(event):\n    return 'big'\n")
+    (big / "ol.yaml").write_text("limits: {mem_mb: 2048}\n")  # more than the whole pool
     worker = ServeProcess(
         path,
         free_port(),
@@ -401,9 +406,19 @@ def test_sigterm_drains_before_shutting_down(tmp_path: Path) -> None:
         "server.shutdown_timeout_s=5",
         "registry.cache_s=0.2",
         "sandbox.cgroup_pool_size=4",
+        "memory.pool_mb=1024",
     )
     try:
         worker.wait_serving()
+        plain = httpx.post(f"{worker.public}/run/big", json=1)
+        assert plain.status_code == 503 and plain.json()["error"] == "memory_exhausted"
+        marked = httpx.post(
+            f"{worker.public}/run/big", json=1, headers={"X-Olactors-Balancer": "1"}
+        )
+        assert marked.status_code == 503, marked.text
+        assert marked.json()["error"] == "overloaded"
+        assert marked.json()["reason"] == "memory_exhausted"
+        assert marked.headers["x-olactors-refused"] == "memory_exhausted"
         assert httpx.post(f"{worker.public}/run/bye", json=1).json() == "bye"
         assert "removed bye" in cli("uninstall", "bye", "--path", str(path)).stdout
         wait_for(
