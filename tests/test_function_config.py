@@ -289,3 +289,13 @@ def test_invalid_function_names(name, message):
         validate_function_name(name)
     assert info.value.message.startswith(message), info.value.message
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "key", ["max_response_bytes", "max_response_headers", "max_response_header_bytes"]
+)
+def test_response_bounds_are_the_workers_alone(key):
+    """A function cannot raise what its sandbox may send back."""
+    assert getattr(build_config(None, []).limits, key) > 0
+    with pytest.raises(BadFunction, match=rf"unknown key 'limits\.{key}'"):
+        parse_function_config(f"limits:\n  {key}: 1000000000\n")

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import trio
 
+from .._config import Section
 from ._api import Invocation, InvocationResult
 
 READ_SIZE = 65536
@@ -43,12 +44,12 @@ class ResponseLimits:
     max_header_bytes: int = 65536  # status line and headers, CRLFs included
 
     @classmethod
-    def of(cls, limits: object) -> ResponseLimits:
+    def of(cls, limits: Section) -> ResponseLimits:
         """From the worker config's ``limits`` section."""
         return cls(
-            getattr(limits, "max_response_bytes"),  # noqa: B009 - a config namespace
-            getattr(limits, "max_response_headers"),  # noqa: B009
-            getattr(limits, "max_response_header_bytes"),  # noqa: B009
+            int(limits.max_response_bytes),
+            int(limits.max_response_headers),
+            int(limits.max_response_header_bytes),
         )
 
 
