@@ -194,7 +194,9 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
        sandbox's failure, which a caller may retry.  A fork holds the
        zygote's lock for this phase only; from its end the child counts as
        the zygote's (``child_added``: the zygote, whose PID namespace the
-       child lives in, is not released under it).
+       child lives in, is not released under it).  A leaf with secrets gets
+       them at the very end of this phase, once its report was checked
+       (``_deliver_secrets``, see ``_secretfs.py``): its import waits for them.
     2. *The init phase* (leaves): the function's code is imported, within
        ``meta.limits.init_s``.  Exceeding it raises :class:`InitTimeout`;
        the process dying meanwhile raises :class:`InitDied` with the
@@ -226,6 +228,8 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
             if pid != sb.pid:
                 raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
             _check_open(pool)
+            if sb.meta.secrets:
+                await _deliver_secrets(sb, sock, pool, what)
         else:
             assert zygote is not None
             async with parent._lock:  # serialised with the zygote's other calls
@@ -243,12 +247,12 @@ async def start(sb: SockSandbox, pool, parent: SafeSandbox | None) -> None:
                     raise await _init_death(sb, pool, zygote, what)
                 if sb.pid not in first_hierarchy_pids(sb.cgroup):
                     raise SandboxError(f"{what}: pid {sb.pid} reported outside its cgroup")
+                if sb.meta.secrets:  # at once: the leaf's import waits for them
+                    await _deliver_secrets(sb, sock, pool, what)
                 _check_open(pool)  # before child_added: the caller's cleanup cannot undo it
                 parent.child_added()
         if sb.is_leaf:
             try:
-                if sb.meta.secrets:
-                    await _deliver_secrets(sb, sock, pool, what)
                 await _init_phase(sb, sock, pool, zygote, what)
             except BaseException:
                 if parent is not None:
