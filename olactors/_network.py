@@ -136,10 +136,12 @@ class EgressPolicy:
         """The ``nft -f`` script that (re)creates the worker's table ``inet <table>``.
 
         ``iface_prefix`` names the worker's host-side veths (``<prefix>*``).
-        Traffic *from* the sandboxes is judged in prerouting, before any
-        destination NAT of the host's own firewall could turn an address of
-        the host into someone else's; rejected packets get an ICMP error, so a
-        function's connect fails at once instead of hanging.  Nothing may open
+        Traffic *from* the sandboxes is judged in prerouting at mangle
+        priority: after conntrack (so the ICMP error of a reject is related
+        traffic the output chain lets back to the sandbox, and a function's
+        connect fails at once instead of hanging) and before any destination
+        NAT of the host's own firewall could turn an address of the host into
+        someone else's.  Nothing may open
         a connection *to* a sandbox (forward and output), and what leaves the
         host is masqueraded.
         """

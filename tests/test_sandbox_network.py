@@ -29,7 +29,7 @@ from olactors._causes import released
 from olactors._config import build_config
 from olactors._errors import BadFunction, ConfigError
 from olactors._function_config import parse_function_config
-from olactors._network import iface_alias, iface_name, table_name
+from olactors._network import EgressPolicy, iface_alias, iface_name, table_name
 from olactors.sock import Invocation, SandboxMeta, open_sock_pool
 from olactors.sock._process import worker_id
 
@@ -496,3 +496,23 @@ def test_the_installer_has_network_only_when_pip_needs_one():
     assert IndexOptions().needs_network  # the public index
     assert not IndexOptions(offline=True, find_links=("/packages/.links/0",)).needs_network
     assert IndexOptions(offline=True, find_links=("https://example.org/wheels/",)).needs_network
+
+
+# ------------------------------------------------------------- pure policy
+def test_addresses_are_the_subnets_after_the_gateway_and_never_reused():
+    policy = EgressPolicy(ipaddress.IPv4Network("10.9.0.0/29"))
+    assert str(policy.gateway) == "10.9.0.1"
+    used = {ipaddress.IPv4Address("10.9.0.2"), ipaddress.IPv4Address("10.9.0.4")}
+    assert str(policy.pick_address(used)) == "10.9.0.3"
+    every = {ipaddress.IPv4Address(f"10.9.0.{i}") for i in range(2, 7)}
+    assert policy.pick_address(every) is None  # .7 is the broadcast address
+
+
+def test_the_ruleset_is_valid_nftables_with_the_configured_ranges_and_ports():
+    config = build_config(
+        None, ["sandbox.egress_deny=[192.168.0.0/16, 10.1.2.3]", "sandbox.egress_allow_host=[53]"]
+    )
+    rules = EgressPolicy.from_config(config).ruleset("olactors_selftest", "olselftest")
+    assert "169.254.0.0/16, 10.213.0.0/16, 192.168.0.0/16, 10.1.2.3/32" in rules
+    assert "tcp dport { 53 } accept" in rules and "udp dport { 53 } accept" in rules
+    sh("nft", "--check", "--file", "-", stdin=rules)  # nftables itself accepts it
