@@ -78,6 +78,12 @@ def test_haproxy_config_is_valid_for_each_balance_and_tls(tmp_path: Path) -> Non
     key.write_text(key.read_text() + (tmp_path / "c.pem").read_text())
     tls = haproxy_config(tmp_path, 18003, workers, "--tls-cert", str(key))
     assert f"ssl crt {key}" in tls.read_text()
+    # TLS terminates at HAProxy: it starts as is and answers over https.
+    port = free_port()
+    started = haproxy_config(tmp_path, port, [f"127.0.0.1:{free_port()}"], "--tls-cert", str(key))
+    with haproxy(started, port, tmp_path / "tls.log"):
+        answer = httpx.get(f"https://127.0.0.1:{port}/run/echo", verify=False)
+        assert answer.status_code == 503 and answer.json()["error"] == "no_worker_available"
     for config in (hashed, robin, tls):
         checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True)
         assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -211,6 +211,30 @@ def test_each_function_sticks_to_one_worker_and_keeps_the_client_id(cluster: Clu
     assert len(cluster.ran_on("f0", made, settle_s=0)) == 1
 
 
+def test_a_second_haproxy_maps_every_function_alike(cluster: Cluster) -> None:
+    """Server ids come from the workers' addresses: another HAProxy given the
+    workers in the other order sends every function to the same worker."""
+    port = free_port()
+    config = cluster.tmp / "haproxy-second.cfg"
+    args = ["cluster", "haproxy-config", "--bind", f"127.0.0.1:{port}"]
+    for worker in reversed(cluster.workers):
+        args += ["--worker", worker.address]
+    sock = cluster.tmp / "haproxy-second.sock"
+    cli(*args, "--balance-factor", "10000", "--out", str(config), "--runtime-socket", str(sock))
+    with haproxy(config, port, cluster.tmp / "haproxy-second.log"):
+        for name in NAMES:
+            first = cluster.home(name)
+            request_id = f"second-{name}"
+            answer = httpx.post(
+                f"http://127.0.0.1:{port}/run/{name}",
+                json=1,
+                headers={"X-Request-Id": request_id},
+                timeout=60,
+            )
+            assert answer.status_code == 200, answer.text
+            assert cluster.ran_on(name, request_id, settle_s=0) == [first], name
+
+
 def test_a_functions_own_503_runs_once_and_reaches_the_client(cluster: Cluster) -> None:
     answer = cluster.call("own503", "own-1")
     assert answer.status_code == 503
