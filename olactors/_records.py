@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ._causes import Cause, CauseCode, SignalSender
@@ -138,7 +139,8 @@ class CallTrace:
 
     The worker makes one per call and passes it with the call request; the
     function actor and the instance that serves the call fill it in; the
-    worker then builds the :class:`CallRecord` from it (:meth:`record`).
+    worker then hands it to the recorder in a :class:`FinishedCall`, which
+    builds the :class:`CallRecord` from it (:meth:`record`) off the request path.
 
     ``queue_ms`` doubles as the mark that the call *reached the function*: it is
     set when an instance took the call (after the function actor's checks:
@@ -196,6 +198,45 @@ class CallTrace:
             stdout=self.output.stdout.text(),
             stderr=self.output.stderr.text(),
             owner=self.owner,
+        )
+
+
+def rfc3339(epoch_s: float) -> str:
+    """``epoch_s`` as an RFC 3339 UTC timestamp in milliseconds (``...T14:00:00.000Z``)."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+@dataclass(slots=True)
+class FinishedCall:
+    """A call that reached its function, as the worker hands it to the recorder
+    once answered: the trace and the answer.  Its :class:`CallRecord` is made
+    (:meth:`record`: the output decoded, the timestamp formatted) by the
+    recorder in its own task, not by the request's: a call pays only for
+    this small object."""
+
+    trace: CallTrace
+    request_id: str
+    function: str
+    status: int
+    started: float  # epoch seconds, when the worker took the call
+    duration_ms: float
+    #: The answering error's cause, standing in when the trace has none.
+    cause: Cause | None = None
+
+    @property
+    def output_bytes(self) -> int:
+        """The captured output it holds (what the recorder's queue bounds)."""
+        output = self.trace.output
+        return len(output.stdout.data) + len(output.stderr.data)
+
+    def record(self) -> CallRecord:
+        return self.trace.record(
+            self.request_id,
+            self.function,
+            self.status,
+            rfc3339(self.started),
+            self.duration_ms,
+            self.cause,
         )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -41,7 +42,7 @@ from ._eviction import make_policy
 from ._groups import lone_errors_unwrapped
 from ._metrics import Metrics
 from ._names import validate_function_name
-from ._records import CallRecord, CallTrace
+from ._records import CallRecord, CallTrace, FinishedCall
 from ._shutdown import ShutdownDeadline
 from ._zygote_tree import load_zygote_tree
 from .access import AccessGate, AccessState
@@ -149,7 +150,7 @@ class Worker:
         if self.closing:
             raise ShuttingDown("the worker is shutting down")
         start = trio.current_time()
-        started_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        started = time.time()
         trace = CallTrace()
         error_cause = None
         status = 500
@@ -186,9 +187,10 @@ class Worker:
             ms = (trio.current_time() - start) * 1000
             self.metrics.record_call(name if known else None, status, ms)
             if trace.reached_function and self.recorder is not None:
-                self.recorder.submit(
-                    trace.record(request_id, name, status, started_at, ms, error_cause)
-                )
+                call = FinishedCall(trace, request_id, name, status, started, ms, error_cause)
+                # A call whose caller left runs on and fills its trace in still:
+                # its record is what was known when the caller left, made now.
+                self.recorder.submit(call.record() if status == CLIENT_GONE else call)
 
     async def records(self, name: str, limit: int, *, errors: bool = False) -> list[dict[str, Any]]:
         """``name``'s newest records first, without their output (FunctionNotFound

@@ -18,7 +18,14 @@ import trio.testing
 from olactors._causes import Cause, CauseCode
 from olactors._config import build_config
 from olactors._errors import FunctionNotFound
-from olactors._records import CallOutput, CallRecord, CallTrace, ColdReason, StreamCapture
+from olactors._records import (
+    CallOutput,
+    CallRecord,
+    CallTrace,
+    ColdReason,
+    FinishedCall,
+    StreamCapture,
+)
 from olactors.http.admin import ENDPOINTS
 from olactors.records import (
     RecentIds,
@@ -275,6 +282,30 @@ async def test_a_burst_of_records_triggers_retention_early(
         await until(lambda: ref.counts.written == 10 and store.count("fn") == 3)
         assert trio.current_time() < 1e9
         nursery.cancel_scope.cancel()
+
+
+async def test_the_recorder_makes_a_finished_calls_record(
+    tmp_path: Path, clock: trio.abc.Clock
+) -> None:
+    """The request's task queues only the trace and the answer; the recorder
+    makes the record (timestamp, decoded output), the same as the trace's own,
+    and bounds its queue by the output the finished call holds."""
+    trace = CallTrace(queue_ms=0.5, version="v1", sandbox="sb1", cpu_ms=2.0)
+    trace.output = CallOutput(StreamCapture(b"hi\n"), StreamCapture(b"x" * 20, dropped=3))
+    cause = Cause.of(CauseCode.OOM, limit_mb=128)
+    call = FinishedCall(trace, "r1", "fn", 502, T0 + 0.1234, 7.25, cause)
+    assert call.output_bytes == 23
+    assert call.record() == trace.record("r1", "fn", 502, stamp(T0 + 0.1234), 7.25, cause)
+    assert call.record().started_at == "2027-01-15T08:00:00.123Z"
+    store = RecordStore(tmp_path / "records.db")
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(run_recorder, store, RecorderSettings(queue_max_bytes=30))
+        assert ref.submit(call) and ref.counts.queued_bytes == 23
+        assert not ref.submit(FinishedCall(trace, "r2", "fn", 200, T0, 1.0))  # 46 > 30 bytes
+        await until(lambda: ref.counts.written == 1)
+        assert ref.counts.queued_bytes == 0
+        nursery.cancel_scope.cancel()
+    assert store.get("fn", "r1") == call.record()
 
 
 # ---------------------------------------------------------------- request ids

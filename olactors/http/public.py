@@ -136,7 +136,9 @@ def create_public_app(worker: Worker) -> QuartTrio:
             raise NotFound(f"no endpoint at {raw_path.decode('latin-1')}")
         name, path = split_run_path(raw_path)
         info.target = name
-        info.request_id = worker.claim_request_id(name, info.client_request_id)
+        # The id made for this request stands when the client sent none: it
+        # is as fresh as another would be (one uuid per call, not two).
+        info.request_id = worker.claim_request_id(name, info.client_request_id or info.request_id)
         body = await read_body(request, limit)
         invocation = Invocation(
             method=request.method,

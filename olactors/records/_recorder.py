@@ -1,15 +1,18 @@
 """The recorder actor: writes call records to the store in batches, off the request path.
 
 ``ref = await nursery.start(run_recorder, store, settings)`` starts it.
-:meth:`RecorderRef.submit` never waits: it puts the record on a bounded
+:meth:`RecorderRef.submit` never waits: it puts the record, or the
+:class:`~olactors._records.FinishedCall` it is to be made from, on a bounded
 memory channel (``debug.queue_max`` records, and at most ``queue_max_bytes``
 of their output: a record holds up to twice ``debug.max_output_bytes``);
 when either is full the record is dropped, counted and logged, and the call
 is answered as usual.
 
 The actor takes a record, lets more gather for ``batch_delay_s``, then
-writes what is queued (up to ``batch_max``) in one transaction in a worker
-thread.  At start, then every ``retention_interval_s`` or every
+makes the records of the finished calls among what is queued (up to
+``batch_max``: their output decoded, their timestamps formatted; the
+request's own task only queued the call) and writes them in one
+transaction in a worker thread.  At start, then every ``retention_interval_s`` or every
 ``retention_every`` records (whichever comes first; never on each insert),
 it applies retention (``debug.keep_per_function``, ``debug.keep_s``), so a
 burst of calls grows the database by a bounded amount.  A write that fails
@@ -30,7 +33,7 @@ from typing import Any
 
 import trio
 
-from .._records import CallRecord
+from .._records import CallRecord, FinishedCall
 from ._store import RecordStore
 
 log = logging.getLogger("olactors.records")
@@ -94,9 +97,19 @@ class _RateLimitedLog:
             log.warning(msg, *args)
 
 
-def weight(record: CallRecord) -> int:
-    """What a queued record counts against ``queue_max_bytes``: its output."""
-    return len(record.stdout) + len(record.stderr)
+#: What the recorder queues: a record, or a finished call to make one of.
+Recordable = CallRecord | FinishedCall
+
+
+def weight(item: Recordable) -> int:
+    """What a queued item counts against ``queue_max_bytes``: its output."""
+    if isinstance(item, FinishedCall):
+        return item.output_bytes
+    return len(item.stdout) + len(item.stderr)
+
+
+def as_record(item: Recordable) -> CallRecord:
+    return item.record() if isinstance(item, FinishedCall) else item
 
 
 class RecorderRef:
@@ -106,7 +119,7 @@ class RecorderRef:
 
     def __init__(
         self,
-        send: trio.MemorySendChannel[CallRecord],
+        send: trio.MemorySendChannel[Recordable],
         counts: RecorderCounts,
         warn: _RateLimitedLog,
         max_bytes: int,
@@ -116,14 +129,15 @@ class RecorderRef:
         self._warn = warn
         self._max_bytes = max_bytes
 
-    def submit(self, record: CallRecord) -> bool:
-        """Queue ``record`` for writing without waiting; False (counted, logged)
-        when it was dropped because the queue is full or the recorder stopped."""
-        size = weight(record)
+    def submit(self, item: Recordable) -> bool:
+        """Queue a record (or the finished call to make it of) for writing
+        without waiting; False (counted, logged) when it was dropped because
+        the queue is full or the recorder stopped."""
+        size = weight(item)
         try:
             if self.counts.queued_bytes + size > self._max_bytes:
                 raise trio.WouldBlock
-            self._send.send_nowait(record)
+            self._send.send_nowait(item)
             self.counts.queued_bytes += size
             self.counts.queued_bytes_peak = max(
                 self.counts.queued_bytes_peak, self.counts.queued_bytes
@@ -143,11 +157,12 @@ class RecorderRef:
 
 
 async def _write(
-    store: RecordStore, batch: list[CallRecord], counts: RecorderCounts, warn: _RateLimitedLog
+    store: RecordStore, batch: list[Recordable], counts: RecorderCounts, warn: _RateLimitedLog
 ) -> None:
-    counts.queued_bytes -= sum(weight(record) for record in batch)
+    counts.queued_bytes -= sum(weight(item) for item in batch)
+    records = [as_record(item) for item in batch]
     try:
-        written = await trio.to_thread.run_sync(store.write, batch)
+        written = await trio.to_thread.run_sync(store.write, records)
     except sqlite3.Error as exc:
         counts.failed += len(batch)
         counts.write_errors += 1
@@ -190,11 +205,11 @@ async def run_recorder(
 ) -> None:
     """The recorder actor (see the module docstring).  ``wall_clock`` gives
     the epoch seconds retention by age compares records' ``started_at`` with."""
-    send, receive = trio.open_memory_channel[CallRecord](settings.queue_max)
+    send, receive = trio.open_memory_channel[Recordable](settings.queue_max)
     counts = RecorderCounts()
     warn = _RateLimitedLog(settings.log_interval_s)
     next_retention = trio.current_time()  # once at start, then every interval
-    batch: list[CallRecord] = []  # taken from the queue, not yet written
+    batch: list[Recordable] = []  # taken from the queue, not yet written
     retained_at = 0  # records handled when retention last ran
     try:
         task_status.started(RecorderRef(send, counts, warn, settings.queue_max_bytes))

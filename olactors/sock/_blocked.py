@@ -39,6 +39,8 @@ __all__ = [
 
 #: Size of the map: one bit per syscall number (keep in sync with olsigsys.c).
 MAP_BYTES = 128
+#: A cleared map.
+_CLEAR = bytes(MAP_BYTES)
 #: The map's file name in a sandbox's scratch dir (``/host`` inside).
 MAP_NAME = "blocked-syscalls"
 #: The handler library on the host (built at install time by setup.py) ...
@@ -75,7 +77,7 @@ class BlockedSyscalls:
     def reset(self) -> None:
         """Clear the map (before a call)."""
         if self.fd >= 0:
-            os.pwrite(self.fd, bytes(MAP_BYTES), 0)
+            os.pwrite(self.fd, _CLEAR, 0)
 
     def read(self) -> tuple[str, ...]:
         """Names of the syscalls blocked since the last :meth:`reset`, sorted
@@ -99,7 +101,7 @@ class BlockedSyscalls:
 def syscall_names(bitmap: bytes) -> tuple[str, ...]:
     """The native syscall names of the bits set in ``bitmap``, sorted
     (``"syscall_<nr>"`` for a number libseccomp does not know)."""
-    if not any(bitmap):
+    if bitmap == _CLEAR or not any(bitmap):  # the first test is a memcmp: the usual case
         return ()
     names = {
         _syscall_name(index * 8 + bit)

@@ -112,7 +112,8 @@ class CallCapture:
     @property
     def empty(self) -> bool:
         """Nothing was written to either stream."""
-        return all(s is None or s.empty for s in self._streams)
+        _, stdout, stderr = self._streams
+        return stdout.empty and stderr.empty
 
     def finish(
         self, blocked_syscalls: tuple[str, ...] = (), redactor: Redactor | None = None
