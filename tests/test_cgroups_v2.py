@@ -18,6 +18,7 @@ import trio
 
 from olactors._errors import CgroupError
 from olactors.sock.cgroups import (
+    CallUsage,
     Cgroup,
     CgroupAnomalies,
     CgroupLayout,
@@ -271,6 +272,7 @@ def test_fake_usage_is_relative_to_baseline(tmp_path: Path, anomalies: CgroupAno
     assert usage.cpu_ns == 2_500_000
     assert usage.memory_bytes == 3000
     assert usage.memory_peak_bytes == 70000
+    assert cgroup.call_usage() == CallUsage(cpu_ns=2_500_000, memory_peak_bytes=70000)
 
 
 async def test_fake_freeze_timeout_is_an_anomaly(

@@ -42,6 +42,7 @@ from olactors.actors.mempool import run_mempool
 from olactors.sock import (
     EventHub,
     SafeSandbox,
+    SandboxCallUsage,
     SandboxCreated,
     SandboxDestroyed,
     SandboxMeta,
@@ -364,6 +365,9 @@ class RawWithFailingRelease:
 
     def usage(self) -> SandboxUsage:
         return SandboxUsage()
+
+    def call_usage(self) -> SandboxCallUsage:
+        return SandboxCallUsage()
 
     async def diagnose(self, error):
         return Cause.of(CauseCode.UNKNOWN, error="diagnosed")

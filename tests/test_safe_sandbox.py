@@ -14,6 +14,7 @@ from olactors.sock import (
     Invocation,
     InvocationResult,
     SafeSandbox,
+    SandboxCallUsage,
     SandboxDestroyed,
     SandboxState,
     SandboxUsage,
@@ -61,6 +62,9 @@ class FakeRawSandbox:
 
     def usage(self) -> SandboxUsage:
         return SandboxUsage(memory_bytes=1)
+
+    def call_usage(self) -> SandboxCallUsage:
+        return SandboxCallUsage(memory_peak_bytes=1)
 
     async def diagnose(self, error: BaseException | None) -> Cause:
         return Cause.of(CauseCode.UNKNOWN, error=f"diagnosed: {error}")

@@ -24,7 +24,7 @@ import trio
 from .._causes import Cause
 from .._records import NO_OUTPUT, CallOutput
 from .._secrets import SecretFile
-from .cgroups._api import CgroupUsage
+from .cgroups._api import CallUsage, CgroupUsage
 
 
 class SandboxState(enum.Enum):
@@ -121,6 +121,8 @@ class InvocationResult:
 #: Resource use since the sandbox was created: the counters of its cgroup,
 #: whose baseline is reset when a sandbox takes it (one type, not a copy).
 SandboxUsage = CgroupUsage
+#: Its CPU time and peak memory alone (what a call's record reads after each call).
+SandboxCallUsage = CallUsage
 
 
 # ---------------------------------------------------------------- events
@@ -224,6 +226,10 @@ class Sandbox(Protocol):
     async def destroy_if_childless(self, cause: Cause) -> bool: ...
 
     def usage(self) -> SandboxUsage: ...
+
+    def call_usage(self) -> SandboxCallUsage:
+        """:meth:`usage`'s CPU time and peak memory, read alone (cheaper)."""
+        ...
 
     def log(self, max_bytes: int) -> str:
         """The last ``max_bytes`` of what it wrote outside any call (import

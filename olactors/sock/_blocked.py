@@ -16,7 +16,8 @@ fd of the file and uses pread/pwrite, never a mapping: the sandbox owns the
 scratch dir and may truncate or replace the file, which can only hide its
 own syscalls, never fault or mislead the worker.  Allowed syscalls pay
 nothing; a blocked one costs its caller a signal delivery inside the
-sandbox, and the worker two small syscalls per call whatever it does.
+sandbox, and the worker two small reads per call whatever it does (and a
+write to clear the map after a call that blocked something).
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ class BlockedSyscalls:
         return cls(fd)
 
     def reset(self) -> None:
-        """Clear the map (before a call)."""
-        if self.fd >= 0:
+        """Clear the map (before a call).  It is almost always clear already
+        (read after the last call, nothing blocked since): a read tells, and
+        costs less than a write, which would also dirty the file's inode."""
+        if self.fd >= 0 and os.pread(self.fd, MAP_BYTES, 0) != _CLEAR:
             os.pwrite(self.fd, _CLEAR, 0)
 
     def read(self) -> tuple[str, ...]:

@@ -40,6 +40,7 @@ from ._api import (
     Invocation,
     InvocationResult,
     PackageMount,
+    SandboxCallUsage,
     SandboxChildExited,
     SandboxDestroyed,
     SandboxMeta,
@@ -99,6 +100,8 @@ class RawSandbox(Protocol):
     async def release(self, cause: Cause) -> None: ...
 
     def usage(self) -> SandboxUsage: ...
+
+    def call_usage(self) -> SandboxCallUsage: ...
 
     async def diagnose(self, error: BaseException | None) -> Cause:
         """Why did its process die (or fail with ``error``)?  ``UNKNOWN`` only
@@ -234,6 +237,11 @@ class SafeSandbox(Generic[R]):
         if self._released:
             return SandboxUsage()
         return self.raw.usage()
+
+    def call_usage(self) -> SandboxCallUsage:
+        if self._released:
+            return SandboxCallUsage()
+        return self.raw.call_usage()
 
     def log(self, max_bytes: int) -> str:
         return "" if self._released else self.raw.log_tail(max_bytes)

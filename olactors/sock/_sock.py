@@ -33,7 +33,7 @@ import trio
 from .._causes import Cause, CauseCode, SignalSender
 from .._errors import SandboxError
 from .._records import NO_OUTPUT, CallOutput
-from ._api import Invocation, InvocationResult, SandboxMeta, SandboxUsage
+from ._api import Invocation, InvocationResult, SandboxCallUsage, SandboxMeta, SandboxUsage
 from ._blocked import BlockedSyscalls
 from ._client import BadResponse, LeafClient, ResponseLimits
 from ._rootfs import SandboxRoot
@@ -209,6 +209,9 @@ class SockSandbox:
 
     def usage(self) -> SandboxUsage:
         return self.prepared_cgroup().usage()
+
+    def call_usage(self) -> SandboxCallUsage:
+        return self.prepared_cgroup().call_usage()
 
     def pids(self) -> list[int]:
         """Host pids of every process in the sandbox (its cgroup's members)."""

@@ -55,6 +55,7 @@ from ._api import (
     Invocation,
     InvocationResult,
     Sandbox,
+    SandboxCallUsage,
     SandboxCreated,
     SandboxForked,
     SandboxMeta,
@@ -368,6 +369,9 @@ class SimulatedSandbox:
             oom_kills=self.oom_kills,
             cpu_ns=self.cpu_ns,
         )
+
+    def call_usage(self) -> SandboxCallUsage:
+        return SandboxCallUsage(self.cpu_ns, self.peak_memory_mb << 20)
 
     async def diagnose(self, error: BaseException | None) -> Cause:
         if self.dead_cause is not None:

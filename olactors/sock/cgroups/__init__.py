@@ -22,12 +22,13 @@ counted in :class:`CgroupAnomalies`.
 from __future__ import annotations
 
 from ._anomalies import CgroupAnomalies
-from ._api import Cgroup, CgroupBackend, CgroupLimits, CgroupUsage
+from ._api import CallUsage, Cgroup, CgroupBackend, CgroupLimits, CgroupUsage
 from ._backend import open_backend
 from ._detect import CgroupLayout, Hierarchy, detect_layout
 from ._pool import CgroupPool
 
 __all__ = [
+    "CallUsage",
     "Cgroup",
     "CgroupAnomalies",
     "CgroupBackend",

@@ -73,6 +73,15 @@ class CgroupUsage:
     cpu_ns: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class CallUsage:
+    """What a call's record needs of :class:`CgroupUsage`, read alone (on
+    every call): CPU time and peak memory since the baseline, as there."""
+
+    cpu_ns: int = 0
+    memory_peak_bytes: int = 0
+
+
 class Cgroup(ABC):
     """One sandbox cgroup (on v1: one directory per used hierarchy).
 
@@ -126,6 +135,12 @@ class Cgroup(ABC):
     @abstractmethod
     def usage(self) -> CgroupUsage:
         """Usage since the last :meth:`reset_baseline`."""
+
+    def call_usage(self) -> CallUsage:
+        """The CPU time and peak memory of :meth:`usage`, reading only the
+        counters they need (a call's record reads them after every call)."""
+        usage = self.usage()
+        return CallUsage(usage.cpu_ns, usage.memory_peak_bytes)
 
     @abstractmethod
     async def freeze(self, timeout: float) -> None:

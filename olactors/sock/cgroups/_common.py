@@ -19,7 +19,7 @@ import trio
 from ..._errors import CgroupError
 from ...native import cgroup_move
 from ._anomalies import CgroupAnomalies
-from ._api import Cgroup, CgroupUsage, subtree_dir_name
+from ._api import CallUsage, Cgroup, CgroupUsage, subtree_dir_name
 from ._files import CounterFiles, cgroup_error, open_write_fds, read_pids
 
 #: First delay when polling the kernel for a state change, and the cap.
@@ -108,6 +108,10 @@ class BaseCgroup(Cgroup):
     def _read_counters(self) -> RawCounters:
         """Read the absolute counters (missing files read as 0)."""
 
+    @abstractmethod
+    def _read_call_counters(self) -> RawCounters:
+        """Read only memory, its peak and CPU (the others read as 0)."""
+
     def _reset_peak(self) -> None:
         """Reset the kernel's memory peak if possible (default: not possible)."""
 
@@ -124,6 +128,14 @@ class BaseCgroup(Cgroup):
             oom_kills=max(0, now.oom_kills - base.oom_kills),
             pids_limit_hits=max(0, now.pids_limit_hits - base.pids_limit_hits),
             cpu_ns=max(0, now.cpu_ns - base.cpu_ns),
+        )
+
+    def call_usage(self) -> CallUsage:
+        now = self._read_call_counters()
+        base = self._baseline
+        return CallUsage(
+            cpu_ns=max(0, now.cpu_ns - base.cpu_ns),
+            memory_peak_bytes=self._peak_since_baseline(now, base),
         )
 
     def _peak_since_baseline(self, now: RawCounters, base: RawCounters) -> int:

@@ -88,6 +88,11 @@ def parse_keyed(text: str) -> dict[str, str]:
     return result
 
 
+def read_keyed_int(path: str, key: str, default: int = 0) -> int:
+    """Return integer field ``key`` of a keyed file; ``default`` if file or key is missing."""
+    return parse_keyed_int(path, read_text(path, default=""), key, default)
+
+
 def parse_keyed_int(path: str, text: str, key: str, default: int = 0) -> int:
     """Integer field ``key`` of keyed ``text`` (read from ``path``); ``default`` if missing."""
     value = parse_keyed(text).get(key)

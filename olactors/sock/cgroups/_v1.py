@@ -24,7 +24,7 @@ from ._common import (
     remove_subtree_with,
 )
 from ._detect import V1_REQUIRED, CgroupLayout
-from ._files import make_dir, read_int, read_text, write_text
+from ._files import make_dir, read_int, read_keyed_int, read_text, write_text
 
 logger = logging.getLogger("olactors.cgroups")
 
@@ -93,8 +93,17 @@ class V1Cgroup(BaseCgroup):
         return RawCounters(
             memory_bytes=files.read_int(self._memory_usage, 0),
             memory_peak_bytes=files.read_int(self._memory_peak, 0),
-            oom_kills=files.read_keyed_int(self._oom_control, "oom_kill"),
-            pids_limit_hits=files.read_keyed_int(self._pids_events, "max"),
+            # read by path: needed only now and then (a death, a pause), not per call
+            oom_kills=read_keyed_int(self._oom_control, "oom_kill"),
+            pids_limit_hits=read_keyed_int(self._pids_events, "max"),
+            cpu_ns=files.read_int(self._cpu_usage, 0),
+        )
+
+    def _read_call_counters(self) -> RawCounters:
+        files = self._counter_files
+        return RawCounters(
+            memory_bytes=files.read_int(self._memory_usage, 0),
+            memory_peak_bytes=files.read_int(self._memory_peak, 0),
             cpu_ns=files.read_int(self._cpu_usage, 0),
         )
 

@@ -50,6 +50,7 @@ from ._files import (
     cgroup_error,
     make_dir,
     parse_keyed,
+    read_keyed_int,
     read_text,
     write_text,
 )
@@ -149,8 +150,17 @@ class V2Cgroup(BaseCgroup):
         return RawCounters(
             memory_bytes=files.read_int(self._memory_current, 0),
             memory_peak_bytes=self._read_peak(),
-            oom_kills=files.read_keyed_int(self._memory_events, "oom_kill"),
-            pids_limit_hits=files.read_keyed_int(self._pids_events, "max"),
+            # read by path: needed only now and then (a death, a pause), not per call
+            oom_kills=read_keyed_int(self._memory_events, "oom_kill"),
+            pids_limit_hits=read_keyed_int(self._pids_events, "max"),
+            cpu_ns=files.read_keyed_int(self._cpu_stat, "usage_usec") * 1000,
+        )
+
+    def _read_call_counters(self) -> RawCounters:
+        files = self._counter_files
+        return RawCounters(
+            memory_bytes=files.read_int(self._memory_current, 0),
+            memory_peak_bytes=self._read_peak(),
             cpu_ns=files.read_keyed_int(self._cpu_stat, "usage_usec") * 1000,
         )
 
