@@ -197,6 +197,17 @@ class Worker:
             for pid in sb["pids"]
         ]
 
+    def zygote_pid(self) -> int:
+        """Host pid of a live zygote's own process (not its spare child: the
+        first process of its sandbox)."""
+        zygotes = [
+            min(sb["pids"])
+            for sb in self.sandboxes()
+            if sb["kind"] == "zygote" and sb["state"] != "dead" and sb["pids"]
+        ]
+        assert zygotes, "the suite runs forked leaves: a zygote must exist"
+        return zygotes[0]
+
     def record(self, name: str, request_id: str) -> dict[str, Any]:
         """The call's record, once the recorder wrote it."""
         deadline = time.monotonic() + 10
@@ -211,11 +222,10 @@ class Worker:
     def targets(self) -> dict[str, Any]:
         """What an attempt aims at: host pids of the worker, the victim's
         sandbox and a zygote, the worker's port and admin socket."""
-        zygotes = self.pids_of("zygote")
         return {
             "worker_pid": self.proc.pid,
             "victim_pid": self.victim["host_pid"],
-            "zygote_pid": zygotes[0] if zygotes else self.proc.pid,
+            "zygote_pid": self.zygote_pid(),
             "port": httpx.URL(self.public).port,
             "admin": str(self.admin_path),
             "registry": str(self.registry),
