@@ -465,5 +465,8 @@ def test_one_worker_memory_refusal_uninstall_and_sigterm_drain(tmp_path: Path) -
         assert httpx.post(f"{worker.public}/run/hello", json=1).json() == "hi"
         assert worker.proc.wait(timeout=3 + 5 + 30) == 0
         assert "draining for 3.0 s" in worker.tail()
+        log = worker.log.read_text()
+        assert "POST hello 200" in log  # the access log, at INFO
+        assert "GET /healthz" not in log  # health checks (every second) only at DEBUG
     finally:
         worker.stop()

@@ -108,6 +108,8 @@ class RequestInfo:
     method: str
     target: str  # the function name once known, else the raw path
     client_request_id: str | None = None  # the client's X-Request-Id, if it sent a valid one
+    #: Logged at DEBUG, not INFO (a load balancer's health checks, every second).
+    quiet: bool = False
 
 
 Route = Callable[[TrioRequest, RequestInfo], Awaitable[Response]]
@@ -281,7 +283,8 @@ class RawRoutedApp(QuartTrio):
         return response
 
     def _log(self, info: RequestInfo, outcome: str, started: float) -> None:
-        access_log.info(
+        access_log.log(
+            logging.DEBUG if info.quiet else logging.INFO,
             "%s %s %s %s %s %.1fms",
             self._surface,
             info.request_id,

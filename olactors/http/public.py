@@ -130,6 +130,7 @@ def create_public_app(worker: Worker) -> QuartTrio:
             return json_response(status, status_code_for(status))
         if raw_path == b"/healthz":
             require_method(request.method, ("GET", "HEAD"))
+            info.quiet = True
             state = {"status": worker.state()}
             return json_response(state, status_code_for(state))
         if not raw_path.startswith(RUN_PREFIX):
