@@ -188,13 +188,20 @@ def _emit(text: str, out: Path | None) -> None:
     print(f"wrote {out}")
 
 
-#: Answers of HAProxy's runtime API that mean a command failed.
-_FAILURE_PREFIXES = ("unknown", "no such", "require", "invalid", "cannot", "'", "error")
+#: What HAProxy's runtime API answers when each command we send succeeds (it has
+#: no status codes: any other answer is its error message).
+_SUCCESS = {
+    "add server": "New server registered.",
+    "del server": "Server deleted.",
+    "enable health": "",
+    "enable server": "",
+    "set server": "",
+}
 
 
 def runtime_command(socket_path: Path, command: str) -> str:
-    """Send one command to HAProxy's runtime API; its answer (stripped).  An
-    answer HAProxy gives for a refused command raises OlactorsError."""
+    """Send one command (one of :data:`_SUCCESS`'s) to HAProxy's runtime API;
+    its answer.  Any answer but the command's success raises OlactorsError."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(RUNTIME_TIMEOUT_S)
@@ -206,6 +213,7 @@ def runtime_command(socket_path: Path, command: str) -> str:
     except OSError as exc:
         raise OlactorsError(f"HAProxy runtime API at {socket_path}: {exc}") from None
     answer = b"".join(chunks).decode(errors="replace").strip()
-    if answer.lower().startswith(_FAILURE_PREFIXES) or "failed" in answer.lower():
+    verb = " ".join(command.split()[:2])
+    if answer != _SUCCESS[verb]:
         raise OlactorsError(f"HAProxy refused {command!r}: {answer}")
     return answer
