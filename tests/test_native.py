@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
 
 import pytest
 
@@ -79,6 +81,26 @@ def test_network_namespace_is_empty_and_distinct():
     try:
         assert os.readlink(f"/proc/self/fd/{fd}") != os.readlink("/proc/self/ns/net")
         assert os.readlink("/proc/thread-self/ns/net") == os.readlink("/proc/self/ns/net")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+def test_network_namespace_with_its_loopback_up():
+    """The loopback is up inside (and this thread is back in its own namespace)."""
+    fd = native.new_network_namespace(loopback_up=True)
+    try:
+        assert os.readlink("/proc/thread-self/ns/net") == os.readlink("/proc/self/ns/net")
+        links = subprocess.run(
+            ["nsenter", f"--net=/proc/self/fd/{fd}", "ip", "-json", "addr", "show", "lo"],
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (lo,) = json.loads(links)
+        assert "UP" in lo["flags"]
+        assert {a["local"] for a in lo["addr_info"]} >= {"127.0.0.1"}
     finally:
         os.close(fd)
 

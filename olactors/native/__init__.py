@@ -271,8 +271,11 @@ def enter_private_mount_namespace() -> None:
     )
 
 
-def new_network_namespace() -> int:
-    """Create an empty network namespace and return an fd that keeps it alive."""
+def new_network_namespace(loopback_up: bool = False) -> int:
+    """Create an empty network namespace and return an fd that keeps it alive;
+    with ``loopback_up`` its loopback is up (127.0.0.1 works inside it)."""
+    if loopback_up:
+        return _check(lib.ol_new_netns_loopback(), "create network namespace with loopback")
     return _check(lib.ol_new_netns(), "create network namespace")
 
 

@@ -47,6 +47,7 @@ ffibuilder.cdef(
     int ol_umount(const char *path, int detach);
     int ol_private_mount_namespace(void);
     int ol_new_netns(void);
+    int ol_new_netns_loopback(void);
     int ol_mount_proc(const struct ol_proc_spec *spec, int pidns_fd, int via_helper);
     int ol_proc_pidns_option(void);
     int ol_mknod_char(const char *path, int mode, int major_nr, int minor_nr);

@@ -25,7 +25,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -592,25 +595,65 @@ int ol_private_mount_namespace(void)
 
 /* Create an empty network namespace and return an fd referring to it.  The
  * calling thread enters it briefly and returns to its original namespace. */
-int ol_new_netns(void)
+/* Bring the calling thread's loopback up (SIOCSIFFLAGS on "lo"). */
+static int loopback_up(void)
 {
-    int orig, created;
+    struct ifreq ifr;
+    int sock, rc = -1, saved;
+    sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return -1;
+    memset(&ifr, 0, sizeof(ifr));
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(sock, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        rc = ioctl(sock, SIOCSIFFLAGS, &ifr);
+    }
+    saved = errno;
+    close(sock);
+    errno = saved;
+    return rc;
+}
+
+static int new_netns(int with_loopback)
+{
+    int orig, created, failed = 0, saved = 0;
     orig = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (orig < 0)
         return -1;
     if (unshare(CLONE_NEWNET) != 0) {
-        int saved = errno;
+        saved = errno;
         close(orig);
         errno = saved;
         return -1;
     }
     created = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (created < 0 || (with_loopback && loopback_up() != 0)) {
+        failed = 1;
+        saved = errno;
+    }
     if (setns(orig, CLONE_NEWNET) != 0) {
         /* Cannot return to the host namespace: this thread is unusable. */
         abort();
     }
     close(orig);
+    if (failed) {
+        if (created >= 0)
+            close(created);
+        errno = saved;
+        return -1;
+    }
     return created;
+}
+
+int ol_new_netns(void)
+{
+    return new_netns(0);
+}
+
+int ol_new_netns_loopback(void)
+{
+    return new_netns(1);
 }
 
 int ol_mknod_char(const char *path, int mode, int major_nr, int minor_nr)

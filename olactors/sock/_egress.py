@@ -1,6 +1,6 @@
 """Configuring sandbox network namespaces with the host's own tools.
 
-``ip`` (iproute2) brings loopbacks up and makes the egress veths, ``nft``
+``ip`` (iproute2) makes the egress veths, ``nft``
 (nftables) holds the worker's table of rules (see :mod:`olactors._network`
 for the policy).  Nothing here touches a packet: the kernel does all of it.
 
@@ -81,11 +81,6 @@ async def inside(netns_fd: int, batch: str, what: str) -> None:
         pass_fds=(netns_fd,),
         what=what,
     )
-
-
-async def loopback_up(netns_fd: int) -> None:
-    """Bring the namespace's loopback up: 127.0.0.1 works inside (and only there)."""
-    await inside(netns_fd, "link set lo up\n", "bringing a sandbox loopback up")
 
 
 def ensure_ip_forward() -> None:
@@ -218,7 +213,6 @@ class Egress:
         try:
             await inside(
                 netns_fd,
-                "link set lo up\n"
                 f"addr add {address}/32 dev eth0\n"
                 "link set dev eth0 addrgenmode none\n"  # IPv4 only
                 "link set eth0 up\n"
