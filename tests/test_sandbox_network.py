@@ -29,7 +29,7 @@ from olactors._causes import released
 from olactors._config import build_config
 from olactors._errors import BadFunction, ConfigError
 from olactors._function_config import parse_function_config
-from olactors._network import EgressPolicy, iface_alias, iface_name, table_name
+from olactors._network import EgressPolicy, Network, iface_alias, iface_name, table_name
 from olactors.sock import Invocation, SandboxMeta, open_sock_pool
 from olactors.sock._process import worker_id
 
@@ -516,3 +516,30 @@ def test_the_ruleset_is_valid_nftables_with_the_configured_ranges_and_ports():
     assert "169.254.0.0/16, 10.213.0.0/16, 192.168.0.0/16, 10.1.2.3/32" in rules
     assert "tcp dport { 53 } accept" in rules and "udp dport { 53 } accept" in rules
     sh("nft", "--check", "--file", "-", stdin=rules)  # nftables itself accepts it
+
+
+async def test_egress_addresses_are_distinct_across_functions_and_workers(tmp_path):
+    """Two workers on one host (each its own table and veths) never hand out
+    the same sandbox address: the choice reads the host's routes under a
+    host-wide lock."""
+    config = build_config(None, ["sandbox.cgroup_pool_size=1"])
+    (tmp_path / "w1").mkdir()
+    (tmp_path / "w2").mkdir()
+    async with (
+        open_sock_pool(config, tmp_path / "w1") as one,
+        open_sock_pool(config, tmp_path / "w2") as two,
+    ):
+        spaces = []
+        async with trio.open_nursery() as nursery:
+
+            async def take(pool, scope):
+                spaces.append(await pool.networks.acquire(scope, Network.EGRESS))
+
+            for pool in (one, two):
+                for scope in ("f", "g"):
+                    nursery.start_soon(take, pool, scope)
+        addresses = [space.veth.address for space in spaces]
+        assert len(set(addresses)) == 4, addresses
+        routes = sh("ip", "-4", "route", "show")
+        assert all(f"{a} dev " in routes for a in addresses)
+    assert not worker_veths(tmp_path / "w1") and not worker_veths(tmp_path / "w2")
