@@ -438,6 +438,40 @@ def test_renice_others(worker):
     worker.victim_unharmed()  # includes the helper's nice value
 
 
+def test_regain_capabilities(worker):
+    """It holds none in any set, and cannot raise one."""
+    status, got, _ = attempt(
+        worker,
+        "regain-caps",
+        """
+        def f(t):
+            header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+            full = (ctypes.c_uint32 * 6)(*[0xFFFFFFFF] * 6)
+            ctypes.set_errno(0)
+            rc = libc.capset(ctypes.byref(header), ctypes.byref(full))
+            raised = {"capset": 0 if rc == 0 else ctypes.get_errno()}
+            libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+            for name, args in {"ambient": (47, 2, 13, 0, 0), "bounding_read": (23, 21, 0, 0, 0),
+                               "keepcaps": (8, 1, 0, 0, 0)}.items():
+                ctypes.set_errno(0)
+                rc = libc.prctl(*args)
+                raised[name] = rc if rc >= 0 else -ctypes.get_errno()
+            lines = open("/proc/self/status").read().splitlines()
+            status = dict(line.split(":\t", 1) for line in lines)
+            caps = {k: status[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+            return {"raised": raised, "caps": caps, "uid": status["Uid"]}
+        """,
+    )  # fmt: skip
+    assert status == 200, got
+    # capset EPERM; ambient raise EPERM; CAP_SYS_ADMIN not in the bounding set (0);
+    # keepcaps may be set (0) but there is nothing left to keep
+    assert got["raised"] == {"capset": EPERM, "ambient": -EPERM, "bounding_read": 0,
+                             "keepcaps": 0}, got  # fmt: skip
+    assert set(got["caps"].values()) == {"0000000000000000"}, got
+    assert got["uid"].split() == ["65534"] * 4
+    worker.victim_unharmed()
+
+
 def test_escape_the_oom_killer(worker):
     """A process the OOM killer spares would make the host kill others."""
     status, got, _ = attempt(
