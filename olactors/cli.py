@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", help="set the function's owner (kept by the worker, not the code)")
     _add_registry(p)
     _add_path(p, overrides=False)
+    p.add_argument("--json", action="store_true", help="print what was done as one JSON object")
 
     p = sub.add_parser(
         "uninstall",
@@ -346,6 +347,10 @@ def _cmd_install(args: argparse.Namespace) -> int:
         raise OlactorsError(f"{source} is not a directory")
     name = args.name or source.resolve().name
     validate_function_name(name)
+    if args.owner is not None:
+        from .cli_access import check_owner
+
+        check_owner(args.owner)
     data = pack_function_dir(source, load_worker_config(args.path).registry.max_code_mb << 20)
     if args.registry is None and args.registry_auth is not None:
         raise OlactorsError("--registry-auth goes with --registry URL")
@@ -364,12 +369,20 @@ def _cmd_install(args: argparse.Namespace) -> int:
         from .cluster.publish import open_store, publish
 
         entry = publish(open_store(args.registry, args.registry_auth), name, data)
-        print(f"published {name} to {args.registry} ({entry['bytes']} bytes packed{owned})")
+        if args.json:
+            print(
+                json.dumps({**entry, "name": name, "registry": args.registry, "owner": args.owner})
+            )
+        else:
+            print(f"published {name} to {args.registry} ({entry['bytes']} bytes packed{owned})")
         return 0
     with _admin_client(args.path) as client:
         response = _admin_request(client, args.path, "POST", f"/registry/{name}", content=data)
     if response.is_success:
-        print(f"installed {name} ({len(data)} bytes packed{owned})")
+        if args.json:
+            print(json.dumps({**response.json(), "bytes": len(data), "owner": args.owner}))
+        else:
+            print(f"installed {name} ({len(data)} bytes packed{owned})")
         return 0
     _print_error(response)
     return 1

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from ._access import parse_duration, valid_owner
+from ._access import TOKEN_ID, parse_duration, valid_owner
 from ._errors import OlactorsError
 from ._names import validate_function_name
 from .cli import _admin_client, _admin_request, _print_error
@@ -61,11 +61,7 @@ def token_command(args: argparse.Namespace) -> int:
         if args.function is not None:
             body["function"] = validate_function_name(args.function)
         else:
-            if not valid_owner(args.owner):
-                raise OlactorsError(
-                    f"bad owner name {args.owner!r}: letters, digits, '_', '.', '-'"
-                )
-            body["owner"] = args.owner
+            body["owner"] = check_owner(args.owner)
         if args.expires is not None:
             try:
                 body["expires_in_s"] = parse_duration(args.expires)
@@ -95,6 +91,11 @@ def token_command(args: argparse.Namespace) -> int:
             for token in listed["tokens"]:
                 print(_describe(token))
         return 0
+    if TOKEN_ID.fullmatch(args.id) is None:
+        raise OlactorsError(
+            f"bad token id {args.id!r}: an id is 16 hex digits (token list shows them; "
+            "a token olt_<id>_... begins with its id)"
+        )
     revoked = _call(args, "DELETE", f"/tokens/{args.id}")
     if revoked is None:
         return 1
@@ -103,6 +104,13 @@ def token_command(args: argparse.Namespace) -> int:
     else:
         print(f"revoked {revoked['id']} (at {revoked['revoked_at']})")
     return 0
+
+
+def check_owner(name: str) -> str:
+    """``name`` if it is an owner name, else the usage error every command gives."""
+    if not valid_owner(name):
+        raise OlactorsError(f"bad owner name {name!r}: 1 to 128 letters, digits, '_', '.' or '-'")
+    return name
 
 
 def owner_command(args: argparse.Namespace) -> int:
@@ -118,9 +126,7 @@ def owner_command(args: argparse.Namespace) -> int:
         return 0
     validate_function_name(args.function)
     if args.action == "set":
-        if not valid_owner(args.name):
-            raise OlactorsError(f"bad owner name {args.name!r}: letters, digits, '_', '.', '-'")
-        answer = _call(args, "PUT", f"/owners/{args.function}", {"owner": args.name})
+        answer = _call(args, "PUT", f"/owners/{args.function}", {"owner": check_owner(args.name)})
         if answer is None:
             return 1
         text = f"{answer['function']} is owned by {answer['owner']}"

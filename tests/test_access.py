@@ -34,7 +34,7 @@ from olactors.sock.simulated import SimulatedBehaviour, open_simulated_pool
 from olactors.state import StateDir, StateUnavailable
 from olactors.worker import open_worker
 
-from .conftest import write_function
+from .conftest import run_cli, write_function
 
 NOW = 1_800_000_000.0
 
@@ -130,6 +130,34 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="bad duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["token", "revoke", ".."],
+        ["token", "revoke", "."],
+        ["token", "revoke", "0123456789abcdef?x=1"],
+        ["token", "revoke", "0123456789ABCDEF"],
+        ["token", "revoke", ""],
+        ["install", "{src}", "--owner", "x y"],
+        ["install", "{src}", "--owner", ""],
+    ],
+)
+def test_cli_refuses_bad_ids_and_owners_before_asking_a_worker(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """A token id that is not one, or a bad owner name given to install, is a
+    usage error (exit 2, one line naming the rule), decided before anything
+    talks to a worker: not whatever the admin router makes of '..' or '?'
+    (nothing runs at this path, so reaching for a worker would fail otherwise)."""
+    source = write_function(tmp_path / "src", "fn", "def f(event):\n    return 1\n")
+    argv = [a.replace("{src}", str(source)) for a in args]
+    r = run_cli(*argv, "--path", str(tmp_path / "no-worker"))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "no worker" not in r.stderr, r.stderr
+    expected = "16 hex digits" if args[0] == "token" else "bad owner name"
+    assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_ol_yaml_access_and_the_worker_default() -> None:

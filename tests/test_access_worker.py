@@ -273,8 +273,10 @@ def test_two_workers_share_tokens_and_owners(tmp_path: Path, processes: list) ->
 
     # install --owner, seen from the other worker; token list from either.
     source = write_function(tmp_path / "src", "mine", "def f(event):\n    return 1\n")
-    r = run_cli("install", str(source), "--owner", "bob", "--path", str(a))
+    r = run_cli("install", str(source), "--owner", "bob", "--path", str(a), "--json")
     assert r.returncode == 0, r.stderr
+    installed = json.loads(r.stdout)  # one JSON object, like every issue-14 command
+    assert installed["name"] == "mine" and installed["owner"] == "bob", installed
     assert {"function": "mine", "owner": "bob"} in cli_json("owner", "list", "--path", str(b))[
         "owners"
     ]
