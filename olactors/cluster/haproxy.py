@@ -214,6 +214,10 @@ def render_haproxy_config(settings: HaproxySettings) -> str:
         f"    retry-on conn-failure {RETRIED_STATUS}",
         f"    retries {settings.retries}",
         "    option redispatch 1",
+        "    # Read the whole request (body too) before sending it: HAProxy retries only a",
+        "    # request it holds entirely, and a POST whose body came in a later packet was",
+        "    # sent on before it arrived, so its refusal reached the client unretried.",
+        "    option http-buffer-request",
         f"    # A function's own {RETRIED_STATUS} arrives as {HELD_STATUS} + {STATUS_HEADER}"
         " (not retried);",
         "    # these rules run after the retry decision and give the client its status back.",
