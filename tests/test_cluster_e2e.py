@@ -21,7 +21,7 @@ import trio
 
 from olactors._balancing import key_hash
 from olactors.bench.netns import python_command
-from olactors.bench.testbed import Testbed, open_testbed
+from olactors.bench.testbed import LocalCluster, open_testbed
 from olactors.bench.workers import HostedWorker
 
 pytestmark = pytest.mark.root
@@ -57,7 +57,7 @@ async def _call(
     return await client.post(f"{url}/run/{name}", json=body or {}, **kw)
 
 
-async def _served(bed: Testbed) -> dict[str, Counter[str]]:
+async def _served(bed: LocalCluster) -> dict[str, Counter[str]]:
     """function -> Counter(worker address -> answered calls)."""
     out: dict[str, Counter[str]] = {}
     for w in bed.workers:
@@ -249,13 +249,13 @@ async def _scenario(tmp_path: Path) -> None:
 _LOG_LINE = re.compile(r" \d+/\d+/\d+/\d+/\+?(\d+) \d+/\d+ rid=(\S+) ")  # "+": redispatched
 
 
-def _retries(bed: Testbed) -> dict[str, int]:
+def _retries(bed: LocalCluster) -> dict[str, int]:
     """Request id -> retries, from HAProxy's access log (its %rc field)."""
     text = (bed.work / "haproxy.log").read_text(errors="replace")
     return {m.group(2): int(m.group(1)) for m in _LOG_LINE.finditer(text)}
 
 
-async def _refused(bed: Testbed, name: str) -> int:
+async def _refused(bed: LocalCluster, name: str) -> int:
     total = 0
     for w in bed.workers:
         if w.alive:
@@ -272,7 +272,7 @@ def _busiest(after: dict[str, Counter[str]], workers: list[HostedWorker]) -> Hos
 
 
 async def _token_phase(
-    bed: Testbed, client: httpx.AsyncClient, src: Path, serving: list[HostedWorker]
+    bed: LocalCluster, client: httpx.AsyncClient, src: Path, serving: list[HostedWorker]
 ) -> None:
     ring = bed.ring(serving)
     private = []

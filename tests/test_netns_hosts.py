@@ -21,7 +21,7 @@ SERVE = (
 )
 
 
-def _get(url: str, deadline_s: float = 10.0) -> httpx.Response:
+def _get(url: str, deadline_s: float = 60.0) -> httpx.Response:
     end = time.monotonic() + deadline_s
     while True:
         try:

@@ -53,7 +53,7 @@ MAX_CODE_BYTES = 64 << 20
 
 
 @dataclass
-class Testbed:
+class LocalCluster:
     net: HostNetwork
     work: Path
     settings: list[str]
@@ -194,7 +194,7 @@ async def open_testbed(
     *,
     balance: Balance = Balance.HASH,
     check_interval_s: float = 0.5,
-) -> AsyncIterator[Testbed]:
+) -> AsyncIterator[LocalCluster]:
     """``workers`` workers behind HAProxy (``balance``), with the nginx code store."""
     work.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
@@ -236,7 +236,7 @@ async def open_testbed(
                     log=work / "haproxy.log",
                 )
             )
-            bed = Testbed(net, work, settings, balance, started, haproxy, _ids(started))
+            bed = LocalCluster(net, work, settings, balance, started, haproxy, _ids(started))
             await bed.wait_servers_up(workers)
             yield bed
         finally:
