@@ -49,32 +49,38 @@ DISCARD_WINDOW_S = 2.0
 class BodyProgress:
     """How much of one request body has arrived, and whether all of it has."""
 
+    __slots__ = ("declared", "received", "complete", "_arrived")
+
     def __init__(self, declared: int | None) -> None:
         self.declared = declared  # Content-Length, None when chunked
         self.received = 0
-        self.complete = trio.Event()
-        self._arrived = trio.Event()  # set (and replaced) on every chunk
+        self.complete = False
+        #: Set on the next chunk; made only while an early answer waits for one
+        #: (almost every body is complete before its answer: no event at all).
+        self._arrived: trio.Event | None = None
 
     def add(self, chunk: bytes, more: bool) -> None:
         self.received += len(chunk)
         if not more:
-            self.complete.set()
-        self._arrived.set()
-        self._arrived = trio.Event()
+            self.complete = True
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
 
     async def finished_within(self, budget: float) -> bool:
         """Wait (at most :data:`DISCARD_WINDOW_S`) for the body to end within ``budget``
         bytes; True if it did, False if the connection cannot be kept for it."""
-        if self.complete.is_set():
+        if self.complete:
             return True
         if self.declared is not None and self.declared > budget:
             return False
         with trio.move_on_after(DISCARD_WINDOW_S):
-            while not self.complete.is_set():
+            while not self.complete:
                 if self.received > budget:
                     return False
+                self._arrived = trio.Event()
                 await self._arrived.wait()
-        return self.complete.is_set()
+        return self.complete
 
 
 class KeepAliveConnection(TrioASGIHTTPConnection):
