@@ -56,6 +56,7 @@ from ._common import (
     header_value,
     json_response,
     parse_name,
+    raw_header,
     read_body,
     require_method,
     status_code_for,
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from ..worker import Worker
 
 RUN_PREFIX = b"/run/"
+BALANCER_RAW = BALANCER_HEADER.lower().encode()
 ERROR_HEADER = INTERNAL_PREFIX + "error"
 #: Fields of a runtime error body passed on to the client besides ``message``.
 ERROR_DETAILS = ("type", "traceback")
@@ -148,8 +150,11 @@ def create_public_app(worker: Worker) -> QuartTrio:
             headers=forwarded_headers(request.scope["headers"]),
             body=body,
         )
-        caller = HttpCaller(request.headers.get("Authorization"))
-        if BALANCER_HEADER not in request.headers:
+        # Looked up in the raw headers: werkzeug's lookup of a header that is
+        # absent (the usual case for both) raises and catches a KeyError.
+        raw_headers = request.scope["headers"]
+        caller = HttpCaller(raw_header(raw_headers, b"authorization"))
+        if raw_header(raw_headers, BALANCER_RAW) is None:
             result = await worker.invoke(name, invocation, info.request_id, caller)
             return result_response(result, info.request_id)
         try:
