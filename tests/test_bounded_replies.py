@@ -95,15 +95,34 @@ async def test_a_body_beyond_the_limit_is_a_bad_response(worker_dir: Path) -> No
         await still_serves(client)
 
 
+async def test_a_body_of_exactly_the_limit_passes_one_byte_more_does_not(
+    worker_dir: Path,
+) -> None:
+    async with serving(worker_dir, "limits.max_response_bytes=1000") as served:
+        async with served.client() as client:
+            write_fn(served, "echo", "def f(event):\n    return event\n")
+            write_fn(served, "big", BIG)
+            response = await client.post("/run/big", json=998)  # '"' + 998 x + '"'
+            assert response.status_code == 200 and len(response.content) == 1000
+            reason = await refused(client, "/run/big", 999)
+            assert "response body of 1001 bytes, more than 1000" in reason
+            await still_serves(client)
+
+
 async def test_header_count_and_size_are_bounded(worker_dir: Path) -> None:
     limits = ("limits.max_response_headers=20", "limits.max_response_header_bytes=4096")
     async with serving(worker_dir, *limits) as served, served.client() as client:
         write_fn(served, "echo", "def f(event):\n    return event\n")
         write_fn(served, "many", MANY_HEADERS)
         write_fn(served, "bighead", BIG_HEADER)
-        assert (await client.post("/run/many?10")).status_code == 200
-        reason = await refused(client, "/run/many?30")
-        assert "limits.max_response_headers" in reason
+        # Exactly the limit passes (the runtime's own Content-Length, the
+        # framing the worker consumes, is not one of the function's headers),
+        # one more is refused.
+        response = await client.post("/run/many?20")
+        assert response.status_code == 200, response.text
+        assert sum(name.startswith("x-h") for name in response.headers) == 20
+        reason = await refused(client, "/run/many?21")
+        assert "limits.max_response_headers" in reason and "21 response header lines" in reason
         assert (await client.post("/run/bighead?1000")).status_code == 200
         reason = await refused(client, "/run/bighead?8000")
         assert "limits.max_response_header_bytes" in reason

@@ -111,9 +111,16 @@ class LeafClient:
         end = await self._read_head()
         lines = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
         del self._buf[: end + 4]
-        if len(lines) - 1 > self._limits.max_headers:
+        # The function's header lines: the Content-Length the runtime frames
+        # every answer with is the worker's to consume, never relayed, so a
+        # function may send exactly max_response_headers of its own.  (The
+        # head's byte limit already bounds how many lines there can be.)
+        counted = sum(
+            1 for line in lines[1:] if line.partition(":")[0].strip().lower() != "content-length"
+        )
+        if counted > self._limits.max_headers:
             raise BadResponse(
-                f"{len(lines) - 1} response header lines, more than "
+                f"{counted} response header lines, more than "
                 f"{self._limits.max_headers} (limits.max_response_headers)"
             )
         try:
