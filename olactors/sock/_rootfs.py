@@ -44,10 +44,11 @@ MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "dev", "packages", "proc")
 #: The directories of a sandbox's writable space: /host (its own scratch
 #: dir), /tmp and /dev/shm.
 SCRATCH_DIR, TMP_DIR, SHM_DIR = "host", "tmp", "shm"
-#: Inodes of the writable space beyond ``sandbox.tmp_inodes``: its own
-#: directories and what the runtime makes there (the blocked-syscalls map,
-#: the leaf's socket), so a function gets the configured number.
-WRITABLE_RESERVED_INODES = 8
+#: Inodes of the writable space beyond ``sandbox.tmp_inodes``, exactly what
+#: is not the function's: its root and three directories, and the two files
+#: a leaf's runtime makes in /host (its socket and the blocked-syscalls map;
+#: a zygote's socket and exits dir), so a function gets the configured number.
+WRITABLE_RESERVED_INODES = 4 + 2
 #: Where a leaf's own secrets tmpfs is mounted (``_secretfs.py``); empty in the base.
 SECRETS_POINT = "run/secrets"
 PACKAGES_TMPFS_BYTES = 1 << 20  # holds only the mount points of package dirs
