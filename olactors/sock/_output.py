@@ -73,6 +73,13 @@ class BoundedStream:
     def drop(self, n: int) -> None:
         self._dropped += n
 
+    def clear(self) -> None:
+        """Empty it for the next call (a fresh buffer only if this one was used:
+        a used one keeps its allocation)."""
+        if self._data:
+            self._data = bytearray()
+        self._dropped = 0
+
     @property
     def empty(self) -> bool:
         return not self._data and not self._dropped
@@ -108,6 +115,12 @@ class CallCapture:
 
     def dropped(self, stream: Stream, n: int) -> None:
         self._stream(stream).drop(n)
+
+    def clear(self) -> None:
+        """Empty both streams, to capture the next call."""
+        _, stdout, stderr = self._streams
+        stdout.clear()
+        stderr.clear()
 
     @property
     def empty(self) -> bool:

@@ -79,6 +79,7 @@ class SandboxStdio:
         self._poll = select.poll()  # both read ends: one syscall tells which hold data
         self._sink: Sink = log
         self._call: CallCapture | None = None
+        self._capture = CallCapture(max_output_bytes)  # every call's, cleared at its start
         self._last: CallOutput = NO_OUTPUT
         try:
             for stream in Stream:
@@ -180,7 +181,8 @@ class SandboxStdio:
         """From now on the sandbox's output belongs to a new call; what was
         written before goes to the log first."""
         self.drain()
-        self._call = CallCapture(self.max_output_bytes)
+        self._capture.clear()
+        self._call = self._capture
         self._sink = self._call
         self._last = NO_OUTPUT
 
@@ -195,6 +197,7 @@ class SandboxStdio:
         self._call = None
         self._sink = self.log
         self._last = call.finish(blocked_syscalls, self.redactor)
+        call.clear()  # its bytes are copied into the output: the capture keeps none
         return self._last
 
     def call_output(self) -> CallOutput:
