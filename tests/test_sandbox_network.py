@@ -9,6 +9,7 @@ the host.  Every address used is one the test made (TEST-NET ranges).
 
 from __future__ import annotations
 
+import functools
 import http.server
 import ipaddress
 import json
@@ -447,8 +448,9 @@ async def test_recovery_removes_a_dead_workers_rules_and_veths(worker_dir):
 
 async def test_egress_subnet_overlapping_a_host_network_is_refused(worker_dir):
     """The veth range must not shadow a network of the host: the pool refuses to start."""
-    route = json.loads(sh("ip", "-json", "-4", "route", "show", "scope", "link"))[0]
-    taken = ipaddress.IPv4Network(route["dst"], strict=False)
+    routes = json.loads(sh("ip", "-json", "-4", "route", "show", "scope", "link"))
+    networks = [ipaddress.IPv4Network(r["dst"], strict=False) for r in routes if "/" in r["dst"]]
+    taken = next(n for n in networks if n.prefixlen <= 30)  # a host network, not a sandbox /32
     config = build_config(None, [f"sandbox.egress_subnet={taken}"])
     with pytest.raises(ConfigError, match="overlaps the host's route"):
         async with open_sock_pool(config, worker_dir):
@@ -543,3 +545,69 @@ async def test_egress_addresses_are_distinct_across_functions_and_workers(tmp_pa
         routes = sh("ip", "-4", "route", "show")
         assert all(f"{a} dev " in routes for a in addresses)
     assert not worker_veths(tmp_path / "w1") and not worker_veths(tmp_path / "w2")
+
+
+# ------------------------------------------------- the installer's host services
+def test_loopback_urls_and_proxies_name_the_gateway_in_the_installer():
+    from olactors.packages import IndexOptions
+    from olactors.packages._install import installer_environment, sandboxed_index
+
+    index, _ = sandboxed_index(
+        IndexOptions(
+            index_url="http://localhost:3141/simple",
+            extra_index_urls=("https://pypi.org/simple",),
+            find_links=("http://127.0.0.1:8000/wheels/",),
+        ),
+        GATEWAY,
+    )
+    assert index.index_url == f"http://{GATEWAY}:3141/simple"
+    assert index.extra_index_urls == ("https://pypi.org/simple",)
+    assert index.find_links == (f"http://{GATEWAY}:8000/wheels/",)
+    assert f"--trusted-host={GATEWAY}" in index.pip_args()
+    env, _ = installer_environment(
+        {"HTTPS_PROXY": "http://u:p@127.0.0.1:3128", "http_proxy": "[::1]:3128"}, GATEWAY
+    )
+    assert env["HTTPS_PROXY"] == f"http://u:p@{GATEWAY}:3128"
+    assert env["http_proxy"] == f"{GATEWAY}:3128"
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_the_installer_reaches_an_index_on_the_host_only_on_an_allowed_port(
+    worker_dir, tmp_path, allowed
+):
+    """A package index on the host's loopback (here: a directory of wheels
+    served over HTTP) is reached by the installer at the gateway address, when
+    its port is in sandbox.egress_allow_host; the resolver, on the host, uses
+    it as configured."""
+    from .wheel_factory import build_standard_wheels
+
+    wheels = build_standard_wheels(tmp_path / "wheels")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(wheels))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    settings = [
+        "packages.offline=true",
+        f"packages.find_links=[http://127.0.0.1:{port}/]",
+    ]
+    if allowed:
+        settings.append(f"sandbox.egress_allow_host=[{port}]")
+    try:
+        async with serving(worker_dir, *settings) as served:
+            code = write_fn(
+                served, "uses", "import alpha\ndef f(event):\n    return alpha.VERSION\n"
+            )
+            (code / "requirements.txt").write_text("alpha\n")
+            async with served.client() as client:
+                r = await client.post("/run/uses", json=None)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    if allowed:
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code in (424, 500), r.text
+        assert r.json()["error"].startswith("package_install"), r.text

@@ -36,7 +36,7 @@ import trio
 from .._causes import CauseCode, released
 from .._config import Config
 from .._errors import InitFailed, OlactorsError, SandboxError
-from .._network import Network
+from .._network import EgressPolicy, Network
 from ..packages import FunctionPackages, IndexOptions, Pin, resolve_async
 from ..packages._install import (
     INSTALLER_ENTRY,
@@ -156,8 +156,11 @@ class PackagePuller:
         self.mempool = mempool
         self.acquirer = SandboxAcquirer(pool, mempool, config)
         self.index = IndexOptions.from_config(config, worker_dir)
-        self.sandbox_index, self.link_mounts = sandboxed_index(self.index)
-        self.env, self.cert_mounts = installer_environment(os.environ)
+        # The installer reaches services on this machine's loopback (a proxy,
+        # an index) at the egress gateway (their port in egress_allow_host).
+        gateway = str(EgressPolicy.from_config(config).gateway)
+        self.sandbox_index, self.link_mounts = sandboxed_index(self.index, gateway)
+        self.env, self.cert_mounts = installer_environment(os.environ, gateway)
         self.pip_dir: Path | None = None
         self._pip_lock = trio.Lock()
         self.resolutions: dict[tuple[str, ...], tuple[Pin, ...]] = {}

@@ -22,13 +22,15 @@ class IndexOptions:
 
     ``offline``: no index at all (``--no-index``), only ``find_links``; the
     index URLs are then ignored. ``find_links`` entries are URLs or absolute
-    directory paths.
+    directory paths. ``trusted_hosts``: hosts pip may reach over plain HTTP
+    (pip trusts localhost itself; the installer's view of it is another address).
     """
 
     index_url: str = "https://pypi.org/simple"
     extra_index_urls: tuple[str, ...] = ()
     find_links: tuple[str, ...] = ()
     offline: bool = False
+    trusted_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config, base_dir: Path | None = None) -> IndexOptions:
@@ -74,6 +76,7 @@ class IndexOptions:
             args = [f"--index-url={self.index_url}"]
             args += [f"--extra-index-url={url}" for url in self.extra_index_urls]
         args += [f"--find-links={link}" for link in self.find_links]
+        args += [f"--trusted-host={host}" for host in self.trusted_hosts]
         return args
 
 

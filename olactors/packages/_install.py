@@ -10,6 +10,7 @@ read-only so an offline index works inside the sandbox too.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .._errors import PackageInstallFailed
 from ..sock._api import InvocationResult, PackageMount
@@ -63,21 +64,73 @@ def pip_tool_dir(store_root: Path) -> Path:
     return tool
 
 
-def sandboxed_index(index: IndexOptions) -> tuple[IndexOptions, tuple[PackageMount, ...]]:
+#: Variables naming a proxy (a URL, or host:port).
+_PROXIES = ("PIP_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def via_gateway(url: str, gateway: str | None) -> str:
+    """``url`` as the installer reaches it: a host on this machine's loopback
+    (``localhost``, 127.0.0.0/8, ``::1``) is, from inside an egress sandbox,
+    the egress ``gateway`` address (whose port must be in
+    ``sandbox.egress_allow_host``, and the service listen there too).  Other
+    URLs, and every URL when ``gateway`` is None, are returned as they are.
+    A proxy given as ``host:port`` (no scheme) keeps that form."""
+    if gateway is None:
+        return url
+    bare = "://" not in url
+    parts = urlsplit(f"http://{url}" if bare else url)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number: pip will say so
+        return url
+    if host is None or not _is_loopback(host):
+        return url
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = (f"{userinfo}@" if userinfo else "") + gateway + (f":{port}" if port else "")
+    moved = urlunsplit(parts._replace(netloc=netloc))
+    return moved[len("http://") :] if bare else moved
+
+
+def sandboxed_index(
+    index: IndexOptions, gateway: str | None = None
+) -> tuple[IndexOptions, tuple[PackageMount, ...]]:
     """``index`` as seen from inside the installer: each local ``find_links``
     directory (a path or ``file://`` URL) is mounted read-only and named by
-    its path inside the sandbox."""
+    its path inside the sandbox; index and link URLs on this machine's
+    loopback name the egress ``gateway`` instead (see :func:`via_gateway`),
+    which pip then trusts over plain HTTP as it trusts localhost."""
     mounts: list[PackageMount] = []
     links = []
+    urls = [index.index_url, *index.extra_index_urls, *index.find_links]
+    # pip reaches localhost over plain HTTP; the same service at the gateway too.
+    plain_local = any(
+        url.startswith("http://") and via_gateway(url, gateway) != url for url in urls
+    )
     for link in index.find_links:
         path = unquote(urlsplit(link).path) if link.startswith("file://") else link
         if "://" in path or not os.path.isabs(path):
-            links.append(link)
+            links.append(via_gateway(link, gateway))
             continue
         target = f"{LINKS_TARGET}/{len(mounts)}"
         mounts.append(PackageMount(path, target, on_path=False))
         links.append(target)
-    return replace(index, find_links=tuple(links)), tuple(mounts)
+    index = replace(
+        index,
+        index_url=via_gateway(index.index_url, gateway),
+        extra_index_urls=tuple(via_gateway(url, gateway) for url in index.extra_index_urls),
+        find_links=tuple(links),
+        trusted_hosts=(gateway,) if plain_local and gateway is not None else (),
+    )
+    return index, tuple(mounts)
 
 
 def pip_install_args(pin: Pin, index: IndexOptions) -> list[str]:
@@ -100,13 +153,18 @@ def pip_install_args(pin: Pin, index: IndexOptions) -> list[str]:
 
 
 def installer_environment(
-    host: Mapping[str, str],
+    host: Mapping[str, str], gateway: str | None = None
 ) -> tuple[dict[str, str], tuple[PackageMount, ...]]:
     """pip's environment in the installer: no configuration file, only the
     host's transport settings; a CA bundle or client certificate the host
     names (``PIP_CERT``, ``PIP_CLIENT_CERT``) is mounted read-only and named
-    by its path inside the sandbox.  Returns the environment and those mounts."""
+    by its path inside the sandbox; a proxy on this machine's loopback is
+    named by the egress ``gateway`` address (see :func:`via_gateway`).
+    Returns the environment and those mounts."""
     env = {key: value for key, value in host.items() if key in _TRANSPORT}
+    for key in _PROXIES:
+        if env.get(key):
+            env[key] = via_gateway(env[key], gateway)
     mounts = []
     for key in _CERT_FILES:
         path = env.pop(key, None)
