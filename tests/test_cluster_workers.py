@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -259,6 +260,25 @@ def concurrently(n: int, call) -> list[httpx.Response]:  # type: ignore[no-untyp
         return list(pool.map(call, range(n)))
 
 
+def split_post(base: str, path: str, request_id: str, body: bytes) -> tuple[int, bytes]:
+    """POST with the head and the body in two writes 0.3 s apart (a slow client)."""
+    host, port = base.removeprefix("http://").split(":")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {request_id}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode())
+        time.sleep(0.3)
+        sock.sendall(body)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.partition(b"\r\n\r\n")[2]
+
+
 def test_a_refused_call_is_retried_on_the_other_worker(cluster: Cluster) -> None:
     home = cluster.home("slow")
     other = 1 - home
@@ -274,12 +294,19 @@ def test_a_refused_call_is_retried_on_the_other_worker(cluster: Cluster) -> None
                 if direct[-1].result(timeout=0.3).status_code == 429:
                     break
         assert direct[-1].result().status_code == 429
-        answer = cluster.call("slow", "retry-1")
+        # Two balanced calls while it is full: a plain one, and one from a client
+        # whose body arrives after its head (HAProxy waits for it, with
+        # http-buffer-request: it can replay only a request it had whole).
+        plain = pool.submit(cluster.call, "slow", "retry-1")
+        split = pool.submit(split_post, cluster.balancer, "/run/slow", "retry-2", b'"split"')
+        answer = plain.result()
         assert answer.status_code == 200 and answer.json() == "retry-1"
         assert answer.headers["x-request-id"] == "retry-1"
+        assert split.result() == (200, b'"split"')
         assert [f.result().status_code for f in direct[:-1]] == [200] * (len(direct) - 1)
     assert cluster.ran_on("slow", "retry-1") == [other]  # once, on the other worker
-    assert worker.stats()["functions"]["slow"]["rejected_429"] >= before + 2
+    assert cluster.ran_on("slow", "retry-2") == [other]
+    assert worker.stats()["functions"]["slow"]["rejected_429"] >= before + 3
 
 
 def test_a_workers_refusal_is_429_unmarked_and_503_overloaded_marked(cluster: Cluster) -> None:

@@ -18,7 +18,9 @@ as it is.  What it sets up, and why:
 * **Retries only for calls that never ran** (:mod:`olactors._balancer`): every
   request is marked with ``X-Olactors-Balancer``; ``retry-on conn-failure
   503`` with ``option redispatch 1`` sends a refused call (``503
-  overloaded``) or a failed connection to another worker; a function's own
+  overloaded``) or a failed connection to another worker (``option
+  http-buffer-request``: HAProxy replays only a request it had whole when it
+  sent it, so it waits for the body first); a function's own
   503 arrives as 500 + ``X-Olactors-Status: 503`` (not retried) and the
   ``http-response`` rules put the 503 back for the client.  HAProxy buffers a
   request to retry it: a body larger than ``tune.bufsize`` is never retried.
@@ -198,6 +200,9 @@ def render_haproxy_config(settings: HaproxySettings) -> str:
         "    # The mark that makes workers answer by the retry contract (a client's is replaced).",
         f"    http-request set-header {BALANCER_HEADER} 1",
         "    option forwardfor",
+        "    # Wait for the whole body before choosing a worker: HAProxy can replay (retry)",
+        "    # only a request it had entirely when it sent it (up to tune.bufsize).",
+        "    option http-buffer-request",
         '    log-format "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc'
         ' %ac/%fc/%bc/%sc/%rc %sq/%bq rid=%ID %{+Q}r"',
         f"    default_backend {BACKEND}",
