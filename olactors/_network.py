@@ -77,13 +77,15 @@ def subnet_problem(value: object) -> str | None:
 
 
 def cidr_problem(value: object) -> str | None:
-    """Why ``value`` is not an IPv4 CIDR for ``sandbox.egress_deny`` (None when it is)."""
+    """Why ``value`` is not a CIDR for ``sandbox.egress_deny`` (None when it is).
+
+    IPv6 ranges are accepted (an operator's list of private ranges may hold
+    both families) and need no rule: egress drops all IPv6.
+    """
     try:
-        ipaddress.IPv4Network(str(value), strict=False)
+        ipaddress.ip_network(str(value), strict=False)
     except ValueError as exc:
-        if isinstance(value, str) and ":" in value:
-            return f"{value!r} is IPv6: egress sandboxes have no IPv6 at all"
-        return f"{value!r} is not an IPv4 address or CIDR: {exc}"
+        return f"{value!r} is not an IP address or CIDR: {exc}"
     return None
 
 
@@ -113,7 +115,11 @@ class EgressPolicy:
         section = config.sandbox
         return cls(
             subnet=ipaddress.IPv4Network(section.egress_subnet),
-            deny=tuple(ipaddress.IPv4Network(c, strict=False) for c in section.egress_deny),
+            deny=tuple(
+                net
+                for net in (ipaddress.ip_network(c, strict=False) for c in section.egress_deny)
+                if isinstance(net, ipaddress.IPv4Network)  # all IPv6 is dropped anyway
+            ),
             allow_host_ports=tuple(sorted(set(section.egress_allow_host))),
         )
 

@@ -520,6 +520,20 @@ def test_the_ruleset_is_valid_nftables_with_the_configured_ranges_and_ports():
     sh("nft", "--check", "--file", "-", stdin=rules)  # nftables itself accepts it
 
 
+def test_an_ipv6_range_in_egress_deny_is_accepted_and_already_dropped():
+    """``sandbox.egress_deny`` is a list of CIDRs: an operator's list of private
+    ranges of both families starts the worker; IPv6 ones need no rule of their
+    own (egress drops all IPv6), so the deny set stays IPv4."""
+    config = build_config(None, ["sandbox.egress_deny=[10.0.0.0/8, fc00::/7, 2001:db8::1]"])
+    policy = EgressPolicy.from_config(config)
+    assert [str(net) for net in policy.deny] == ["10.0.0.0/8"]
+    rules = policy.ruleset("olactors_selftest", "olselftest")
+    assert "fc00" not in rules and "meta nfproto ipv6 drop" in rules
+    sh("nft", "--check", "--file", "-", stdin=rules)
+    with pytest.raises(ConfigError, match="not an IP address or CIDR"):
+        build_config(None, ["sandbox.egress_deny=[fc00::/7x]"])
+
+
 async def test_egress_addresses_are_distinct_across_functions_and_workers(tmp_path):
     """Two workers on one host (each its own table and veths) never hand out
     the same sandbox address: the choice reads the host's routes under a
