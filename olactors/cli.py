@@ -171,6 +171,21 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("idle", help="memory kept per function after it idled out")
     b.add_argument("--functions", type=int, default=1000)
     b.add_argument("--json", action="store_true", help="print figures as JSON")
+    b = bench.add_parser(
+        "cluster",
+        help="N real workers (network-namespace hosts) behind HAProxy: consistent hashing vs. "
+        "round robin, and the simulation at scale (root)",
+    )
+    b.add_argument("--workers", type=int, default=3, help="real workers (default: 3)")
+    b.add_argument("--calls", type=int, default=200, help="calls per routing (default: 200)")
+    b.add_argument("--rate", type=float, default=5.0, help="arrivals per second (default: 5)")
+    b.add_argument(
+        "--sim-scale",
+        type=float,
+        default=0.1,
+        help="simulation size (1: 100 workers, 10,000 functions, 100,000 calls; default 0.1)",
+    )
+    b.add_argument("--json", action="store_true", help="print figures as JSON")
     b = bench.add_parser("records", help="worker RSS while it records many calls")
     b.add_argument("--calls", type=int, default=100_000)
     b.add_argument("--functions", type=int, default=10)
@@ -593,6 +608,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from .bench import idle
 
         return idle.run(args.functions, args.json)
+    if args.bench == "cluster":
+        from .bench import cluster
+
+        return cluster.run(args.workers, args.calls, args.rate, args.sim_scale, args.json)
     if args.bench == "records":
         from .bench import records
 
