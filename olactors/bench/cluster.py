@@ -116,7 +116,8 @@ async def _measure(
                 await trio.sleep_until(start + at)
                 nursery.start_soon(call, name)
     cold = warm = 0
-    per_worker = []
+    per_worker: list[dict[str, Any]] = []
+    disks: list[float] = []
     for w in bed.workers:
         stats = await bed.admin(w, "GET", "/stats")
         calls = 0
@@ -124,15 +125,15 @@ async def _measure(
             cold += f["cold_starts"]
             warm += f["warm_starts"]
             calls += f["invocations"]
+        disks.append(round(_du(w.directory / "packages") / 2**20, 1))
         per_worker.append(
             {
                 "worker": w.address,
                 "calls": calls,
                 "functions": len(stats["functions"]),
-                "package_disk_mb": round(_du(w.directory / "packages") / 2**20, 1),
+                "package_disk_mb": disks[-1],
             }
         )
-    disks = [w["package_disk_mb"] for w in per_worker]
     return {
         "calls": len(plan),
         "statuses": statuses,
