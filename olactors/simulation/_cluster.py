@@ -33,6 +33,7 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -52,7 +53,7 @@ from ..sock.simulated import (
 )
 from ..worker import Worker, open_worker
 from ._determinism import deterministic_scheduler
-from ._harness import BASE_SETTINGS, SIMULATED_WORKER_DIR
+from ._harness import BASE_SETTINGS, scratch_dir
 from ._record import percentile
 from ._registry import SimulatedRegistry
 from ._workload import Zipf, function_name, lognormal_mean, poisson_times, stream_rng
@@ -156,7 +157,10 @@ class _Host:
 
 
 class _Cluster:
-    def __init__(self, scenario: ClusterScenario, routing: Routing, seed: int) -> None:
+    def __init__(
+        self, scenario: ClusterScenario, routing: Routing, seed: int, scratch: Path
+    ) -> None:
+        self.scratch = scratch  # each worker's own dir is a subdirectory
         self.scenario = scenario
         self.routing = routing
         self.seed = seed
@@ -202,7 +206,7 @@ class _Cluster:
                     worker = await stack.enter_async_context(
                         open_worker(
                             self.config,
-                            SIMULATED_WORKER_DIR,
+                            self.scratch / f"worker-{puid}",
                             pool=pool,
                             code_source=registry,
                             recording=False,  # no records store: its threads break replay
@@ -338,11 +342,12 @@ def run_cluster(scenario: ClusterScenario, routing: Routing, seed: int) -> Clust
     """Play ``scenario`` through its workers routed by ``routing``; the same
     seed gives the same run (its digest covers every call's worker, outcome
     and latency)."""
-    cluster = _Cluster(scenario, routing, seed)
     clock = trio.testing.MockClock(autojump_threshold=0)
     started = time.perf_counter()
-    with deterministic_scheduler(seed), _CrashCounter() as crashes:
-        trio.run(cluster.main, clock=clock)
+    with scratch_dir() as scratch:
+        cluster = _Cluster(scenario, routing, seed, scratch)
+        with deterministic_scheduler(seed), _CrashCounter() as crashes:
+            trio.run(cluster.main, clock=clock)
     real_s = time.perf_counter() - started
     summary = cluster.summary()
     summary["logged_exceptions"] = crashes.count

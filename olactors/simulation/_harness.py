@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -68,8 +70,8 @@ from ._workload import (
 
 #: How the harness's kill actions end a sandbox (killed from outside, e.g. by an operator).
 SIMULATED_KILL = Cause.of(CauseCode.SIGNAL, signal="SIGKILL", sender=SignalSender.OTHER.value)
-#: Where the worker believes it lives; nothing is ever written there.
-SIMULATED_WORKER_DIR = Path("/nonexistent/olactors-simulation")
+#: How a run's scratch directory (see :func:`scratch_dir`) is named in the temp dir.
+SCRATCH_PREFIX = "olactors-simulation-"
 
 #: Worker settings every simulation starts from (a scenario adds its own).
 BASE_SETTINGS = (
@@ -123,6 +125,20 @@ class SimResult:
         return not self.violations
 
 
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A new temporary directory for one run's simulated workers, removed when the run ends.
+
+    The worker keeps a little on disk even in a simulation (its package
+    store's directory and staging area; no records database, no state
+    dir), so each run gets its own directory: concurrent runs never share
+    a file, and none is left behind.  Nothing written there is in the
+    trace, so the path (random per run) does not change the digest.
+    """
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as path:
+        yield Path(path)
+
+
 def run_scenario(
     scenario: Scenario,
     seed: int,
@@ -133,18 +149,22 @@ def run_scenario(
     """Run ``scenario`` with ``seed`` (and extra worker ``settings``) to the end."""
     all_settings = (*BASE_SETTINGS, *scenario.settings, *settings)
     config = build_config(None, all_settings, origin="simulation")
-    run = _Run(scenario, config, seed, keep_trace)
     clock = trio.testing.MockClock(autojump_threshold=0)
     started = time.perf_counter()
-    with deterministic_scheduler(seed), _QuietLogs(run):
-        trio.run(run.main, clock=clock)
+    with scratch_dir() as worker_dir:
+        run = _Run(scenario, config, seed, keep_trace, worker_dir)
+        with deterministic_scheduler(seed), _QuietLogs(run):
+            trio.run(run.main, clock=clock)
     real_s = time.perf_counter() - started
     return run.result(all_settings, real_s)
 
 
 class _Run:
-    def __init__(self, scenario: Scenario, config: Config, seed: int, keep: bool) -> None:
+    def __init__(
+        self, scenario: Scenario, config: Config, seed: int, keep: bool, worker_dir: Path
+    ) -> None:
         self.scenario = scenario
+        self.worker_dir = worker_dir
         self.config = config
         self.seed = seed
         self.trace = Trace(keep)
@@ -187,7 +207,7 @@ class _Run:
                     pool.listen(self.observe)
                     async with open_worker(
                         self.config,
-                        SIMULATED_WORKER_DIR,
+                        self.worker_dir,
                         pool=pool,
                         code_source=registry,
                         recording=False,  # no records store: its threads would break replay
