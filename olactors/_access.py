@@ -75,6 +75,14 @@ class Forbidden(OlactorsError):
     status = 403
 
 
+class AccessChanged(Unauthorized):
+    """A call admitted while its function was public reached the function
+    actor when the code it would run is private (ol.yaml changed while the
+    call waited past ``registry.cache_s``).  The worker judges the call again
+    (:meth:`olactors.worker.Worker.invoke`); should it escape anyway, it
+    answers like any call without a valid token: 401, fail closed."""
+
+
 class TokenNotFound(OlactorsError):
     """No token has that id (admin API)."""
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from ._access import ANONYMOUS, Access, Caller
+from ._access import ANONYMOUS, Access, AccessChanged, Caller
 from ._config import Config
 from ._errors import FunctionNotFound, OlactorsError, SandboxNotFound, ShuttingDown
 from ._eviction import make_policy
@@ -73,6 +73,10 @@ RECORDS_DB = "records.db"
 #: The most of a sandbox's own log ``GET /sandboxes/<id>/log`` returns (it keeps
 #: its latest 128 to 256 KiB).
 SANDBOX_LOG_BYTES = 256 * 1024
+#: How often one call is admitted at most: a call admitted as public whose
+#: function turned private while it waited is judged again (AccessChanged);
+#: only a function whose ol.yaml keeps flipping gets the last one's 401.
+_MAX_ADMISSIONS = 3
 CLIENT_GONE = 499  # recorded for a call whose caller was cancelled (e.g. disconnected)
 
 
@@ -157,19 +161,31 @@ class Worker:
         known = True  # an unknown name must not leave a metrics record behind
         self.in_flight += 1
         try:
-            admission = await self.gate.admit(name, caller)
-            trace.owner = admission.owner
-            private = admission.access is Access.PRIVATE
-            headers = tuple(
-                (k, v)
-                for k, v in inv.headers
-                if not k.lower().startswith("x-olactors-")
-                and not (private and k.lower() == "authorization")
-            )
-            inv = Invocation(inv.method.upper(), inv.path or "/", inv.query, headers, inv.body)
-            result = await self.manager.invoke(name, inv, request_id, trace)
-            status = result.status
-            return result
+            for admissions in range(1, _MAX_ADMISSIONS + 1):
+                admission = await self.gate.admit(name, caller)
+                trace.owner = admission.owner
+                private = admission.access is Access.PRIVATE
+                headers = tuple(
+                    (k, v)
+                    for k, v in inv.headers
+                    if not k.lower().startswith("x-olactors-")
+                    and not (private and k.lower() == "authorization")
+                )
+                sent = Invocation(inv.method.upper(), inv.path or "/", inv.query, headers, inv.body)
+                try:
+                    result = await self.manager.invoke(
+                        name, sent, request_id, trace, admission.access
+                    )
+                except AccessChanged:
+                    # It became private while the call waited: judge the call
+                    # again by the code now served (the gate asks the puller).
+                    if admissions == _MAX_ADMISSIONS:
+                        raise
+                    self.gate.forget(name)
+                    continue
+                status = result.status
+                return result
+            raise AssertionError("unreachable: the last admission returns or raises")
         except OlactorsError as exc:
             status = exc.status
             error_cause = exc.cause

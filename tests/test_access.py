@@ -256,3 +256,85 @@ async def test_the_worker_admits_before_queueing_and_trusts_its_own_triggers(
             assert [r["request_id"] for r in await worker.records("priv", 10)] == ["r4", "r3"]
             access = (await worker.stats())["access"]
             assert access["unauthorized"] == 1 and access["forbidden"] == 1
+
+
+async def test_a_call_admitted_as_public_never_runs_code_that_became_private(
+    tmp_path: Path,
+) -> None:
+    """The gate judges a call by the ol.yaml of the code the puller holds then;
+    a call that waits in the queue past ``registry.cache_s`` is dispatched with
+    the code of that moment.  When the function became private meanwhile, the
+    call is judged again (here: anonymous, so 401) instead of running the
+    private code: C, anonymous, gets 401; T, with a token for the function,
+    runs, without the Authorization header that admitted it.  One instance;
+    call A holds it, B waits for it inside the function actor, C and T wait in
+    its queue while ol.yaml turns private."""
+    fn = write_function(tmp_path / "registry", "flip", "def f(event):\n    return 1\n")
+    config = build_config(
+        None, ["memory.pool_mb=4096", "functions.max_instances=1", "registry.cache_s=0.2"]
+    )
+    entered, release = trio.Event(), trio.Event()
+    ran: list[bytes] = []
+
+    async def handler(sandbox, inv: Invocation) -> InvocationResult:  # type: ignore[no-untyped-def]
+        if inv.body == b"hold":
+            entered.set()
+            await release.wait()
+        ran.append(inv.body)
+        assert "authorization" not in dict(inv.headers) or inv.body == b"B", inv
+        return InvocationResult(200, (), b"1")
+
+    behaviour = SimulatedBehaviour(rng=random.Random(1))
+    behaviour.handler = handler
+    outcome: dict[str, object] = {}
+
+    async def call(worker, key: str, token: str | None = None) -> None:  # type: ignore[no-untyped-def]
+        auth = () if token is None else (("authorization", f"Bearer {token}"),)
+        inv = Invocation(body=key.encode(), headers=auth)
+        caller = HttpCaller(None if token is None else f"Bearer {token}")
+        try:
+            outcome[key] = (await worker.invoke("flip", inv, key, caller)).status
+        except Unauthorized as exc:
+            outcome[key] = exc
+
+    async with open_simulated_pool(behaviour) as pool:
+        async with open_worker(config, tmp_path, pool=pool) as worker:
+            assert (await worker.invoke("flip", Invocation(body=b"warm"), "w")).status == 200
+            assert worker.access is not None
+            issued = await worker.access.create_token(
+                function="flip", owner=None, expires_in_s=None
+            )
+            submitted: list[str] = []
+            invoke = worker.manager.invoke
+
+            async def spy(name, inv, request_id, *args):  # type: ignore[no-untyped-def]
+                submitted.append(request_id)  # admitted, handed to the function actor
+                return await invoke(name, inv, request_id, *args)
+
+            worker.manager.invoke = spy  # type: ignore[method-assign]
+
+            async def queued(key: str, depth: int) -> None:
+                while (
+                    key not in submitted
+                    or (await worker.manager.functions())[0].queue_depth != depth
+                ):
+                    await trio.sleep(0.01)
+
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call, worker, "hold")
+                    await entered.wait()
+                    nursery.start_soon(call, worker, "B")
+                    await queued("B", 0)  # taken by the function actor, waiting for the instance
+                    nursery.start_soon(call, worker, "C")
+                    await queued("C", 1)
+                    nursery.start_soon(call, worker, "T", issued.text)
+                    await queued("T", 2)
+                    (fn / "ol.yaml").write_text("access: private\n")
+                    await trio.sleep(0.5)  # the code's registry.cache_s window ends
+                    release.set()
+            assert outcome["hold"] == 200 and outcome["B"] == 200  # dispatched before
+            assert isinstance(outcome["C"], Unauthorized), outcome
+            assert outcome["T"] == 200 and b"C" not in ran and b"T" in ran
+            with pytest.raises(Unauthorized):
+                await worker.invoke("flip", Invocation(body=b"D"), "D")

@@ -103,6 +103,10 @@ class AccessGate:
             raise
         return Admission(access, owner)
 
+    def forget(self, name: str) -> None:
+        """Drop the copy of ``name``'s access: the next call asks the code puller."""
+        self._access.pop(name, None)
+
     def describe(self) -> dict[str, int]:
         """Counts for ``/stats`` (never a token, a name or an owner)."""
         out = {"unauthorized": self.unauthorized, "forbidden": self.forbidden}

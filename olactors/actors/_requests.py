@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .._access import Access
 from .._records import CallTrace
 from ..sock import Invocation, InvocationResult
 from ._calls import Reply
@@ -18,3 +19,7 @@ class CallRequest:
     submitted: float
     #: Filled in by the function actor and the instance (see CallTrace).
     trace: CallTrace = field(default_factory=CallTrace)
+    #: The function's access the call was admitted under (AccessGate), or
+    #: None for a caller the gate does not judge (simulations, tests).  The
+    #: function actor refuses to run private code for a call admitted as public.
+    admitted: Access | None = None

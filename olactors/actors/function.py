@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .._access import Access, AccessChanged
 from .._causes import Cause, CauseCode, released
 from .._errors import (
     FunctionFailing,
@@ -52,7 +53,7 @@ from .._errors import (
     SandboxUnavailable,
     SecretNotGranted,
 )
-from .._function_config import ResolvedLimits, resolve_limits
+from .._function_config import ResolvedLimits, effective_access, resolve_limits
 from .._records import ColdReason
 from .._scaling import RecentDurations, Scaler
 from .._secrets import NO_SECRETS, GrantedSecrets
@@ -242,6 +243,13 @@ class FunctionActor:
             if self.code is None or code.version != self.code.version:
                 self._switch(code)  # BadFunction (bad limits): asked again next time
             self.code_until = until
+        if (
+            req.admitted is Access.PUBLIC
+            and effective_access(code.config, self.deps.config) is Access.PRIVATE
+        ):
+            # Admitted by an ol.yaml of before; first of all checks, so nothing
+            # of the private function (its methods, its secrets) shows.
+            raise AccessChanged(f"function {self.name!r} became private while the call waited")
         methods = code.config.methods
         method = req.invocation.method.upper()
         if methods and method not in methods and not (method == "HEAD" and "GET" in methods):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .._access import Access
 from .._errors import ShuttingDown
 from .._records import CallTrace
 from ..sock import Invocation, InvocationResult
@@ -59,10 +60,16 @@ class ManagerRef:
         self._running = running  # the manager's table of live functions (read here only)
 
     async def invoke(
-        self, name: str, inv: Invocation, request_id: str, trace: CallTrace | None = None
+        self,
+        name: str,
+        inv: Invocation,
+        request_id: str,
+        trace: CallTrace | None = None,
+        admitted: Access | None = None,
     ) -> InvocationResult:
         """Run one call of ``name``; raises the OlactorsError that answers it.
         ``trace`` (default: a fresh one) is filled in on the way (see CallTrace).
+        ``admitted``: the access the call was admitted under (see CallRequest).
 
         A running function gets the request straight into its queue; only
         a function not running (or stopping) is asked of the manager.
@@ -72,7 +79,7 @@ class ManagerRef:
         for _attempt in range(3):
             if ref is None or ref.stopped:
                 ref = await ask(self._inbox, GetFunction(name, Reply()))
-            req = CallRequest(name, inv, request_id, Reply(), trio.current_time(), trace)
+            req = CallRequest(name, inv, request_id, Reply(), trio.current_time(), trace, admitted)
             try:
                 ref.submit(req)
             except FunctionStopped:
