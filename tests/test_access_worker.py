@@ -187,9 +187,8 @@ async def test_admin_api_refuses_bad_input(worker_dir: Path) -> None:
                 await admin.delete("/tokens/0123456789abcdef"), 404, "token_not_found"
             )
             assert_json_error(await admin.delete("/tokens/nope"), 404, "token_not_found")
-            assert_json_error(
-                await admin.put("/owners/f", json={"owner": ""}), 400, "bad_parameter"
-            )
+            for body in ({"owner": ""}, {"owner": "a", "color": "red"}, {}):
+                assert_json_error(await admin.put("/owners/f", json=body), 400, "bad_parameter")
             assert_json_error(
                 await admin.put("/owners/%2e%2e", json={"owner": "a"}), 400, "bad_function_name"
             )

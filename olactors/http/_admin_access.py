@@ -58,6 +58,9 @@ async def _json_body(request: TrioRequest) -> dict[str, Any]:
 
 
 def _owner_field(body: dict[str, Any]) -> str:
+    unknown = set(body) - {"owner"}
+    if unknown:  # like POST /tokens: a misspelt field is an error, not ignored
+        raise BadParameter(f"unknown fields {sorted(unknown)} (known: owner)")
     owner = body.get("owner")
     if not valid_owner(owner):
         raise BadParameter(
