@@ -91,8 +91,18 @@ def workload(calls: int, rate: float) -> list[tuple[float, str]]:
     return [(next(times), f"f{zipf.draw(rng):02d}") for _ in range(calls)]
 
 
-def _du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+def _installed_bytes(store: Path) -> int:
+    """Bytes of the installed distributions in a worker's package store
+    (``<name>/<version>/``; not the store's own hidden dirs: pip's tools, staging)."""
+    if not store.is_dir():
+        return 0
+    return sum(
+        p.stat().st_size
+        for top in store.iterdir()
+        if top.is_dir() and not top.name.startswith(".")
+        for p in top.rglob("*")
+        if p.is_file() and not p.is_symlink()
+    )
 
 
 async def _measure(
@@ -102,7 +112,11 @@ async def _measure(
         await bed.publish_async(f"f{index:02d}", write_function(functions, index))
     latencies: list[float] = []
     statuses: dict[str, int] = {}
-    async with httpx.AsyncClient(timeout=120.0) as client:
+    # A fresh connection per call: on a reused client connection HAProxy answers
+    # a call whose worker closed its idle connection first (the keep-alive race)
+    # by closing the client's, unanswered.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
 
         async def call(name: str) -> None:
             t0 = time.perf_counter()
@@ -125,7 +139,7 @@ async def _measure(
             cold += f["cold_starts"]
             warm += f["warm_starts"]
             calls += f["invocations"]
-        disks.append(round(_du(w.directory / "packages") / 2**20, 1))
+        disks.append(round(_installed_bytes(w.directory / "packages") / 2**20, 1))
         per_worker.append(
             {
                 "worker": w.address,
