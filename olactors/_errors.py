@@ -283,6 +283,21 @@ class InitTimeout(InitFailed):
         return {"init_s": self.init_s, **self.cause_details()}
 
 
+class InitBadReport(InitFailed):
+    """While the handler was imported, something wrote on the sandbox's start
+    channel that the worker does not take in that phase (only the leaf's own
+    ``{"ready": true}`` and its zygote's fork reply): function code answering
+    for its runtime.  502 ``bad_response`` (cause ``bad_response``), the
+    sandbox destroyed; the function's failure, never retried as the sandbox's."""
+
+    code = "bad_response"
+    status = 502
+
+    def __init__(self, message: str, cause: Cause) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class InitDied(InitFailed):
     """The sandbox's process died while it imported the handler (an OOM at its
     memory limit, a crash in native code, ``os._exit``); ``cause`` is the

@@ -833,6 +833,81 @@ def test_redirect_the_worker_to_its_admin_socket(worker):
     worker.victim_unharmed()
 
 
+FORGED_REPORT = """
+def _start_channel():
+    # The report channel to the worker the runtime holds while it imports
+    # this module (a connected SEQPACKET socket).
+    for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        if sock.type == socket.SOCK_SEQPACKET and not sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+        ):
+            return sock
+        sock.close()
+
+
+_channel = _start_channel()
+if FROM_CHILD:
+    child = os.fork()
+    if child == 0:
+        _channel.send(FORGED)
+        os._exit(0)
+    os.waitpid(child, 0)
+else:
+    _channel.send(FORGED)
+time.sleep(0.5)
+
+
+def f(event):
+    return "imported"
+"""
+
+
+@pytest.mark.parametrize(
+    ("forged", "from_child"),
+    [
+        (b"not json{", False),
+        (b'{"error": "the zygote refused"}', False),
+        (b'{"forked": 1}', False),  # another leaf's pid in the zygote: its exit file
+        (b'{"ready": true}', True),
+    ],
+    ids=["not-json", "forged-refusal", "forged-fork-reply", "ready-from-a-child"],
+)
+def test_forge_reports_on_its_start_channel(worker, forged, from_child):
+    """While its module is imported, function code can write on the channel
+    its runtime reports to the worker on.  The worker takes, in that phase,
+    only the leaf's own ``{"ready": true}`` and its zygote's fork reply (by
+    the sender's kernel-given pid): anything else is the function's bad
+    answer, 502 bad_response, never a pid the worker would then use to read
+    and remove another leaf's exit status, nor a sandbox error that is retried."""
+    name = f"forge-{len(forged)}-{int(from_child)}"
+    source = f"FORGED = {forged!r}\nFROM_CHILD = {from_child}\n" + FORGED_REPORT
+    worker.write(name, hostile(source))
+    response = worker.call(name)
+    assert response.status_code == 502, response.text
+    body = response.json()
+    assert body["error"] == "bad_response" and body["cause"]["code"] == "bad_response", body
+    assert "start channel" in body["cause"]["detail"]["reason"], body
+    worker.victim_unharmed()
+
+
+def test_forge_a_report_in_a_fresh_leaf(tmp_path):
+    """The same from a fresh leaf (no zygote: the import cache is off)."""
+    fresh = start_worker(tmp_path / "fresh", "import_cache.enabled=false")
+    try:
+        source = "FORGED = b'not json{'\nFROM_CHILD = False\n" + FORGED_REPORT
+        fresh.write("forge", hostile(source))
+        response = fresh.call("forge")
+        assert response.status_code == 502, response.text
+        assert response.json()["cause"]["code"] == "bad_response", response.text
+        fresh.victim_unharmed()
+    finally:
+        stop_worker(fresh)
+
+
 def test_spin_past_the_runtime_limit(worker):
     worker.write("spin", "def f(event):\n    while True:\n        pass\n",
                  "limits:\n  runtime_s: 0.5\n")  # fmt: skip

@@ -26,7 +26,14 @@ import trio
 from .. import native
 from .._capabilities import ZYGOTE_MASK
 from .._causes import Cause, CauseCode
-from .._errors import InitDied, InitTimeout, OlactorsError, SandboxError, ZygoteUnsuitable
+from .._errors import (
+    InitBadReport,
+    InitDied,
+    InitTimeout,
+    OlactorsError,
+    SandboxError,
+    ZygoteUnsuitable,
+)
 from ._blocked import BlockedSyscalls, sandbox_env
 from ._procfs import proc_mount
 from ._safe import SafeSandbox
@@ -102,6 +109,59 @@ class RuntimeClosed(SandboxError):
     """The runtime closed its report channel before the phase ended (it exited)."""
 
 
+class BadReport(SandboxError):
+    """Something the runtime never sends came over its report channel."""
+
+
+def _parse_report(msg: bytes, what: str) -> dict:
+    try:
+        data = json.loads(msg)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise BadReport(f"{what}: its start channel carried {msg[:60]!r}, not a report")
+    return data
+
+
+async def import_report(
+    sock: trio.socket.SocketType,
+    leaf_pid: int,
+    zygote_pid: int | None,
+    what: str,
+    forked: list[int],
+) -> None:
+    """Phase two's reports, until the leaf's ``{"ready": true}``; the fork
+    replies its zygote sent meanwhile (the child's pid in its namespace) are
+    appended to ``forked``.
+
+    The function's code runs in this phase and can write on the channel
+    too, so only these are taken, each from its kernel-given sender: the
+    leaf's own ``{"ready": true}`` and its zygote's ``{"forked": n}``.
+    Anything else raises :class:`BadReport`.
+    """
+    while True:
+        try:
+            msg, ancdata, _flags, _addr = await sock.recvmsg(
+                65536, stdsocket.CMSG_SPACE(_UCRED.size)
+            )
+        except ConnectionResetError:
+            msg = b""
+        if not msg:
+            raise RuntimeClosed(f"{what}: the sandbox exited before it was ready")
+        data = _parse_report(msg, what)
+        sender = _sender_pid(ancdata, what)
+        if sender == leaf_pid and data == {"ready": True}:
+            return
+        fork_reply = data.get("forked")
+        if sender == zygote_pid and list(data) == ["forked"] and type(fork_reply) is int:
+            forked.append(fork_reply)
+            continue
+        raise BadReport(
+            f"{what}: its start channel carried {msg[:60]!r} from pid {sender} while "
+            "the function's code was imported"
+        )
+
+
 async def next_report(
     sock: trio.socket.SocketType,
     phase: str,
@@ -133,7 +193,7 @@ async def next_report(
             msg = b""
         if not msg:
             raise RuntimeClosed(f"{what}: the sandbox exited before it was {phase}")
-        data = json.loads(msg)
+        data = _parse_report(msg, what)
         if data.get("namespaces") and on_namespaces is not None:
             await on_namespaces(_sender_pid(ancdata, what))
             continue
@@ -334,18 +394,25 @@ async def _init_phase(
     forked: list[int] = []  # the zygote's fork reply, if it came after "started"
     with trio.move_on_after(limit):
         try:
-            pid = await next_report(sock, "ready", what, forked)
+            await import_report(sock, sb.pid, None if zygote is None else zygote.pid, what, forked)
         except RuntimeClosed as exc:
-            if forked:
-                sb.ns_pid = forked[-1]
+            _take_fork_reply(sb, forked)
             raise await _init_death(sb, pool, zygote, what) from exc
-        if forked:
-            sb.ns_pid = forked[-1]
-        if pid != sb.pid:
-            raise SandboxError(f"{what}: the report came from pid {pid}, not {sb.pid}")
+        except BadReport as exc:
+            raise InitBadReport(
+                exc.message, Cause.of(CauseCode.BAD_RESPONSE, reason=exc.message)
+            ) from exc
+        _take_fork_reply(sb, forked)
         _check_open(pool)
         return
     raise InitTimeout(limit)
+
+
+def _take_fork_reply(sb: SockSandbox, forked: list[int]) -> None:
+    """The child's pid in its zygote's namespace from the zygote's reply,
+    unless the kernel already told it (``pid_in_parent_namespace``)."""
+    if forked and sb.ns_pid <= 0:
+        sb.ns_pid = forked[-1]
 
 
 async def _init_death(
