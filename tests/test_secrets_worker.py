@@ -379,6 +379,17 @@ async def test_two_workers_sharing_a_state_dir_serve_the_same_secrets(tmp_path: 
             await trio.sleep(CACHE_S + 0.2)
             r = await call(client_one, "reader")
             assert r.status_code == 424 and r.json()["error"] == "secret_not_granted"
+            # The refusal also retires the sandbox that holds the revoked value,
+            # though calls keep coming (each would otherwise keep it from idling out).
+            async with one.admin_client() as admin:
+                for _ in range(50):
+                    if not [sb for sb in await sandboxes(admin) if sb["function"] == "reader"]:
+                        break
+                    r = await call(client_one, "reader")
+                    assert r.status_code == 424
+                    await trio.sleep(0.1)
+                else:
+                    raise AssertionError("the revoked secret's sandbox lives on")
     key = tmp_path / "key" / "secrets.key"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert files_holding(tmp_path, [value.encode(), rotated.encode()]) == []

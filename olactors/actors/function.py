@@ -271,8 +271,12 @@ class FunctionActor:
 
     def _check_secrets(self, code: FunctionCode, granted: GrantedSecrets) -> None:
         """``granted``: the function's secrets, as of at most ``registry.cache_s``
-        ago.  SecretNotGranted (424) for a declared one that is not granted; a
-        changed set retires the instances holding the old one."""
+        ago.  A changed set retires the instances holding the old one, first:
+        a revoked secret must not stay mounted in an idle sandbox while its
+        function's calls are refused; then SecretNotGranted (424) for a
+        declared one that is not granted."""
+        if granted is not self.secrets and granted.fingerprint != self.secrets.fingerprint:
+            self._switch_secrets(granted)
         if code.config.secrets:
             names = granted.names
             for name in code.config.secrets:
@@ -282,8 +286,6 @@ class FunctionActor:
                         f"but it is not granted to it (olactors secret grant {name} {self.name})",
                         name,
                     )
-        if granted is not self.secrets and granted.fingerprint != self.secrets.fingerprint:
-            self._switch_secrets(granted)
 
     def _switch_secrets(self, granted: GrantedSecrets) -> None:
         """New calls go to new instances with ``granted``; the old ones finish
