@@ -311,6 +311,51 @@ def build_config(
     return Config(data)
 
 
+def apply_overrides_to_text(text: str, overrides: Iterable[str]) -> str:
+    """worker.yaml's ``text`` with each ``section.key=value`` written into it
+    (``olactors init --set``), keeping its comments: the key's line in its
+    section gets the new value (a trailing comment stays), a key the file lacks
+    is added under its section, a missing section at the end. The result is
+    validated (:class:`ConfigError` names the bad key, and nothing is to be
+    written then)."""
+    overrides = list(overrides)
+    lines = text.splitlines()
+    for override in overrides:
+        dotted, value = parse_override(override)
+        section, _, key = dotted.partition(".")
+        rendered = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+        rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+        start = next((i for i, line in enumerate(lines) if line.rstrip() == f"{section}:"), None)
+        if start is None:
+            lines += ["", f"{section}:", f"  {key}: {rendered}"]
+            continue
+        end = next(
+            (
+                i
+                for i in range(start + 1, len(lines))
+                if lines[i] and not lines[i][0].isspace() and not lines[i].startswith("#")
+            ),
+            len(lines),
+        )
+        for i in range(start + 1, end):
+            if lines[i].startswith(f"  {key}:"):
+                _, _, rest = lines[i].partition(":")
+                comment = ""
+                if "#" in rest and not isinstance(value, str):
+                    comment = "  #" + rest.split("#", 1)[1]
+                lines[i] = f"  {key}: {rendered}{comment}"
+                break
+        else:
+            lines.insert(start + 1, f"  {key}: {rendered}")
+    new_text = "\n".join(lines) + "\n"
+    if build_config(new_text).as_dict() != build_config(text, overrides).as_dict():
+        raise ConfigError(
+            "worker.yaml: cannot write the --set values into it (its layout is not the "
+            "documented one: sections at column 0, keys indented by two spaces); edit it by hand"
+        )
+    return new_text
+
+
 def load_worker_config(worker_dir: Path, overrides: Iterable[str] = ()) -> Config:
     path = worker_dir / "worker.yaml"
     text = None

@@ -244,7 +244,7 @@ def _add_access_commands(sub: Any) -> None:
 def _cmd_init(args: argparse.Namespace) -> int:
     from .worker_dir import init_worker_dir
 
-    init_worker_dir(args.path, args.overrides)
+    init_worker_dir(args.path, args.overrides, write_overrides=True)
     print(f"initialised worker dir {args.path.resolve()}")
     return 0
 

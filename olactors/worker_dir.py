@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._config import DEFAULTS_PATH, Config, load_worker_config
+from ._config import DEFAULTS_PATH, Config, apply_overrides_to_text, load_worker_config
 from .sock import WorkerDirLock, recover_worker_dir
 from .sock._rootfs import make_base_skeleton
 
@@ -26,15 +26,23 @@ log = logging.getLogger("olactors.worker_dir")
 DEFAULT_PATH = Path("olactors-worker")
 
 
-def init_worker_dir(path: Path, overrides: Sequence[str] = ()) -> Config:
-    """Create the worker dir (idempotent); an existing worker.yaml is validated, not replaced."""
+def init_worker_dir(
+    path: Path, overrides: Sequence[str] = (), *, write_overrides: bool = False
+) -> Config:
+    """Create the worker dir (idempotent); worker.yaml starts as the documented
+    defaults, and an existing one is validated and kept. The returned config
+    has ``overrides`` (``--set section.key=value``) applied; with
+    ``write_overrides`` (``olactors init --set``) they are also written into
+    worker.yaml (only those keys' lines change), so a later ``serve`` uses them."""
     path.mkdir(parents=True, exist_ok=True)
     config_file = path / "worker.yaml"
-    if not config_file.exists():
+    text = config_file.read_text() if config_file.exists() else DEFAULTS_PATH.read_text()
+    new_text = apply_overrides_to_text(text, overrides) if write_overrides and overrides else text
+    if not config_file.exists() or new_text != text:
         tmp = config_file.with_suffix(".yaml.tmp")
-        tmp.write_text(DEFAULTS_PATH.read_text())
+        tmp.write_text(new_text)
         os.replace(tmp, config_file)
-    config = load_worker_config(path, overrides)
+    config = load_worker_config(path, () if write_overrides else overrides)
     (path / "registry").mkdir(exist_ok=True)
     if not config.sandbox.base_dir:
         make_base_skeleton(path / "base")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -115,3 +117,46 @@ def test_cgroup_parent_is_refused_on_cgroup_v1(tmp_path):
     )
     assert result.returncode == 2
     assert "sandbox.cgroup_parent is for cgroup v2 only" in result.stderr
+
+
+def test_init_set_writes_the_values_into_worker_yaml(tmp_path: Path) -> None:
+    """`olactors init --set k=v` persists: a later load (serve) uses the values,
+    and the rest of the documented file, comments included, is kept."""
+    from olactors._config import load_worker_config
+
+    path = tmp_path / "w"
+    init_worker_dir(
+        path,
+        ["server.port=0", "sandbox.egress_deny=[10.9.0.0/16]", "debug.keep_s=60", "state.dir=s"],
+        write_overrides=True,
+    )
+    config = load_worker_config(path)
+    assert config.server.port == 0
+    assert config.sandbox.egress_deny == ["10.9.0.0/16"]
+    assert config.debug.keep_s == 60.0 and config.state.dir == "s"
+    text = (path / "worker.yaml").read_text()
+    assert "# 0 = any free port" in text and text.count("\nserver:") == 1
+    # Again on the existing file: only that key's line changes.
+    init_worker_dir(path, ["server.port=5123"], write_overrides=True)
+    assert load_worker_config(path).server.port == 5123
+    assert load_worker_config(path).sandbox.egress_deny == ["10.9.0.0/16"]
+
+
+def test_init_set_refuses_bad_values_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "w"
+    init_worker_dir(path)
+    before = (path / "worker.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="server.port"):
+        init_worker_dir(path, ["server.port=-1"], write_overrides=True)
+    with pytest.raises(ConfigError, match="unknown key"):
+        init_worker_dir(path, ["server.nope=1"], write_overrides=True)
+    assert (path / "worker.yaml").read_bytes() == before
+
+
+def test_serve_set_is_for_one_run_only(tmp_path: Path) -> None:
+    path = tmp_path / "w"
+    config = init_worker_dir(path, ["server.port=0"])
+    assert config.server.port == 0
+    from olactors._config import load_worker_config
+
+    assert load_worker_config(path).server.port == 5000
