@@ -45,9 +45,10 @@ MOUNT_POINTS = ("handler", "host", "tmp", "runtime", "dev", "packages", "proc")
 #: dir), /tmp and /dev/shm.
 SCRATCH_DIR, TMP_DIR, SHM_DIR = "host", "tmp", "shm"
 #: Inodes of the writable space beyond ``sandbox.tmp_inodes``, exactly what
-#: is not the function's: its root and three directories, and the two files
-#: a leaf's runtime makes in /host (its socket and the blocked-syscalls map;
-#: a zygote's socket and exits dir), so a function gets the configured number.
+#: is not the function's: its root and three directories, and a leaf's two
+#: files in /host (its runtime's socket and the worker's blocked-syscalls
+#: map; a zygote's: its socket and exits dir), so a function gets the
+#: configured number.
 WRITABLE_RESERVED_INODES = 4 + 2
 #: Where a leaf's own secrets tmpfs is mounted (``_secretfs.py``); empty in the base.
 SECRETS_POINT = "run/secrets"
