@@ -155,16 +155,48 @@ def test_add_and_remove_a_worker_at_run_time(tmp_path: Path) -> None:
         (["--worker", "127.0.0.1:1", "--tls-cert", "/nonexistent.pem"], "is not a file"),
         ([], "at least one --worker"),
         (["--worker-dns", "workers.example:5000", "--slots", "0"], "--slots"),
+        # Nothing that would end a config line early (a trailing newline slips
+        # past a regex's $), nor a non-ASCII digit int() cannot read.
+        (["--worker", "localhost\n:5000"], "not a host name"),
+        (["--bind", "localhost\n:80", "--worker", "127.0.0.1:1"], "not a host name"),
+        (["--worker", "[fe80::1%x\n  bind 0.0.0.0:1]:5000"], "not an interface name"),
+        (["--worker", "127.0.0.1:5\u00b2"], "not HOST:PORT"),
+        (["--worker", "127.0.0.1:1", "--runtime-socket", "/run/a b.sock"], "cannot hold ' '"),
+        (
+            ["--worker", "127.0.0.1:1", "--runtime-socket", "/run/x.sock\n    bind 0.0.0.0:1"],
+            "cannot hold '\\n'",
+        ),
+        (["--worker", "127.0.0.1:1", "--runtime-socket", "/run/x#y.sock"], "cannot hold '#'"),
     ],
 )
 def test_haproxy_config_refuses_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "h.cfg"
-    done = cli(
-        "cluster", "haproxy-config", "--bind", "127.0.0.1:1", "--out", str(out), *args, check=False
-    )
+    bind = [] if "--bind" in args else ["--bind", "127.0.0.1:1"]
+    done = cli("cluster", "haproxy-config", *bind, "--out", str(out), *args, check=False)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_haproxy_config_refuses_a_tls_cert_path_it_cannot_hold(tmp_path: Path) -> None:
+    cert = tmp_path / "my cert.pem"  # exists: only the name is wrong
+    cert.write_text("x")
+    out = tmp_path / "h.cfg"
+    done = cli(
+        "cluster", "haproxy-config", "--bind", "127.0.0.1:1", "--worker", "127.0.0.1:2",
+        "--tls-cert", str(cert), "--out", str(out), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--tls-cert" in done.stderr and "cannot hold ' '" in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("verb", ["add-worker", "remove-worker"])
+def test_runtime_commands_refuse_a_bad_worker_before_connecting(tmp_path: Path, verb: str) -> None:
+    sock = tmp_path / "none.sock"  # never reached: the address is refused first
+    for worker in ("127.0.0.1:5\u00b2", "localhost\n:5000"):
+        done = cli("cluster", verb, worker, "--runtime-socket", str(sock), check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "runtime API" not in done.stderr
 
 
 # ------------------------------------------------------------------ nginx
@@ -238,6 +270,7 @@ def test_nginx_basic_auth_for_writes(tmp_path: Path) -> None:
         (["--allow", "10.0.0.0/33"], "not an address or CIDR"),
         (["--auth-file", "/nonexistent"], "is not a file"),
         (["--no-path-check"], "needs --user"),
+        (["--user", "root; daemon on"], "not a user name"),
     ],
 )
 def test_nginx_config_refuses_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
@@ -248,6 +281,29 @@ def test_nginx_config_refuses_bad_input(tmp_path: Path, args: list[str], message
     done = cli(*base, *args, check=False)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not out.exists()
+
+
+def test_nginx_config_refuses_a_root_nginx_would_read_as_a_variable(tmp_path: Path) -> None:
+    root = tmp_path / "store$host"
+    root.mkdir()
+    out = tmp_path / "n.conf"
+    done = cli(
+        "cluster", "nginx-config", "--listen", "127.0.0.1:1", "--root", str(root),
+        "--out", str(out), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "cannot hold" in done.stderr, done.stderr
+    assert not out.exists()
+
+
+def test_publishing_refuses_credentials_in_the_url(tmp_path: Path) -> None:
+    code = tmp_path / "hello"
+    code.mkdir()
+    (code / "f.py").write_text("def f(event):\n    return 'hi'\n")
+    url = f"http://publisher:pw-s3cret@127.0.0.1:{free_port()}"
+    for args in (["install", str(code)], ["uninstall", "hello"]):
+        done = cli(*args, "--registry", url, check=False)
+        assert done.returncode == 2 and "--registry-auth FILE" in done.stderr, done.stderr
+        assert "pw-s3cret" not in done.stdout + done.stderr
 
 
 def test_publishing_with_basic_auth(tmp_path: Path) -> None:

@@ -13,7 +13,11 @@ from .._errors import OlactorsError
 #: hashing ring from ``id * 4096 + n`` in 32 bits, so ids below 2**20 never wrap
 #: onto each other's points.
 ID_SPACE = 1 << 20
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# Matched whole (fullmatch): ``$`` alone would accept a trailing newline, which
+# would end a config line early.
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an IPv6 zone: an interface name
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,15 +33,17 @@ def parse_address(text: str, what: str = "address") -> Address:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) with a port in 1..65535 and a host
     that is an IP address or a DNS name (nothing a config file could misread)."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
+    if not sep or not host or not _PORT.fullmatch(port_text):
         raise OlactorsError(f"{what} {text!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
-            ipaddress.IPv6Address(host)
+            scope = ipaddress.IPv6Address(host).scope_id
         except ValueError:
             raise OlactorsError(f"{what} {text!r}: {host!r} is not an IPv6 address") from None
-    elif not _HOSTNAME.match(host):
+        if scope is not None and not _SCOPE.fullmatch(scope):
+            raise OlactorsError(f"{what} {text!r}: {scope!r} is not an interface name")
+    elif not _HOSTNAME.fullmatch(host):
         raise OlactorsError(f"{what} {text!r}: {host!r} is not a host name or IPv4 address")
     port = int(port_text)
     if not 1 <= port <= 65535:
@@ -54,8 +60,9 @@ def server_id(address: Address) -> int:
 
 
 def server_name(address: Address) -> str:
-    """A worker's HAProxy server name (``w-<host>-<port>``; ``:`` of IPv6 as ``_``)."""
-    return f"w-{address.host.replace(':', '_')}-{address.port}"
+    """A worker's HAProxy server name (``w-<host>-<port>``; ``:`` and ``%`` of IPv6
+    as ``_``)."""
+    return f"w-{address.host.replace(':', '_').replace('%', '_')}-{address.port}"
 
 
 def server_ids(addresses: list[Address]) -> dict[Address, int]:

@@ -119,6 +119,24 @@ def check_settings(settings: HaproxySettings) -> None:
         raise OlactorsError("retries must be in 0..10")
     if settings.check_interval_s <= 0 or settings.server_timeout_s <= 0:
         raise OlactorsError("intervals and timeouts must be positive")
+    check_config_word(str(settings.runtime_socket), "--runtime-socket")
+    if settings.tls_cert is not None:
+        check_config_word(str(settings.tls_cert), "--tls-cert")
+
+
+#: What haproxy.cfg reads in an unquoted word as something else: the end of the
+#: word or line, a comment, a quote, an escape.
+_UNSAFE_IN_WORD = frozenset("\"'\\#")
+
+
+def check_config_word(text: str, flag: str) -> None:
+    """Refuse a path the config would split or cut short (HAProxy would not
+    start from it, or read the rest as more configuration)."""
+    if not text:
+        raise OlactorsError(f"{flag} is empty")
+    for c in text:
+        if c.isspace() or not c.isprintable() or c in _UNSAFE_IN_WORD:
+            raise OlactorsError(f"{flag} {text!r}: haproxy.cfg cannot hold {c!r} in a path")
 
 
 def _is_ip(host: str) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import pwd
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ DEFAULT_MAX_UPLOAD_MB = 256
 LOOPBACK = ("127.0.0.1/32", "::1/128")
 TEMP_DIR = ".nginx-tmp"
 PID_FILE = ".nginx.pid"
+#: A user name nginx's ``user`` directive takes (nothing it would read as more).
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,8 @@ def check_cidr(text: str) -> str:
 
 def _quote(path: Path) -> str:
     text = str(path)
-    if any(c in text for c in "\"';{}\\\n\r\t ") or not text:
+    # ``$`` starts a variable in ``root``; the rest end or quote a word.
+    if any(c in text for c in "\"';{}$\\\n\r\t ") or not text:
         raise OlactorsError(f"path {text!r} has characters nginx.conf cannot hold unquoted")
     return text
 
@@ -89,6 +93,8 @@ def render_nginx_config(settings: NginxSettings) -> str:
         raise OlactorsError("the upload limit must be at least 1 MB")
     allowed = [check_cidr(cidr) for cidr in settings.allow]
     user = settings.user or _owner(root)
+    if not _USER.fullmatch(user):
+        raise OlactorsError(f"--user {user!r} is not a user name")
     quoted_root = _quote(root)
     writers = [*(f"            allow {cidr};" for cidr in allowed), "            deny all;"]
     if settings.auth_file is not None:

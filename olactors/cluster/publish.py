@@ -55,6 +55,13 @@ def open_store(url: str, auth_file: Path | None) -> Store:
         raise OlactorsError(f"--registry {url!r} is not an http(s) URL")
     if parts.query or parts.fragment:
         raise OlactorsError(f"--registry {url!r}: no query or fragment, only a base URL")
+    if "@" in parts.netloc:
+        # Not echoed: the credentials would be printed, and they sit in the
+        # shell's history and every process listing already.
+        raise OlactorsError(
+            "--registry: no user or password in the URL; put user:password in a file "
+            "and pass --registry-auth FILE"
+        )
     return Store(url.rstrip("/"), None if auth_file is None else read_auth(auth_file))
 
 
