@@ -106,7 +106,13 @@ async def _scenario(tmp_path: Path) -> None:
         await bed.publish_async("upd", _function(src, "upd", VERSIONED.format(version=1)))
         ring = bed.ring()
 
-        async with httpx.AsyncClient(timeout=60.0) as client:
+        # A fresh connection per call: on a reused client connection HAProxy answers
+        # a call whose worker closed the connection before answering (a crash, or
+        # the worker closing an idle keep-alive connection just as HAProxy reuses
+        # it) by closing the client's connection, unanswered and unlogged (HTTP's
+        # "not processed: you may retry"); on a fresh one, with 502 worker_failed.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
             url = bed.balancer_url
 
             # 1. Light load: every function sticks to the worker the ring names.
@@ -158,22 +164,16 @@ async def _scenario(tmp_path: Path) -> None:
 
             # 3. SIGKILL a worker under load: its functions move; every request
             # gets an answer; only calls it had in hand may fail (502 from the
-            # balancer, never retried: they may have run).  Each request on a
-            # fresh connection: on a reused client connection HAProxy answers a
-            # call whose worker died before sending anything by closing the
-            # connection, unlogged (HTTP's "not processed, you may retry").
+            # balancer, never retried: they may have run).
             owner = bed.worker_by_id(ring.owner(key_hash("sleeper")))
             owned = [n for n in names if ring.owner(key_hash(n)) == bed.ids[owner.address]]
             results: list[tuple[str, int, str]] = []
-            fresh = httpx.AsyncClient(
-                timeout=60.0, limits=httpx.Limits(max_keepalive_connections=0)
-            )
-            async with fresh, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
 
                 async def load(task: int) -> None:
                     for i in range(8):
                         name = "sleeper" if i % 2 else owned[(task + i) % len(owned)]
-                        r = await _call(fresh, url, name, {"sleep": 0.15})
+                        r = await _call(client, url, name, {"sleep": 0.15})
                         results.append((name, r.status_code, r.text))
 
                 for task in range(4):
