@@ -71,6 +71,16 @@ class SandboxStateError(SandboxError):
     code = "sandbox_state"
 
 
+class UnknownNetworkMode(SandboxError):
+    """A sandbox was asked for a network mode that does not exist (``host``
+    included: it was removed).  ol.yaml and worker.yaml are checked when
+    read, so this is a caller's bug; every pool refuses it the same way."""
+
+    def __init__(self, network: object, problem: str) -> None:
+        super().__init__(f"unknown network mode {network!r}: {problem}")
+        self.network = network
+
+
 class CgroupError(OlactorsError):
     """A cgroup could not be created, configured or removed."""
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from olactors._causes import Cause, CauseCode, released
-from olactors._errors import SandboxDead, SandboxError, SandboxStateError
+from olactors._errors import SandboxDead, SandboxError, SandboxStateError, UnknownNetworkMode
 from olactors.sock import (
     Invocation,
     SandboxChildExited,
@@ -247,8 +247,9 @@ async def test_create_failures_are_clear_and_leave_nothing(pool, tmp_path, echo)
         await pool.create(leaf, True, echo, None, SandboxMeta())
     await leaf.destroy(released("done"))
     zygote = await pool.create(None, False, None, None, SandboxMeta())
-    with pytest.raises(SandboxError, match="unknown network mode 'host'"):
+    with pytest.raises(UnknownNetworkMode, match="use egress") as refused:
         await pool.create(zygote, True, echo, None, SandboxMeta(network="host"))
+    assert refused.value.network == "host"
     await zygote.pause()
     with pytest.raises(SandboxStateError, match="paused"):
         await pool.create(zygote, True, echo, None, SandboxMeta())

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from olactors._causes import Cause, CauseCode, SignalSender, released
-from olactors._errors import SandboxDead, SandboxError, SandboxStateError
+from olactors._errors import SandboxDead, SandboxError, SandboxStateError, UnknownNetworkMode
 from olactors.sock import (
     Invocation,
     InvocationResult,
@@ -206,13 +206,16 @@ async def test_create_refuses_like_the_sock_pool(autojump_clock):
             await pool.create(foreign, True, None, None, LEAF)
         with pytest.raises(SandboxError, match="cannot fork from leaf"):
             await pool.create(leaf, True, None, None, LEAF)
-        with pytest.raises(SandboxError, match="unknown network mode 'host'"):
+        # Like the SOCK pool (the same check_create): host is gone, egress named instead.
+        with pytest.raises(UnknownNetworkMode, match="use egress") as refused:
             await pool.create(zygote, True, None, None, SandboxMeta(network="host"))
+        assert refused.value.network == "host" and pool.sandboxes() == [zygote, leaf]
         # Zygotes have no network: a leaf of either mode forks from any of them.
         egress = await pool.create(zygote, True, None, None, SandboxMeta(network="egress"))
         await egress.destroy(released("x"))
-        with pytest.raises(SandboxError, match="unknown network mode 'bogus'"):
+        with pytest.raises(UnknownNetworkMode) as refused:
             await fresh(pool, meta=SandboxMeta(network="bogus"))
+        assert refused.value.network == "bogus"
         await zygote.pause()
         with pytest.raises(SandboxStateError, match="paused"):
             await pool.create(zygote, True, None, None, LEAF)

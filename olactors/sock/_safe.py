@@ -32,7 +32,7 @@ from typing import Generic, Protocol, TypeVar
 import trio
 
 from .._causes import Cause, CauseCode, SignalSender
-from .._errors import SandboxDead, SandboxError, SandboxStateError
+from .._errors import SandboxDead, SandboxError, SandboxStateError, UnknownNetworkMode
 from .._network import network_problem
 from .._records import CallOutput
 from ._api import (
@@ -130,8 +130,9 @@ def check_create(
         if zygote.is_leaf:
             raise SandboxError(f"cannot fork from leaf {zygote.id}")
         zygote.check_running("zygote")  # fail fast, before making anything
-    if network_problem(meta.network) is not None:
-        raise SandboxError(f"unknown network mode {meta.network!r}")
+    problem = network_problem(meta.network)
+    if problem is not None:
+        raise UnknownNetworkMode(meta.network, problem)
     check_package_mounts(meta.packages)
     if zygote is not None:
         missing = [m.target for m in zygote.meta.packages if m not in meta.packages]
