@@ -555,3 +555,27 @@ async def test_http_registry_down_serves_the_cached_version(worker, http_registr
         with pytest.raises(RegistryUnavailable, match="^registry unreachable at http://"):
             await ref.pull("other")
         nursery.cancel_scope.cancel()
+
+
+async def test_http_registry_messages_never_name_its_credentials(worker, http_registry):
+    # A 404's message reaches any caller of the public port, and the others
+    # reach /stats and the log: none may carry a user:password of the location.
+    (http_registry.httpd.root / "web.tar.gz").write_bytes(archive(1))
+    with_credentials = http_registry.url.replace("http://", "http://reader:pw-s3cret@")
+    config = build_config(None, [f"registry.location={with_credentials}/", "registry.cache_s=0"])
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(run_code_puller, config, worker)
+        assert handler_of(await ref.pull("web")) == HANDLER.format(version=1)
+        with pytest.raises(FunctionNotFound) as missing:
+            await ref.pull("missing")
+        assert f"({http_registry.url}/missing.tar.gz)" in missing.value.message
+        with pytest.raises(RegistryUnavailable) as failed:
+            await ref.pull("boom")
+        assert failed.value.message.endswith(f"for {http_registry.url}/boom.tar.gz")
+        await trio.to_thread.run_sync(http_registry.stop)
+        with pytest.raises(RegistryUnavailable) as down:
+            await ref.pull("other")
+        assert down.value.message.startswith(f"registry unreachable at {http_registry.url}/")
+        for error in (missing.value, failed.value, down.value):
+            assert "pw-s3cret" not in error.message and "reader" not in error.message
+        nursery.cancel_scope.cancel()

@@ -47,6 +47,7 @@ from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -549,12 +550,17 @@ class _HttpSource(_Snapshots):
     ) -> None:
         self._client = client
         self._base = base
+        # What messages name: the URL without a user:password in it (a 404's
+        # message reaches any caller of the public port).
+        parts = urlsplit(base)
+        self._shown_base = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self._code_root = code_root
         self._max_bytes = max_bytes
         self._max_body = _HTTP_BODY_FACTOR * max_bytes + _HTTP_BODY_SLACK
 
     async def check(self, name: str, known: Known) -> CheckResult:
         url = f"{self._base}/{name}.tar.gz"
+        shown = f"{self._shown_base}/{name}.tar.gz"
         seen = known.seen
         headers = {}
         if seen is not None and seen.token[0] == "http":
@@ -569,10 +575,10 @@ class _HttpSource(_Snapshots):
                 if status == 304 and headers and seen is not None:
                     return seen
                 if status == 404:
-                    raise FunctionNotFound(f"no function {name!r} in the registry ({url})")
+                    raise FunctionNotFound(f"no function {name!r} in the registry ({shown})")
                 if status != 200:
-                    raise RegistryUnavailable(f"registry answered HTTP {status} for {url}")
-                body = await self._read_body(response, name, url)
+                    raise RegistryUnavailable(f"registry answered HTTP {status} for {shown}")
+                body = await self._read_body(response, name, shown)
                 token = (
                     "http",
                     response.headers.get("etag"),
@@ -580,7 +586,7 @@ class _HttpSource(_Snapshots):
                 )
         except httpx.HTTPError as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise RegistryUnavailable(f"registry unreachable at {url}: {detail}") from None
+            raise RegistryUnavailable(f"registry unreachable at {shown}: {detail}") from None
         version = hashlib.sha256(body).hexdigest()[:16]
         return await trio.to_thread.run_sync(
             _materialize,
