@@ -178,6 +178,16 @@ def test_haproxy_config_refuses_bad_input(tmp_path: Path, args: list[str], messa
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_config_commands_name_an_out_file_they_cannot_write(tmp_path: Path) -> None:
+    out = tmp_path / "missing-dir" / "h.cfg"
+    done = cli(
+        "cluster", "haproxy-config", "--bind", "127.0.0.1:1", "--worker", "127.0.0.1:2",
+        "--out", str(out), check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"olactors cluster: --out {out}: No such file or directory")
+
+
 def test_haproxy_config_refuses_a_tls_cert_path_it_cannot_hold(tmp_path: Path) -> None:
     cert = tmp_path / "my cert.pem"  # exists: only the name is wrong
     cert.write_text("x")

@@ -176,7 +176,10 @@ def _emit(text: str, out: Path | None) -> None:
         print(text, end="")
         return
     out = out.resolve()
-    fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    try:
+        fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    except OSError as exc:
+        raise OlactorsError(f"--out {out}: {exc.strerror} ({out.parent})") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
