@@ -112,6 +112,7 @@ async def _measure(
         await bed.publish_async(f"f{index:02d}", write_function(functions, index))
     latencies: list[float] = []
     statuses: dict[str, int] = {}
+    failures: list[str] = []
     # A fresh connection per call: on a reused client connection HAProxy answers
     # a call whose worker closed its idle connection first (the keep-alive race)
     # by closing the client's, unanswered.
@@ -123,12 +124,16 @@ async def _measure(
             r = await client.post(f"{bed.balancer_url}/run/{name}", json={})
             latencies.append((time.perf_counter() - t0) * 1000)
             statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
+            if r.status_code != 200:
+                failures.append(r.text[:1000])
 
         start = trio.current_time()
         async with trio.open_nursery() as nursery:
             for at, name in plan:
                 await trio.sleep_until(start + at)
                 nursery.start_soon(call, name)
+    if len(failures) > len(plan) // 2:  # figures of failed calls would mislead
+        raise OlactorsError(f"{len(failures)} of {len(plan)} calls failed, e.g. {failures[0]}")
     cold = warm = 0
     per_worker: list[dict[str, Any]] = []
     disks: list[float] = []
