@@ -167,6 +167,11 @@ def test_add_and_remove_a_worker_at_run_time(tmp_path: Path) -> None:
             "cannot hold '\\n'",
         ),
         (["--worker", "127.0.0.1:1", "--runtime-socket", "/run/x#y.sock"], "cannot hold '#'"),
+        # Numeric names the resolver reads as other addresses (octal, short form).
+        (["--worker", "01.2.3.4:5000"], "not a host name or IPv4"),
+        (["--worker", "127.1:5000"], "not a host name or IPv4"),
+        # One worker named twice (DNS names are case-insensitive).
+        (["--worker", "Worker-1.example:5000", "--worker", "worker-1.EXAMPLE:5000"], "twice"),
     ],
 )
 def test_haproxy_config_refuses_bad_input(tmp_path: Path, args: list[str], message: str) -> None:

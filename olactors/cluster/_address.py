@@ -43,12 +43,28 @@ def parse_address(text: str, what: str = "address") -> Address:
             raise OlactorsError(f"{what} {text!r}: {host!r} is not an IPv6 address") from None
         if scope is not None and not _SCOPE.fullmatch(scope):
             raise OlactorsError(f"{what} {text!r}: {scope!r} is not an interface name")
-    elif not _HOSTNAME.fullmatch(host):
+    elif not _HOSTNAME.fullmatch(host) or (_is_numeric(host) and not _is_ipv4(host)):
+        # A numeric name that is not a dotted quad ("01.2.3.4", "1.2.3") is
+        # one the resolver reads as another address (octal, short forms).
         raise OlactorsError(f"{what} {text!r}: {host!r} is not a host name or IPv4 address")
+    else:
+        host = host.lower()  # DNS names are case-insensitive: one worker, one id
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise OlactorsError(f"{what} {text!r}: port {port} is not in 1..65535")
     return Address(host, port)
+
+
+def _is_numeric(host: str) -> bool:
+    return all(label.isdigit() for label in host.split("."))
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def server_id(address: Address) -> int:
