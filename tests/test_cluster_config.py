@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -101,6 +102,73 @@ def test_haproxy_starts_as_is_and_answers_json_when_no_worker_is_up(tmp_path: Pa
         # An invalid client id is replaced by HAProxy's uuid.
         answer = httpx.get(f"http://127.0.0.1:{port}/run/echo", headers={"X-Request-Id": "a b"})
         assert re.fullmatch(r"[0-9a-f-]{36}", answer.json()["request_id"])
+
+
+class _ConnectionCountingBackend:
+    """A plain HTTP/1.1 keep-alive server standing in for a worker's port (not a
+    worker: this checks what HAProxy does with its connections), counting the
+    connections that carried calls."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.connections = 0
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            counted = False
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                # One handler per connection; health checks (/healthz) not counted.
+                if self.path.startswith("/run/") and not self.counted:
+                    self.counted = True
+                    backend.connections += 1
+                body = b'{"status": "ok"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _ConnectionCountingBackend:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_every_call_gets_a_new_connection_to_its_worker(tmp_path: Path) -> None:
+    """HAProxy must not keep connections to workers alive: a worker closes an
+    idle one after its keep-alive timeout, and a call HAProxy sends on it just
+    then is lost unanswered (not a retryable connection failure). So three
+    calls on one client connection reach the worker on three connections."""
+    port = free_port()
+    with _ConnectionCountingBackend() as backend:
+        config = haproxy_config(tmp_path, port, [f"127.0.0.1:{backend.port}"])
+        with haproxy(config, port, tmp_path / "haproxy.log"):
+            with httpx.Client() as client:
+                for _ in range(50):  # until the health check sees the worker up
+                    if client.get(f"http://127.0.0.1:{port}/run/echo").status_code == 200:
+                        break
+                    time.sleep(0.2)
+                before = backend.connections
+                for _ in range(3):
+                    assert client.get(f"http://127.0.0.1:{port}/run/echo").status_code == 200
+                after = backend.connections
+    assert after - before == 3
 
 
 def test_server_ids_depend_on_addresses_only(tmp_path: Path) -> None:

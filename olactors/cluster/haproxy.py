@@ -218,9 +218,6 @@ def render_haproxy_config(settings: HaproxySettings) -> str:
         "    # The mark that makes workers answer by the retry contract (a client's is replaced).",
         f"    http-request set-header {BALANCER_HEADER} 1",
         "    option forwardfor",
-        "    # Wait for the whole body before choosing a worker: HAProxy can replay (retry)",
-        "    # only a request it had entirely when it sent it (up to tune.bufsize).",
-        "    option http-buffer-request",
         '    log-format "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc'
         ' %ac/%fc/%bc/%sc/%rc %sq/%bq rid=%ID %{+Q}r"',
         f"    default_backend {BACKEND}",
@@ -241,6 +238,10 @@ def render_haproxy_config(settings: HaproxySettings) -> str:
         "    # request it holds entirely, and a POST whose body came in a later packet was",
         "    # sent on before it arrived, so its refusal reached the client unretried.",
         "    option http-buffer-request",
+        "    # A new connection to the worker for every call: a kept-alive one the worker",
+        "    # closes as idle (after its 5 s) while HAProxy sends on it loses that call",
+        "    # unanswered (a closed connection is not a retryable conn-failure then).",
+        "    option http-server-close",
         f"    # A function's own {RETRIED_STATUS} arrives as {HELD_STATUS} + {STATUS_HEADER}"
         " (not retried);",
         "    # these rules run after the retry decision and give the client its status back.",
