@@ -97,7 +97,7 @@ def access_handlers(worker: Worker) -> dict[str, Handler]:
                 raise BadParameter("function must be a function name")
             validate_function_name(function)
         else:
-            owner = _owner_field(body)
+            owner = _owner_field({"owner": owner})  # its other fields are checked above
         expires = body.get("expires_in_s")
         if expires is not None and (
             isinstance(expires, bool)
