@@ -123,6 +123,20 @@ def _parse_report(msg: bytes, what: str) -> dict:
     return data
 
 
+async def _receive_report(
+    sock: trio.socket.SocketType, what: str, phase: str
+) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    """One report and its ancillary data (the sender's credentials);
+    :class:`RuntimeClosed` when the peer closed before reaching ``phase``."""
+    try:
+        msg, ancdata, _flags, _addr = await sock.recvmsg(65536, stdsocket.CMSG_SPACE(_UCRED.size))
+    except ConnectionResetError:
+        msg = b""
+    if not msg:
+        raise RuntimeClosed(f"{what}: the sandbox exited before it was {phase}")
+    return msg, ancdata
+
+
 async def import_report(
     sock: trio.socket.SocketType,
     leaf_pid: int,
@@ -140,14 +154,7 @@ async def import_report(
     Anything else raises :class:`BadReport`.
     """
     while True:
-        try:
-            msg, ancdata, _flags, _addr = await sock.recvmsg(
-                65536, stdsocket.CMSG_SPACE(_UCRED.size)
-            )
-        except ConnectionResetError:
-            msg = b""
-        if not msg:
-            raise RuntimeClosed(f"{what}: the sandbox exited before it was ready")
+        msg, ancdata = await _receive_report(sock, what, "ready")
         data = _parse_report(msg, what)
         sender = _sender_pid(ancdata, what)
         if sender == leaf_pid and data == {"ready": True}:
@@ -185,14 +192,7 @@ async def next_report(
     handed to ``on_namespaces`` with the sender's pid.
     """
     while True:
-        try:
-            msg, ancdata, _flags, _addr = await sock.recvmsg(
-                65536, stdsocket.CMSG_SPACE(_UCRED.size)
-            )
-        except ConnectionResetError:
-            msg = b""
-        if not msg:
-            raise RuntimeClosed(f"{what}: the sandbox exited before it was {phase}")
+        msg, ancdata = await _receive_report(sock, what, phase)
         data = _parse_report(msg, what)
         if data.get("namespaces") and on_namespaces is not None:
             await on_namespaces(_sender_pid(ancdata, what))
