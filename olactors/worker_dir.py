@@ -14,11 +14,11 @@ Layout::
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ._config import DEFAULTS_PATH, Config, apply_overrides_to_text, load_worker_config
+from ._files import write_atomically
 from .sock import WorkerDirLock, recover_worker_dir
 from .sock._rootfs import make_base_skeleton
 
@@ -39,9 +39,7 @@ def init_worker_dir(
     text = config_file.read_text() if config_file.exists() else DEFAULTS_PATH.read_text()
     new_text = apply_overrides_to_text(text, overrides) if write_overrides and overrides else text
     if not config_file.exists() or new_text != text:
-        tmp = config_file.with_suffix(".yaml.tmp")
-        tmp.write_text(new_text)
-        os.replace(tmp, config_file)
+        write_atomically(config_file, new_text.encode())
     config = load_worker_config(path, () if write_overrides else overrides)
     (path / "registry").mkdir(exist_ok=True)
     if not config.sandbox.base_dir:

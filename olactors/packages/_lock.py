@@ -20,10 +20,8 @@ Every problem is a :class:`BadFunction` naming the file and line.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
-import secrets
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .._errors import BadFunction
+from .._files import write_atomically
 
 LOCK_FILE = "ol.lock"
 LOCK_HEADER = "# olactors lock v1"
@@ -149,16 +148,7 @@ def write_lock(function_dir: Path, pins: Iterable[Pin]) -> Path:
     """
     text = format_lock(pins)
     path = function_dir / LOCK_FILE
-    temp = function_dir / f".{LOCK_FILE}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(temp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"), durable=True)
     return path
 
 

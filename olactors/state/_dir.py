@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
+from .._files import write_atomically
 
 #: Names a document may have (a file name, never a path).
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
@@ -124,20 +125,5 @@ class StateDir:
             if not isinstance(new, dict):
                 raise TypeError("a state document must be a dict")
             data = json.dumps(new, sort_keys=True, indent=1).encode()
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_atomically(path, data, mode=0o600, durable=True)
             return self.read(name)
