@@ -121,15 +121,19 @@ class RecordStore:
         self._writer: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------ writing
+    def _open_migrated(self) -> sqlite3.Connection:
+        """A new connection to the database, its schema brought up to date."""
+        conn = self._connect(self.path)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         if self._writer is None:
-            conn = self._connect(self.path)
-            try:
-                migrate(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._writer = conn
+            self._writer = self._open_migrated()
         return self._writer
 
     def open(self) -> None:
@@ -215,15 +219,6 @@ class RecordStore:
             raise
 
     # ------------------------------------------------------------ reading
-    def _read(self) -> sqlite3.Connection:
-        conn = self._connect(self.path)
-        try:
-            migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
     def recent(
         self, function: str, limit: int, *, errors: bool = False, output: bool = False
     ) -> list[dict[str, Any]]:
@@ -233,7 +228,7 @@ class RecordStore:
         limit = max(0, min(limit, MAX_LIST))
         where = "function = ?" + (" AND failed = 1" if errors else "")
         columns = "data, stdout, stderr" if output else "data, NULL, NULL"
-        conn = self._read()
+        conn = self._open_migrated()
         try:
             rows = conn.execute(
                 f"SELECT {columns} FROM records WHERE {where} ORDER BY seq DESC LIMIT ?",
@@ -245,7 +240,7 @@ class RecordStore:
 
     def get(self, function: str, request_id: str) -> CallRecord | None:
         """The record of ``request_id`` in ``function``, or None."""
-        conn = self._read()
+        conn = self._open_migrated()
         try:
             row = conn.execute(
                 "SELECT data, stdout, stderr FROM records WHERE function = ? AND request_id = ?",
@@ -258,7 +253,7 @@ class RecordStore:
     def recent_ids(self, per_function: int) -> dict[str, list[str]]:
         """Per function, the request ids of its newest ``per_function``
         records, oldest first (seeds :class:`~.RecentIds` at start)."""
-        conn = self._read()
+        conn = self._open_migrated()
         try:
             rows = conn.execute(
                 "SELECT function, request_id FROM ("
@@ -275,7 +270,7 @@ class RecordStore:
         return out
 
     def count(self, function: str | None = None) -> int:
-        conn = self._read()
+        conn = self._open_migrated()
         try:
             if function is None:
                 row = conn.execute("SELECT COUNT(*) FROM records").fetchone()
