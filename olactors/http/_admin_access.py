@@ -57,11 +57,15 @@ async def _json_body(request: TrioRequest) -> dict[str, Any]:
     return body
 
 
-def _owner_field(body: dict[str, Any]) -> str:
+def _owner_body(body: dict[str, Any]) -> str:
+    """The owner a ``PUT /owners/{name}`` body names."""
     unknown = set(body) - {"owner"}
     if unknown:  # like POST /tokens: a misspelt field is an error, not ignored
         raise BadParameter(f"unknown fields {sorted(unknown)} (known: owner)")
-    owner = body.get("owner")
+    return _owner_name(body.get("owner"))
+
+
+def _owner_name(owner: Any) -> str:
     if not valid_owner(owner):
         raise BadParameter(
             f"owner must be a name of 1 to 128 letters, digits, '_', '.' or '-', got {owner!r}"
@@ -97,7 +101,7 @@ def access_handlers(worker: Worker) -> dict[str, Handler]:
                 raise BadParameter("function must be a function name")
             validate_function_name(function)
         else:
-            owner = _owner_field({"owner": owner})  # its other fields are checked above
+            owner = _owner_name(owner)
         expires = body.get("expires_in_s")
         if expires is not None and (
             isinstance(expires, bool)
@@ -129,7 +133,7 @@ def access_handlers(worker: Worker) -> dict[str, Handler]:
         info.target = name
         access = state()
         if request.method == "PUT":
-            chosen = _owner_field(await _json_body(request))
+            chosen = _owner_body(await _json_body(request))
             await access.set_owner(name, chosen)
             return json_response({"function": name, "owner": chosen})
         previous = await access.unset_owner(name)
