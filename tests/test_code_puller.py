@@ -9,7 +9,9 @@ import logging
 import os
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -440,17 +442,27 @@ class _Registry(BaseHTTPRequestHandler):
             self._answer(404, b"not found")
             return
         body = file.read_bytes()
-        etag = f'"{hashlib.sha256(body).hexdigest()[:12]}"'
+        modified = None
+        if server.like_nginx:  # validators from the mtime in whole seconds and the size
+            mtime = int(file.stat().st_mtime)
+            etag = f'"{mtime:x}-{len(body):x}"'
+            modified = formatdate(mtime, usegmt=True)
+        else:
+            etag = f'"{hashlib.sha256(body).hexdigest()[:12]}"'
         if self.headers.get("If-None-Match") == etag:
             server.not_modified += 1
-            self._answer(304, b"", etag)
+            self._answer(304, b"", etag, modified)
         else:
-            self._answer(200, body, etag)
+            self._answer(200, body, etag, modified)
 
-    def _answer(self, status: int, body: bytes, etag: str | None = None) -> None:
-        self.send_response(status)
+    def _answer(
+        self, status: int, body: bytes, etag: str | None = None, modified: str | None = None
+    ) -> None:
+        self.send_response(status)  # with a Date header
         if etag:
             self.send_header("ETag", etag)
+        if modified:
+            self.send_header("Last-Modified", modified)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if body:
@@ -466,6 +478,7 @@ class _Server:
         self.httpd.root = root
         self.httpd.requests = []
         self.httpd.not_modified = 0
+        self.httpd.like_nginx = False
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -517,6 +530,39 @@ async def test_http_conditional_get(worker, http_registry):
         assert second.version != first.version
         assert handler_of(second) == HANDLER.format(version=2)
         assert len(http_registry.httpd.requests) == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_http_new_code_within_the_second_of_the_last_read(worker, http_registry):
+    """nginx's validators are the mtime in whole seconds and the size: an upload of
+    the same size in the second the worker last read the file keeps them. Such a
+    read (Date not after Last-Modified) is not trusted for a conditional GET."""
+    http_registry.httpd.like_nginx = True
+    served = http_registry.httpd.root / "web.tar.gz"
+    assert len(archive(1)) == len(archive(2))
+    ahead = time.time() + 3600  # the file's second is not over when it is read
+    served.write_bytes(archive(1))
+    os.utime(served, (ahead, ahead))
+    async with trio.open_nursery() as nursery:
+        ref = await nursery.start(run_code_puller, http_config(http_registry), worker)
+        assert handler_of(await ref.pull("web")) == HANDLER.format(version=1)
+        served.write_bytes(archive(2))
+        os.utime(served, (ahead, ahead))  # the same validators
+        await trio.sleep(0.3)
+        second = await ref.pull("web")
+        assert handler_of(second) == HANDLER.format(version=2)
+        assert http_registry.httpd.requests[-1] == ("/web.tar.gz", None)  # not conditional
+
+        # Once the file's second is over when it is read, the validators are used.
+        past = time.time() - 60
+        os.utime(served, (past, past))
+        await trio.sleep(0.3)
+        assert (await ref.pull("web")).version == second.version
+        assert http_registry.httpd.requests[-1] == ("/web.tar.gz", None)
+        await trio.sleep(0.3)
+        assert (await ref.pull("web")).version == second.version
+        assert http_registry.httpd.requests[-1][1] is not None
+        assert http_registry.httpd.not_modified == 1
         nursery.cancel_scope.cancel()
 
 

@@ -10,7 +10,9 @@ decides for the admin uploads too), or an ``http(s)://`` base URL serving
 (the code, or the error) with no I/O. A check compares the registry's state
 with the last one seen: a directory's fingerprint, an archive's
 (size, mtime_ns, inode) and then its sha256, an HTTP conditional GET
-(``If-None-Match`` / ``If-Modified-Since``). Content that changed is
+(``If-None-Match`` / ``If-Modified-Since``; not after an answer whose
+``Date`` was within its ``Last-Modified`` second, see :func:`_http_token`).
+Content that changed is
 snapshotted (copied or safely unpacked, in a thread) into a hidden
 temporary directory, validated and renamed into place, so a half-made
 snapshot is never visible. The puller never writes to the registry.
@@ -45,6 +47,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -579,11 +583,7 @@ class _HttpSource(_Snapshots):
                 if status != 200:
                     raise RegistryUnavailable(f"registry answered HTTP {status} for {shown}")
                 body = await self._read_body(response, name, shown)
-                token = (
-                    "http",
-                    response.headers.get("etag"),
-                    response.headers.get("last-modified"),
-                )
+                token = _http_token(response.headers)
         except httpx.HTTPError as exc:
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise RegistryUnavailable(f"registry unreachable at {shown}: {detail}") from None
@@ -610,6 +610,38 @@ class _HttpSource(_Snapshots):
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _http_token(headers: httpx.Headers) -> tuple[str, str | None, str | None]:
+    """The validators to send next time, or none when they cannot be trusted.
+
+    Servers such as nginx derive the ETag from the file's mtime in whole
+    seconds and its size, so a second upload of the same size within the
+    second the file was read in keeps the ETag and Last-Modified, and a
+    conditional GET would answer 304 for new code. A response whose ``Date``
+    is not later than its ``Last-Modified`` is such a "racily clean" read (as
+    git calls it): its validators are dropped, so the next check fetches the
+    body and compares its digest. Once the server's clock has passed the
+    file's second, later changes show in the validators.
+    """
+    etag = headers.get("etag")
+    last_modified = headers.get("last-modified")
+    if last_modified is not None:
+        modified = _http_date(last_modified)
+        served = _http_date(headers.get("date"))
+        if modified is None or served is None or served <= modified:
+            return ("http", None, None)
+    return ("http", etag, last_modified)
+
+
+def _http_date(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _sha256_file(f: BinaryIO) -> str:
