@@ -72,9 +72,7 @@ async def _no_stream_in_flight(bed: LocalCluster) -> None:
             await trio.sleep(0.01)
 
 
-async def _light_call(
-    bed: LocalCluster, client: httpx.AsyncClient, name: str
-) -> httpx.Response:
+async def _light_call(bed: LocalCluster, client: httpx.AsyncClient, name: str) -> httpx.Response:
     """A call made when HAProxy serves nothing else, so bounded loads count no
     earlier stream (still being released) against the function's home worker."""
     await _no_stream_in_flight(bed)
