@@ -262,6 +262,14 @@ def check_proc(out: dict, masked: list[str], readonly: list[str]) -> None:
     points = [line.split()[4] for line in out["mountinfo"]["value"].splitlines()]
     assert points.count("/") == 1 and points.count("/proc") == 1, points
     assert points.count("/tmp") == 1 and points.count("/dev/shm") == 1, points
+    # No set-uid file works anywhere, and device nodes only in the read-only /dev.
+    # (Docker's masks bind /dev/null itself over a path, as Docker does.)
+    for line in out["mountinfo"]["value"].splitlines():
+        source, point, options = line.split()[3], line.split()[4], line.split()[5].split(",")
+        if source == "/null":
+            continue
+        assert "nosuid" in options, line
+        assert "nodev" in options or point == "/dev", line
     assert all(
         p == "/"
         or p.startswith(

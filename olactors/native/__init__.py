@@ -249,9 +249,10 @@ def mount_tmpfs(
     _check(lib.ol_mount_tmpfs(dst.encode(), opts.encode(), int(allow_dev)), f"mount tmpfs {dst}")
 
 
-def remount_readonly(path: str) -> None:
-    """Make the mount at ``path`` read-only and nosuid (this mount only)."""
-    _check(lib.ol_remount_readonly(path.encode()), f"remount {path} read-only")
+def remount_readonly(path: str, *, allow_dev: bool = False) -> None:
+    """Make the mount at ``path`` read-only, nosuid and (unless ``allow_dev``)
+    nodev: this mount only."""
+    _check(lib.ol_remount_readonly(path.encode(), int(allow_dev)), f"remount {path} read-only")
 
 
 def umount(path: str, *, detach: bool = False) -> None:

@@ -43,7 +43,7 @@ ffibuilder.cdef(
     int ol_bind(const char *src, const char *dst, int recursive, int readonly);
     int ol_bind_as_source(const char *src, const char *dst);
     int ol_mount_tmpfs(const char *dst, const char *options, int allow_dev);
-    int ol_remount_readonly(const char *path);
+    int ol_remount_readonly(const char *path, int allow_dev);
     int ol_umount(const char *path, int detach);
     int ol_private_mount_namespace(void);
     int ol_new_netns(void);

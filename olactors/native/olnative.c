@@ -574,9 +574,12 @@ int ol_mount_tmpfs(const char *dst, const char *options, int allow_dev)
     return mount("tmpfs", dst, "tmpfs", flags, options);
 }
 
-int ol_remount_readonly(const char *path)
+/* A bind remount sets this mount's flags to exactly those given: nodev (and
+ * nosuid) must be named again or the remount drops them. */
+int ol_remount_readonly(const char *path, int allow_dev)
 {
-    return mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID, NULL);
+    unsigned long flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID;
+    return mount(NULL, path, NULL, flags | (allow_dev ? 0 : MS_NODEV), NULL);
 }
 
 int ol_umount(const char *path, int detach)

@@ -186,7 +186,7 @@ class BaseRoot:
             os.chmod(node, 0o666)  # mknod's mode is filtered by the umask
         os.mkdir(os.path.join(dev, "shm"), 0o755)  # each sandbox binds its own there
         # Read-only: the tmpfs is shared by every sandbox (device I/O still works).
-        native.remount_readonly(dev)
+        native.remount_readonly(dev, allow_dev=True)
         self._bind(str(RUNTIME_SOURCE), "/runtime")
 
     def unmount(self) -> None:
