@@ -46,6 +46,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._config import Config
 from ._errors import OlactorsError
+from ._files import write_atomically
 from ._groups import lone_errors_unwrapped
 from .http import create_admin_app, create_public_app
 from .sock import AlreadyRunning
@@ -333,9 +334,7 @@ def public_url(sock: socket.socket) -> str:
 
 def write_json_atomically(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def read_endpoints(worker_dir: Path) -> dict[str, Any] | None:

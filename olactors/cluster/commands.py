@@ -16,12 +16,11 @@ A file is written whole or not at all (a temporary file renamed into place).
 from __future__ import annotations
 
 import argparse
-import os
 import socket
-import tempfile
 from pathlib import Path
 
 from .._errors import OlactorsError
+from .._files import write_atomically
 from ._address import parse_address, server_id
 from .haproxy import (
     DEFAULT_RUNTIME_SOCKET,
@@ -177,17 +176,9 @@ def _emit(text: str, out: Path | None) -> None:
         return
     out = out.resolve()
     try:
-        fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+        write_atomically(out, text.encode(), mode=0o644)
     except OSError as exc:
         raise OlactorsError(f"--out {out}: {exc.strerror} ({out.parent})") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, out)
-    except BaseException:
-        os.unlink(temp)
-        raise
     print(f"wrote {out}")
 
 
