@@ -13,8 +13,9 @@ as it is.  What it sets up, and why:
   (:func:`~olactors.cluster._address.server_id`): HAProxy places servers on
   the ring by id, so several HAProxy instances, or one that adds a worker at
   run time with the same id, map every function alike.
-* **Health checks**: ``GET /healthz`` every ``check_interval_s``, down after 2
-  failures (a draining worker answers 503), up after 2 successes.
+* **Health checks**: ``GET /healthz`` every ``check_interval_s``, each given
+  ``check_timeout_s`` to answer, down after 2 failures (a draining worker
+  answers 503 at once), up after 2 successes.
 * **Retries only for calls that never ran** (:mod:`olactors._balancer`): every
   request is marked with ``X-Olactors-Balancer``; ``retry-on conn-failure
   503`` with ``option redispatch 1`` sends a refused call (``503
@@ -82,6 +83,9 @@ class HaproxySettings:
     #: ``hash-balance-factor``: a worker takes at most this % of the average load.
     balance_factor: int = 150
     check_interval_s: float = 1.0
+    #: How long a health check may take (``timeout check``): a worker busy
+    #: starting sandboxes on a loaded machine answers /healthz late, not never.
+    check_timeout_s: float = 2.0
     #: Retries of a refused call or failed connection, each on another worker.
     retries: int = 2
     #: Longest a call may take (runtime + queue wait + init, at the worker's maxima).
@@ -117,7 +121,7 @@ def check_settings(settings: HaproxySettings) -> None:
         raise OlactorsError("the balance factor is a percentage above 100 (e.g. 125 to 200)")
     if settings.retries < 0 or settings.retries > 10:
         raise OlactorsError("retries must be in 0..10")
-    if settings.check_interval_s <= 0 or settings.server_timeout_s <= 0:
+    if min(settings.check_interval_s, settings.check_timeout_s, settings.server_timeout_s) <= 0:
         raise OlactorsError("intervals and timeouts must be positive")
     check_config_word(str(settings.runtime_socket), "--runtime-socket")
     if settings.tls_cert is not None:
@@ -203,6 +207,7 @@ def render_haproxy_config(settings: HaproxySettings) -> str:
         "    timeout http-request 10s",
         f"    timeout server {_ms(settings.server_timeout_s)}ms",
         "    timeout queue 10s",
+        f"    timeout check {_ms(settings.check_timeout_s)}ms",
         *(_error_line(status) for status in sorted(HAPROXY_ERRORS)),
         "",
         f"frontend {FRONTEND}",
