@@ -42,14 +42,15 @@ from olactors.sock.simulated import (
 from olactors.worker import open_worker
 
 from .conftest import write_function
+from .thread_aware_clock import thread_aware_clock
 
 
 @pytest.fixture
-def clock():
-    """Virtual time that jumps ahead only after 20 ms of real idleness: the code
-    puller snapshots code in worker threads, and an instant autojump would leap
-    over every timer while a thread copies a file."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
+def clock(monkeypatch):
+    """Virtual time that jumps ahead only after 20 ms of real idleness and never
+    while a worker thread runs: the code puller snapshots code in threads, and
+    an autojump then would leap over every timer while a thread copies a file."""
+    return thread_aware_clock(monkeypatch)
 
 
 BASE = [

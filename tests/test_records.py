@@ -41,6 +41,7 @@ from olactors.sock.simulated import SimulatedBehaviour, open_simulated_pool
 from olactors.worker import open_worker
 
 from .conftest import write_function
+from .thread_aware_clock import thread_aware_clock
 
 T0 = 1_800_000_000.0  # epoch seconds of the first record
 
@@ -172,10 +173,10 @@ def test_a_read_only_database_fails_writes(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------- the recorder
 @pytest.fixture
-def clock() -> trio.testing.MockClock:
-    """Virtual time that jumps only after 20 ms of real idleness: the recorder
-    writes in worker threads, which an instant autojump would leap over."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
+def clock(monkeypatch: pytest.MonkeyPatch) -> trio.testing.MockClock:
+    """Virtual time that jumps only after 20 ms of real idleness and never while
+    a worker thread runs: the recorder writes in threads."""
+    return thread_aware_clock(monkeypatch)
 
 
 async def until(predicate) -> None:  # type: ignore[no-untyped-def]

@@ -31,14 +31,15 @@ from olactors.sock import InvocationResult
 from olactors.state import StateDir
 
 from .test_actors import call, fn, leaves, sim_worker
+from .thread_aware_clock import thread_aware_clock
 
 VALUE = b"correct horse battery staple"
 
 
 @pytest.fixture
-def clock():
-    """Virtual time, as in test_actors (the code puller's threads need real idleness)."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
+def clock(monkeypatch):
+    """Virtual time, as in test_actors (the code puller's threads need real time)."""
+    return thread_aware_clock(monkeypatch)
 
 
 def store(tmp_path: Path, key: str = "keys/secrets.key", cache_s: float = 2.0) -> SecretStore:

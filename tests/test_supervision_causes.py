@@ -25,12 +25,13 @@ from olactors.sock import Invocation, SandboxLimits, SandboxMeta, SandboxState
 from olactors.sock.simulated import OOM, CreateFails, SlowCreate
 
 from .test_actors import fn, leaves, sim_worker, sleepy
+from .thread_aware_clock import thread_aware_clock
 
 
 @pytest.fixture
-def clock():
-    """Virtual time (as in test_actors: autojump after 20 ms of real idleness)."""
-    return trio.testing.MockClock(autojump_threshold=0.02)
+def clock(monkeypatch):
+    """Virtual time, as in test_actors (no autojump while a worker thread runs)."""
+    return thread_aware_clock(monkeypatch)
 
 
 EVICTED = Cause.of(CauseCode.EVICTED, policy="test")
