@@ -290,6 +290,61 @@ def test_restart_after_sigkill_under_load(tmp_path: Path) -> None:
     assert not cgroup_dirs_named(f"olactors-{wid}")
 
 
+def watchdogs_of(worker: Worker) -> list[int]:
+    """The worker's watchdog processes (its children running _watchdog.py)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rpartition(")")[2].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == worker.proc.pid and b"_watchdog.py" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_a_killed_watchdog_is_replaced_and_still_kills_frozen_sandboxes(tmp_path: Path) -> None:
+    path = tmp_path / "worker"
+    for name, source in FUNCTIONS.items():
+        write_function(path / "registry", name, source)
+    log = tmp_path / "serve.log"
+    worker = Worker(path, log)
+    try:
+        worker.wait_serving()
+        (first,) = watchdogs_of(worker)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not (replaced := [p for p in watchdogs_of(worker) if p != first]):
+            assert time.monotonic() < deadline, "no new watchdog"
+            time.sleep(0.05)
+        assert watchdogs_of(worker) == replaced  # the dead one was reaped
+        stats = worker.admin("/stats")
+        assert stats["sandbox_anomalies"]["watchdog_restarts"] == 1  # type: ignore[index]
+        assert f"the watchdog (pid {first}) exited" in log.read_text()
+
+        worker.call("idle", 0)
+        paused = wait_paused(worker, "idle")
+        subtrees = json.loads((path / "run" / "cgroups.json").read_text())["subtrees"]
+        worker.kill()
+        killed_at = time.monotonic()
+        # The frozen sandbox dies only if the new watchdog thaws and kills it.
+        while subtree_processes(subtrees) and time.monotonic() < killed_at + DEATH_TIMEOUT_S:
+            time.sleep(0.02)
+        assert not subtree_processes(subtrees), subtree_processes(subtrees)
+        assert not [pid for pid in paused["pids"] if state_of(pid) is not None]
+
+        worker = Worker(path, log)  # recovers what is left (cgroups, run/)
+        worker.wait_serving()
+    finally:
+        worker.stop()
+    assert worker.proc.returncode == 0, log.read_text()[-3000:]
+
+
 def test_a_live_workers_dir_is_refused_and_untouched(tmp_path: Path) -> None:
     import trio
 

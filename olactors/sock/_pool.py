@@ -57,7 +57,7 @@ from ._safe import ReleaseFailed, SafeSandbox, check_create, destroy_all
 from ._sock import LOG_TAIL_BYTES, ReleaseReport, SockSandbox, release_sandbox
 from ._start import ZygoteGone, shutting_down, start
 from ._stdio import SandboxStdio
-from ._watchdog import start_watchdog
+from ._watchdog_keeper import WatchdogKeeper
 from .cgroups import (
     CgroupAnomalies,
     CgroupLayout,
@@ -80,6 +80,7 @@ class SockPool(PoolEvents):
         anomalies: CgroupAnomalies,
         base: BaseRoot,
         networks: NetworkNamespaces,
+        watchdog: WatchdogKeeper,
     ) -> None:
         self.config = config
         self.worker_dir = worker_dir
@@ -89,6 +90,7 @@ class SockPool(PoolEvents):
         self._cgroups = cgroups
         self._base = base
         self.networks = networks
+        self._watchdog = watchdog
         self._hub = EventHub()
         self._ids = itertools.count(1)
         self._live: dict[str, SafeSandbox] = {}
@@ -96,6 +98,10 @@ class SockPool(PoolEvents):
         self.bpf = seccomp.compile_profiles()  # ConfigError: never a sandbox unfiltered
         self.closing = False
         self.procs = ProcMounter()  # forked sandboxes' /proc (fresh ones mount their own)
+
+    def sandbox_anomalies(self) -> dict[str, int]:
+        """The shared anomalies, and how often the watchdog had to be restarted."""
+        return {**super().sandbox_anomalies(), "watchdog_restarts": self._watchdog.restarts}
 
     # ------------------------------------------------------------- interface
     def sandboxes(self) -> list[Sandbox]:
@@ -341,14 +347,17 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
     watchdog = None
     try:
         await cgroups.start()
-        watchdog = start_watchdog(sys.executable, backend.subtree_paths())
+        watchdog = WatchdogKeeper(sys.executable, backend.subtree_paths())
         base = BaseRoot.mount(base_path, assembled=assembled)
         policy = EgressPolicy.from_config(config)
         await trio.to_thread.run_sync(check_subnet_free, policy)  # ConfigError: serve exits 2
         networks = NetworkNamespaces(Egress(wid, policy))
         with lone_errors_unwrapped():  # the watchers never raise
             async with trio.open_nursery() as nursery:
-                pool = SockPool(config, worker_dir, nursery, cgroups, anomalies, base, networks)
+                pool = SockPool(
+                    config, worker_dir, nursery, cgroups, anomalies, base, networks, watchdog
+                )
+                nursery.start_soon(watchdog.keep)
                 try:
                     yield pool
                 finally:
