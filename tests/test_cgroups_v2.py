@@ -289,3 +289,27 @@ async def test_fake_freeze_timeout_is_an_anomaly(
     assert anomalies.count("timeout_freeze") == 1
     assert anomalies.snapshot()["timeout_freeze"]["max_seconds"] >= 0.05
     assert cgroup.is_frozen()  # it asked the kernel to freeze
+
+
+@real_v2
+async def test_real_watchdog_kills_frozen_sandboxes_with_cgroup_kill(
+    backend: V2Backend, processes: list
+) -> None:
+    """The watchdog's v2 path: when the worker's pipe closes without ``done``,
+    ``cgroup.kill`` ends the frozen processes of every cgroup in the subtree."""
+    import subprocess
+    import sys
+
+    from olactors.sock import _watchdog
+
+    cgroups = [backend.create("frozen"), backend.create("running")]
+    procs = [spawn_in(cg, SLEEP, processes) for cg in cgroups for _ in range(2)]
+    await cgroups[0].freeze(timeout=2.0)
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    program = [sys.executable, "-I", "-S", _watchdog.__file__, str(read_fd)]
+    watchdog = subprocess.Popen([*program, *backend.subtree_paths()], pass_fds=[read_fd])
+    os.close(read_fd)
+    os.close(write_fd)  # the worker died: end of file, no "done"
+    assert await trio.to_thread.run_sync(watchdog.wait, 10) == 0
+    assert [p.wait(timeout=5) for p in procs] == [-9, -9, -9, -9]
+    assert all(cg.is_empty() for cg in cgroups)
