@@ -9,7 +9,8 @@ nginx-config`` writes; ``nginx -c FILE`` runs it as it is, in the foreground
   nginx answers conditional GETs (``ETag``, ``If-Modified-Since``) by itself.
 * The publisher writes with WebDAV ``PUT`` and ``DELETE`` (nginx's built-in
   ``dav_methods``: a PUT is written to a temporary file in the root and
-  renamed over the old file, so a reader never sees half an archive).  Only
+  renamed over the old file, so a reader never sees half an archive), and
+  locks the index with ``MKCOL index.lock/`` (:mod:`.publish`).  Only
   GET and HEAD are open to everyone; every other method needs the publisher:
   its address (``--allow CIDR``, default loopback only) and, with
   ``--auth-file`` (an htpasswd file), HTTP basic auth too; with both, both
@@ -146,7 +147,7 @@ def render_nginx_config(settings: NginxSettings) -> str:
         "        }",
         "",
         "        location / {",
-        "            dav_methods PUT DELETE;",
+        "            dav_methods PUT DELETE MKCOL;  # MKCOL: the publishers' index lock",
         "            create_full_put_path off;",
         "            dav_access user:rw group:r all:r;",
         "            # GET and HEAD for everyone (workers); the rest for the publisher only.",

@@ -12,8 +12,14 @@ listing of the published functions::
 Installing PUTs the archive, then the updated index, so the index never
 names an archive that is not there; uninstalling removes the name from the
 index, then DELETEs the archive.  The index is read, changed and written
-back: two publishers at the same moment may lose one's index entry (the
-archive itself is never lost); publish from one place at a time.
+back under a lock, so publishers at the same moment never lose each other's
+entries: the lock is the collection ``index.lock/``, made with WebDAV
+``MKCOL`` (which fails while it exists) and removed with ``DELETE``.  A lock
+seen held for :data:`LOCK_STALE_S` on end is taken as left by a publisher
+that died, and removed.  A store that does not take ``MKCOL`` (an nginx.conf
+from before the lock) gets its index updated without one, with a warning.
+Publishing and removing *the same* function at the same moment from two
+places leaves whichever came last.
 
 Credentials for HTTP basic auth are read from ``--registry-auth FILE``: one
 line ``user:password`` (keep it mode 0600).
@@ -23,6 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +46,14 @@ from .._errors import FunctionNotFound, OlactorsError
 from .._names import validate_function_name
 
 INDEX = "index.json"
+LOCK = "index.lock/"
 TIMEOUT_S = 60.0
+#: A lock held this long on end, while we wait for it, was left by a publisher
+#: that died (an index update under it takes milliseconds).
+LOCK_STALE_S = 30.0
+LOCK_POLL_S = 0.05
+
+log = logging.getLogger("olactors.cluster")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +144,45 @@ def _write_index(client: httpx.Client, store: Store, functions: dict[str, Any]) 
         raise _refused(response)
 
 
+@contextmanager
+def _index_locked(client: httpx.Client, store: Store) -> Iterator[None]:
+    """Hold the store's index lock (see the module doc) for the block."""
+    locked = _take_lock(client, store)
+    try:
+        yield
+    finally:
+        if locked:
+            response = _request(client, store, "DELETE", LOCK)
+            if response.status_code not in (200, 204, 404):
+                log.warning("could not remove the index lock %s: %s", store.url(LOCK), response)
+
+
+def _take_lock(client: httpx.Client, store: Store) -> bool:
+    """Take the lock; False when the store does not take MKCOL (no lock)."""
+    waited_since = time.monotonic()
+    while True:
+        response = _request(client, store, "MKCOL", LOCK)
+        if response.status_code == 201:
+            return True
+        if response.status_code != 405:  # 405: it exists, or MKCOL is not allowed
+            raise _refused(response)
+        if _request(client, store, "GET", LOCK).status_code == 404:
+            log.warning(
+                "the code store %s does not take MKCOL: its index is updated without a lock "
+                "(regenerate its nginx.conf with `olactors cluster nginx-config`)",
+                store.base,
+            )
+            return False
+        if time.monotonic() - waited_since > LOCK_STALE_S:
+            log.warning("removing the index lock %s: held too long", store.url(LOCK))
+            gone = _request(client, store, "DELETE", LOCK)
+            if gone.status_code not in (200, 204, 404):
+                raise _refused(gone)
+            waited_since = time.monotonic()
+            continue
+        time.sleep(LOCK_POLL_S * (1 + random.random()))
+
+
 def publish(store: Store, name: str, archive: bytes) -> dict[str, Any]:
     """PUT ``<name>.tar.gz``, then list it in the index; the index entry."""
     validate_function_name(name)
@@ -140,9 +197,10 @@ def publish(store: Store, name: str, archive: bytes) -> dict[str, Any]:
             "bytes": len(archive),
             "published_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         }
-        functions = read_index(client, store)
-        functions[name] = entry
-        _write_index(client, store, functions)
+        with _index_locked(client, store):
+            functions = read_index(client, store)
+            functions[name] = entry
+            _write_index(client, store, functions)
     return entry
 
 
@@ -150,7 +208,7 @@ def unpublish(store: Store, name: str) -> None:
     """Drop ``name`` from the index, then DELETE its archive;
     :class:`FunctionNotFound` when the store has neither."""
     validate_function_name(name)
-    with httpx.Client(timeout=TIMEOUT_S) as client:
+    with httpx.Client(timeout=TIMEOUT_S) as client, _index_locked(client, store):
         functions = read_index(client, store)
         listed = functions.pop(name, None) is not None
         if listed:
