@@ -318,6 +318,7 @@ def test_nginx_serves_gets_and_takes_puts_from_the_publisher_only(tmp_path: Path
         assert httpx.get(f"{base}/kept.tar.gz").content == b"kept"
         assert httpx.put(f"{base}/kept.tar.gz", content=b"x").status_code == 403
         assert httpx.delete(f"{base}/kept.tar.gz").status_code == 403
+        assert httpx.request("MKCOL", f"{base}/index.lock/").status_code == 403
     assert (root / "kept.tar.gz").read_bytes() == b"kept"
 
 
