@@ -58,16 +58,17 @@ async def _call(
 
 
 async def _no_stream_in_flight(bed: LocalCluster) -> None:
-    """Wait until HAProxy serves no stream on any worker (``show stat``'s scur)."""
+    """Wait until HAProxy serves no stream on any worker (``show stat``'s scur)
+    and no worker's health is changing (a status like "UP 1/2": one failed
+    check, or "DOWN 1/2"), so the ring it routes by is the settled one."""
     with trio.fail_after(10):
         while True:
             stat = await bed.haproxy.command("show stat")
             rows = [line.split(",") for line in stat.splitlines() if line and line[0] != "#"]
             header = stat.splitlines()[0].lstrip("# ").split(",")
-            scur, svname = header.index("scur"), header.index("svname")
-            if all(
-                row[scur] in ("", "0") for row in rows if row[svname] not in ("FRONTEND", "BACKEND")
-            ):
+            scur, svname, status = (header.index(k) for k in ("scur", "svname", "status"))
+            servers = [row for row in rows if row[svname] not in ("FRONTEND", "BACKEND")]
+            if all(row[scur] in ("", "0") and "/" not in row[status] for row in servers):
                 return
             await trio.sleep(0.01)
 
