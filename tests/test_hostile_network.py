@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import subprocess
+import time
 
 import pytest
 
 from olactors._config import build_config
+from olactors._network import table_name
+from olactors.sock import worker_id
 
 from .hostile_kit import Worker, hostile, served_worker
 
@@ -98,4 +102,35 @@ def test_the_workers_port_and_admin_socket(worker, network):
     else:
         assert got["gateway"] == errno.EHOSTUNREACH, got  # the worker's rules reject it
     assert got["admin"] == errno.ENOENT, got
+    worker.victim_unharmed()
+
+
+GATEWAY_CHECK = """
+def f(t):
+    return {"gateway": connect_errno(socket.AF_INET, (t["gateway"], t["port"]))}
+"""
+
+
+def test_the_rules_come_back_when_something_removes_them(worker):
+    """A host firewall's reload (``nft flush ruleset``) removes every table, the
+    worker's too: without it a sandbox would reach the host through its veth.
+    The worker sees the removal and loads its rules again at once."""
+    table = table_name(worker_id(worker.path.resolve()))
+    assert attempt(worker, "rules-before", "egress", GATEWAY_CHECK) == {
+        "gateway": errno.EHOSTUNREACH
+    }
+    nft = ["nft", "list", "table", "inet", table]
+    assert subprocess.run(nft, capture_output=True).returncode == 0
+    subprocess.run(["nft", "delete", "table", "inet", table], check=True)
+    deadline = time.monotonic() + 5
+    while subprocess.run(nft, capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "the worker did not load its rules again"
+        time.sleep(0.01)
+    assert attempt(worker, "rules-after", "egress", GATEWAY_CHECK) == {
+        "gateway": errno.EHOSTUNREACH
+    }
+    with worker.admin() as admin:
+        stats = admin.get("/stats").json()
+    assert stats["sandbox_anomalies"]["egress_rules_restored"] == 1
+    assert "were removed, e.g. by `nft flush ruleset`" in worker.log.read_text()
     worker.victim_unharmed()

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -171,7 +172,10 @@ class Egress:
     """The worker's egress machinery: its nftables table and its veths.
 
     The table is made with the first egress namespace (and ``ip_forward``
-    set then), and removed by :meth:`aclose` and by :func:`recover`.
+    set then), and removed by :meth:`aclose` and by :func:`recover`.  While
+    it should exist, :meth:`guard` puts it back when something else removes
+    it (``nft flush ruleset``, a host firewall's reload): without it a
+    sandbox could reach the host's own services through its veth.
     """
 
     def __init__(self, worker_id: str, policy: EgressPolicy) -> None:
@@ -180,16 +184,79 @@ class Egress:
         self.table = table_name(worker_id)
         self._numbers = iter(range(1, 10**6))
         self._table_made = False
+        self._table_ready = trio.Event()
         self._lock = trio.Lock()
+        #: Times the table was found removed and loaded again (``/stats``).
+        self.rules_restored = 0
+
+    async def _load_rules(self) -> None:
+        rules = self.policy.ruleset(self.table, iface_prefix(self.worker_id))
+        await run_tool(["nft", "-f", "-"], stdin=rules, what="loading the egress rules")
 
     async def _ensure_table(self) -> None:
         async with self._lock:
             if self._table_made:
                 return
             await trio.to_thread.run_sync(ensure_ip_forward)
-            rules = self.policy.ruleset(self.table, iface_prefix(self.worker_id))
-            await run_tool(["nft", "-f", "-"], stdin=rules, what="loading the egress rules")
+            await self._load_rules()
             self._table_made = True
+            self._table_ready.set()
+
+    async def guard(self) -> None:
+        """Load the rules again whenever the table is removed while the worker
+        needs it; runs until cancelled (from the table's first use on, it
+        follows ``nft monitor destroy tables``, which reports a removal within
+        milliseconds)."""
+        await self._table_ready.wait()
+        while True:
+            try:
+                await self._follow_removals()
+            except OSError as exc:  # nft cannot be started: try again
+                log.error("cannot watch the egress rules: %s", exc)
+            except NetworkSetupFailed as exc:
+                log.error("the egress rules could not be loaded again: %s", exc.message)
+            await trio.sleep(1.0)  # the monitor ended: start it again
+
+    async def _follow_removals(self) -> None:
+        removed = f"delete table inet {self.table}".encode()
+        monitor = [_tool("nft"), "monitor", "destroy", "tables"]
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(
+                partial(
+                    trio.run_process,
+                    monitor,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                )
+            )
+            await self._restore_if_removed()  # a removal while nothing watched
+            pending = b""
+            assert proc.stdout is not None
+            async for chunk in proc.stdout:
+                *lines, pending = (pending + chunk).split(b"\n")
+                if any(line.strip() == removed for line in lines):
+                    await self._restore_if_removed()
+
+    async def _restore_if_removed(self) -> None:
+        async with self._lock:
+            if not self._table_made:  # the worker removed it (shutting down)
+                return
+            listed = await trio.run_process(
+                [_tool("nft"), "list", "table", "inet", self.table],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            if listed.returncode == 0:  # still there (our own reload's delete-and-make)
+                return
+            log.error(
+                "the egress rules (nftables table inet %s) were removed, e.g. by "
+                "`nft flush ruleset` or a firewall reload: loading them again",
+                self.table,
+            )
+            await self._load_rules()
+            self.rules_restored += 1
 
     async def attach(self, netns_fd: int) -> Veth:
         """Connect the namespace ``netns_fd`` to the host (veth, addresses, routes)."""
@@ -250,9 +317,12 @@ class Egress:
 
     async def aclose(self) -> None:
         """Remove the worker's table (the veths go with their namespaces)."""
-        if self._table_made:
-            self._table_made = False
-            await run_tool(["nft", "delete", "table", "inet", self.table], what="removing rules")
+        async with self._lock:
+            if self._table_made:
+                self._table_made = False
+                await run_tool(
+                    ["nft", "delete", "table", "inet", self.table], what="removing rules"
+                )
 
 
 def check_subnet_free(policy: EgressPolicy) -> None:

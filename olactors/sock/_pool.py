@@ -100,8 +100,13 @@ class SockPool(PoolEvents):
         self.procs = ProcMounter()  # forked sandboxes' /proc (fresh ones mount their own)
 
     def sandbox_anomalies(self) -> dict[str, int]:
-        """The shared anomalies, and how often the watchdog had to be restarted."""
-        return {**super().sandbox_anomalies(), "watchdog_restarts": self._watchdog.restarts}
+        """The shared anomalies, and how often the watchdog had to be restarted and
+        the egress rules loaded again."""
+        return {
+            **super().sandbox_anomalies(),
+            "watchdog_restarts": self._watchdog.restarts,
+            "egress_rules_restored": self.networks.egress.rules_restored,
+        }
 
     # ------------------------------------------------------------- interface
     def sandboxes(self) -> list[Sandbox]:
@@ -358,6 +363,7 @@ async def _open_locked_pool(config: Config, worker_dir: Path) -> AsyncIterator[S
                     config, worker_dir, nursery, cgroups, anomalies, base, networks, watchdog
                 )
                 nursery.start_soon(watchdog.keep)
+                nursery.start_soon(networks.egress.guard)
                 try:
                     yield pool
                 finally:
