@@ -539,6 +539,8 @@ async def test_a_sandbox_whose_processes_survive_release_keeps_its_memory(worker
                     "listener_errors": 0,
                     "release_failures": 1,
                     "unreleased": 1,
+                    "watchdog_restarts": 0,
+                    "egress_rules_restored": 0,
                 }
                 assert destroyed_events(events) == []
             finally:
