@@ -290,8 +290,8 @@ def test_restart_after_sigkill_under_load(tmp_path: Path) -> None:
     assert not cgroup_dirs_named(f"olactors-{wid}")
 
 
-def watchdogs_of(worker: Worker) -> list[int]:
-    """The worker's watchdog processes (its children running _watchdog.py)."""
+def children_of(worker: Worker, word: bytes) -> list[int]:
+    """The worker's child processes whose command line holds ``word``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -303,9 +303,14 @@ def watchdogs_of(worker: Worker) -> list[int]:
                 cmdline = f.read()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == worker.proc.pid and b"_watchdog.py" in cmdline:
+        if ppid == worker.proc.pid and word in cmdline:
             found.append(int(entry))
     return found
+
+
+def watchdogs_of(worker: Worker) -> list[int]:
+    """The worker's watchdog processes (its children running _watchdog.py)."""
+    return children_of(worker, b"_watchdog.py")
 
 
 def test_a_killed_watchdog_is_replaced_and_still_kills_frozen_sandboxes(tmp_path: Path) -> None:
@@ -339,6 +344,34 @@ def test_a_killed_watchdog_is_replaced_and_still_kills_frozen_sandboxes(tmp_path
         assert not [pid for pid in paused["pids"] if state_of(pid) is not None]
 
         worker = Worker(path, log)  # recovers what is left (cgroups, run/)
+        worker.wait_serving()
+    finally:
+        worker.stop()
+    assert worker.proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_the_egress_rules_watcher_dies_with_the_worker(tmp_path: Path) -> None:
+    """The worker follows ``nft monitor`` while its egress table exists; SIGKILLed,
+    the worker leaves no monitor behind waiting for events forever."""
+    path = tmp_path / "worker"
+    write_function(path / "registry", "echo", FUNCTIONS["echo"])
+    out = write_function(path / "registry", "out", FUNCTIONS["echo"])
+    (out / "ol.yaml").write_text("network: egress\n")
+    log = tmp_path / "serve.log"
+    worker = Worker(path, log, "sandbox.network=egress")
+    try:
+        worker.wait_serving()
+        assert worker.call("out", 5) == 5  # the table is made: the monitor starts
+        deadline = time.monotonic() + 10
+        while not (monitors := children_of(worker, b"monitor")):
+            assert time.monotonic() < deadline, "no nft monitor"
+            time.sleep(0.05)
+        worker.kill()
+        deadline = time.monotonic() + DEATH_TIMEOUT_S
+        while [pid for pid in monitors if state_of(pid) is not None]:
+            assert time.monotonic() < deadline, "nft monitor outlived the worker"
+            time.sleep(0.02)
+        worker = Worker(path, log)  # recovers the dead worker's table, veths and cgroups
         worker.wait_serving()
     finally:
         worker.stop()

@@ -46,7 +46,7 @@ class NetworkSetupFailed(SandboxError):
 def _tool(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
     if path is None:
-        package = {"nft": "nftables", "ip": "iproute2", "nsenter": "util-linux"}[name]
+        package = {"nft": "nftables", "ip": "iproute2"}.get(name, "util-linux")
         raise ConfigError(
             f"network: egress needs the {name!r} command (Debian package {package}; "
             "scripts/bootstrap.sh installs it)"
@@ -219,7 +219,9 @@ class Egress:
 
     async def _follow_removals(self) -> None:
         removed = f"delete table inet {self.table}".encode()
-        monitor = [_tool("nft"), "monitor", "destroy", "tables"]
+        # SIGKILLed when the worker dies (it would otherwise wait for events forever).
+        monitor = [_tool("setpriv"), "--pdeathsig", "KILL", _tool("nft"), "monitor"]
+        monitor += ["destroy", "tables"]
         async with trio.open_nursery() as nursery:
             proc = await nursery.start(
                 partial(
