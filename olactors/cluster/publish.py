@@ -152,9 +152,19 @@ def _index_locked(client: httpx.Client, store: Store) -> Iterator[None]:
         yield
     finally:
         if locked:
-            response = _request(client, store, "DELETE", LOCK)
-            if response.status_code not in (200, 204, 404):
-                log.warning("could not remove the index lock %s: %s", store.url(LOCK), response)
+            _release_lock(client, store)
+
+
+def _release_lock(client: httpx.Client, store: Store) -> None:
+    """Remove the lock; a failure is logged (the lock goes stale and is
+    removed by the next publisher), never raised over the block's own outcome."""
+    try:
+        response = _request(client, store, "DELETE", LOCK)
+    except OlactorsError as exc:
+        log.warning("could not remove the index lock: %s", exc.message)
+        return
+    if response.status_code not in (200, 204, 404):
+        log.warning("could not remove the index lock %s: %s", store.url(LOCK), response)
 
 
 def _take_lock(client: httpx.Client, store: Store) -> bool:
