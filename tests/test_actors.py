@@ -8,6 +8,7 @@ autojump MockClock makes every timeout instant and exact.
 
 from __future__ import annotations
 
+import os
 import random
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ from olactors.sock.simulated import (
     Hang,
     SimulatedBehaviour,
     SlowInit,
+    constant,
     echo,
     open_simulated_pool,
 )
@@ -197,6 +199,33 @@ async def test_idle_function_releases_everything(worker_dir, clock):
         assert not (worker_dir / "run" / "code" / "echo").exists()
         assert worker.metrics.function("echo").invocations == 1  # accounting survives
         assert (await call(worker, "echo")).status == 200  # and it comes back on demand
+
+
+async def test_a_call_while_the_idle_function_stops_runs_code_that_stays(worker_dir, clock):
+    """A call that arrives while an idled-out function is still stopping (its
+    sandboxes being destroyed) starts the function again. The new incarnation
+    waits for the old one's stop, which deletes the old one's code snapshots,
+    so it never runs from a snapshot deleted under it (in CI, forked leaves
+    found /handler emptied: ModuleNotFoundError for f)."""
+    fn(worker_dir, "echo")
+
+    async def code_stays(sandbox, inv: Invocation) -> InvocationResult:
+        await trio.sleep(5)  # past the old incarnation's stop
+        there = os.path.isfile(os.path.join(sandbox.code_dir, "f.py"))
+        return InvocationResult(200 if there else 500, (), b"ok" if there else b"code gone")
+
+    behaviour = SimulatedBehaviour(
+        rng=random.Random(1), handler=code_stays, destroy_s=constant(2.0)
+    )
+    config = build_config(None, [*BASE, "functions.idle_timeout_s=30"])
+    async with open_simulated_pool(behaviour) as pool:
+        async with open_worker(config, worker_dir, pool=pool) as worker:
+            assert (await call(worker, "echo")).status == 200
+            await trio.sleep(31)  # idled out: its sandbox takes 2 s to destroy
+            assert leaves(pool), "the old incarnation is still stopping"
+            answer = await call(worker, "echo")
+            assert (answer.status, answer.body) == (200, b"ok")
+            assert (worker_dir / "run" / "code" / "echo").exists()
 
 
 async def test_unknown_function_is_404_and_leaves_no_actor(worker_dir, clock):

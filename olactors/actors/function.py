@@ -83,12 +83,15 @@ class InstanceExited:
 
 
 class FunctionRef:
-    __slots__ = ("name", "_queue", "stopped", "retry_after_s")
+    __slots__ = ("name", "_queue", "stopped", "finished", "retry_after_s")
 
     def __init__(self, name: str, queue: trio.MemorySendChannel[CallRequest], retry: float) -> None:
         self.name = name
         self._queue = queue
+        #: It takes no more requests (it may still be stopping its instances).
         self.stopped = False
+        #: Set once it has stopped everything and forgotten its code and network.
+        self.finished = trio.Event()
         self.retry_after_s = retry
 
     def submit(self, req: CallRequest) -> None:
@@ -511,22 +514,30 @@ async def run_function(
     name: str,
     deps: Deps,
     on_stopped,
+    previous: FunctionRef | None = None,
     *,
     task_status: trio.TaskStatus[tuple[FunctionRef, FunctionActor]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the actor for ``name`` until it idles out or its queue is closed.
 
-    ``on_stopped(ref)`` is called (synchronously) once it no longer takes requests.
+    ``previous``: the function's last actor, if it is still stopping. This one
+    takes requests at once but serves none until that one has finished: its
+    stop deletes its code snapshots and forgets its network, which must not
+    happen under this one's sandboxes. ``on_stopped(ref)`` is called
+    (synchronously) once it no longer takes requests.
     """
     send, receive = trio.open_memory_channel[CallRequest](deps.config.queue.max_depth)
     ref = FunctionRef(name, send, float(deps.config.queue.retry_after_s))
     try:
         async with trio.open_nursery() as nursery:
             actor = FunctionActor(name, deps, ref, receive, nursery)
-            nursery.start_soon(actor.follow_notices)
             task_status.started((ref, actor))
+            if previous is not None:
+                await previous.finished.wait()
+            nursery.start_soon(actor.follow_notices)
             await actor.run()
             nursery.cancel_scope.cancel()
     finally:
         ref.stopped = True
+        ref.finished.set()
         on_stopped(ref)

@@ -127,8 +127,10 @@ class Manager:
                 return
             entry = self.functions.get(msg.name)
             if entry is None or entry[0].stopped:
+                # A stopped actor may still be stopping: the new one waits for it.
+                previous = entry[0] if entry is not None else None
                 entry = await nursery.start(
-                    run_function, msg.name, self.deps, self.function_stopped
+                    run_function, msg.name, self.deps, self.function_stopped, previous
                 )
                 self.functions[msg.name] = entry
                 self.running[msg.name] = entry[0]
