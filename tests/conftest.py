@@ -117,9 +117,9 @@ def mounts_mentioning(word: str) -> list[str]:
         return [line.split()[4] for line in f if word in line.split()[4]]
 
 
-def child_processes() -> list[int]:
-    """Live processes whose parent is this test process."""
-    me = os.getpid()
+def child_processes(parent: int | None = None) -> list[int]:
+    """Live processes whose parent is ``parent`` (default: this test process)."""
+    me = os.getpid() if parent is None else parent
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -27,7 +27,7 @@ import pytest
 
 from olactors.sock import worker_id
 
-from .conftest import REPO, cgroup_dirs_named, run_cli, write_function
+from .conftest import REPO, cgroup_dirs_named, child_processes, run_cli, write_function
 
 pytestmark = pytest.mark.root
 
@@ -291,20 +291,15 @@ def test_restart_after_sigkill_under_load(tmp_path: Path) -> None:
 
 
 def children_of(worker: Worker, word: bytes) -> list[int]:
-    """The worker's child processes whose command line holds ``word``."""
+    """The worker's live child processes whose command line holds ``word``."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in child_processes(worker.proc.pid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rpartition(")")[2].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if word in f.read():
+                    found.append(pid)
+        except OSError:
             continue
-        if ppid == worker.proc.pid and word in cmdline:
-            found.append(int(entry))
     return found
 
 
