@@ -11,13 +11,14 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from olactors.cluster import publish as publishing
-from olactors.cluster.publish import Store, publish, unpublish
+from olactors.cluster.publish import Store, _take_lock, publish, unpublish
 
 from .cluster_tools import free_port, nginx
 from .test_cluster_config import nginx_config
@@ -111,3 +112,42 @@ def test_a_store_without_mkcol_is_published_to_with_a_warning(
             publish(code_store, "kept", b"kept")
         assert "does not take MKCOL" in caplog.text
         assert sorted(listed(root)) == ["kept"]
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """Answers each request with the next status of ``server.script`` for its method."""
+
+    def _answer(self) -> None:
+        self.server.seen.append(self.command)
+        status = self.server.script[self.command].pop(0)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_MKCOL = do_GET = do_DELETE = _answer
+
+    def log_message(self, format, *args) -> None:
+        pass
+
+
+def test_a_lock_released_between_mkcol_and_the_check_is_taken(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """MKCOL answers 405 both while the lock is held and where MKCOL is not
+    allowed; a GET of the lock tells them apart. A holder releasing between
+    the two must not make the publisher go on without a lock."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    # held (405), released before the check (404), then taken (201)
+    server.script = {"MKCOL": [405, 201], "GET": [404]}
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code_store = Store(f"http://127.0.0.1:{server.server_address[1]}")
+        with httpx.Client() as client, caplog.at_level(logging.WARNING, "olactors.cluster"):
+            assert _take_lock(client, code_store) is True
+        assert server.seen == ["MKCOL", "GET", "MKCOL"]
+        assert "does not take MKCOL" not in caplog.text
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -170,6 +170,7 @@ def _release_lock(client: httpx.Client, store: Store) -> None:
 def _take_lock(client: httpx.Client, store: Store) -> bool:
     """Take the lock; False when the store does not take MKCOL (no lock)."""
     waited_since = time.monotonic()
+    absent = 0  # MKCOL refused in a row while the lock was not there
     while True:
         response = _request(client, store, "MKCOL", LOCK)
         if response.status_code == 201:
@@ -177,12 +178,18 @@ def _take_lock(client: httpx.Client, store: Store) -> bool:
         if response.status_code != 405:  # 405: it exists, or MKCOL is not allowed
             raise _refused(response)
         if _request(client, store, "GET", LOCK).status_code == 404:
+            # Released between the two requests, or MKCOL is not allowed: only
+            # the second time in a row does it mean the latter.
+            absent += 1
+            if absent == 1:
+                continue
             log.warning(
                 "the code store %s does not take MKCOL: its index is updated without a lock "
                 "(regenerate its nginx.conf with `olactors cluster nginx-config`)",
                 store.base,
             )
             return False
+        absent = 0
         if time.monotonic() - waited_since > LOCK_STALE_S:
             log.warning("removing the index lock %s: held too long", store.url(LOCK))
             gone = _request(client, store, "DELETE", LOCK)
